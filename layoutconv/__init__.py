@@ -1,0 +1,112 @@
+"""layoutconv: move trained convolution weights between Keras, PyTorch and ONNX, and prove nothing changed.
+
+>>> import layoutconv                                   # imports numpy only
+>>> conv = layoutconv.from_keras(keras_layer)           # doctest: +SKIP
+>>> module = layoutconv.to_torch(conv)                  # doctest: +SKIP
+>>> print(layoutconv.verify(conv))                      # doctest: +SKIP
+
+No framework is imported until an adapter that needs it is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import layouts, reference
+from .conv import PADDING_MODES, PADDING_RULES, Conv1D
+from .errors import (
+    ConfigError,
+    FileFormatError,
+    FrameworkMissingError,
+    LayoutError,
+    ShapeError,
+    UnsafeFileError,
+    UnsupportedError,
+)
+from .frameworks import adapter as _adapter
+from .verify import Report, Result, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Conv1D",
+    "PADDING_MODES",
+    "PADDING_RULES",
+    "LayoutError",
+    "ConfigError",
+    "ShapeError",
+    "UnsupportedError",
+    "FrameworkMissingError",
+    "FileFormatError",
+    "UnsafeFileError",
+    "from_keras",
+    "from_torch",
+    "from_onnx",
+    "to_keras",
+    "to_torch",
+    "to_onnx",
+    "verify",
+    "Report",
+    "Result",
+    "layouts",
+    "reference",
+]
+
+
+def _keras_flavor(layer: Any) -> str:
+    module = type(layer).__module__ or ""
+    return "tf_keras" if module.startswith("tf_keras") or ".python.keras" in module else "keras"
+
+
+def from_keras(layer: Any) -> Conv1D:
+    """A Keras ``Conv1D`` layer (Keras 3 or tf_keras, built, any ``data_format``) as a :class:`Conv1D`."""
+    return _adapter(_keras_flavor(layer)).from_native(layer)
+
+
+def from_torch(module: Any) -> Conv1D:
+    """A PyTorch ``nn.Conv1d`` (or a module made by :func:`to_torch`) as a :class:`Conv1D`."""
+    return _adapter("torch").from_native(module)
+
+
+def from_onnx(model_or_path: Any, node: str | int | None = None) -> Conv1D:
+    """The ``Conv`` node of an ONNX model (a ``ModelProto`` or a path) as a :class:`Conv1D`.
+
+    ``node`` picks a node by name or index among the ``Conv`` nodes; it may be
+    omitted when the graph has exactly one.
+    """
+    return _adapter("onnx").from_native(model_or_path, node=node)
+
+
+def to_keras(conv: Conv1D, flavor: str = "keras", data_format: str = "channels_last", **options: Any) -> Any:
+    """A built Keras layer (or small model, when a padding layer is needed) with the weights set.
+
+    ``flavor`` is ``"keras"`` (Keras 3) or ``"tf_keras"`` (Keras 2).  The result is
+    callable on a numpy array in ``data_format``.
+    """
+    return _adapter(flavor).to_native(conv, data_format=data_format, **options)
+
+
+def to_torch(conv: Conv1D) -> Any:
+    """A PyTorch module in eval mode that runs on ``(N, C, L)``."""
+    return _adapter("torch").to_native(conv)
+
+
+def to_onnx(conv: Conv1D, **options: Any) -> Any:
+    """An ONNX ``ModelProto`` (input ``x`` of shape ``(N, C, L)``, dynamic N and L) that passes the full checker."""
+    return _adapter("onnx").to_native(conv, **options)
+
+
+def __getattr__(name: str) -> Any:
+    # Heavier, optional parts are loaded on first use.
+    lazy = {
+        "open": ("layoutconv.legacy", "open"),
+        "from_keras1": ("layoutconv.legacy", "from_keras1"),
+        "explain": ("layoutconv.explain", "explain"),
+        "diagnose": ("layoutconv.diagnose", "diagnose"),
+    }
+    if name in lazy:
+        import importlib
+
+        module, attr = lazy[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'layoutconv' has no attribute {name!r}")

@@ -1,0 +1,406 @@
+"""The canonical convolution: one immutable, validated description with ONNX ``Conv`` semantics.
+
+Everything layoutconv reads is turned into a :class:`Conv1D`; everything it
+writes is made from one.  The semantics are those of ONNX ``Conv`` (and
+PyTorch ``nn.Conv1d``): a cross-correlation with kernel ``(O, I // groups, K)``.
+:func:`layoutconv.reference.conv1d` is the executable definition.
+
+Spatial hyperparameters are stored as tuples, one entry per spatial axis, so
+that 2-D and 3-D convolutions can share this class's machinery; only the 1-D
+class is public for now.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Sequence, Union
+
+import numpy as np
+
+from . import layouts
+from .errors import ConfigError, ShapeError, fail
+
+#: Padding rules that are not explicit ``(begin, end)`` pairs.
+PADDING_RULES = ("valid", "same_upper", "same_lower", "causal")
+#: How padded positions are filled (PyTorch's ``padding_mode`` names).
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+Padding = Union[str, tuple[tuple[int, int], ...]]
+
+_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _is_supported_float(dtype: np.dtype) -> bool:
+    return dtype.name in _FLOAT_NAMES
+
+
+def _positive_tuple(name: str, value: Any, rank: int) -> tuple[int, ...]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value),) * rank
+    try:
+        out = tuple(int(v) for v in value)
+        ok = len(out) == rank and all(v == orig and v > 0 for v, orig in zip(out, value))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise fail(
+            ConfigError,
+            f"Invalid value for argument `{name}`",
+            f"a strictly positive integer or a tuple of {rank} of them",
+            f"{name}={value!r}",
+        )
+    return out
+
+
+def _normalise_padding(padding: Any, rank: int) -> Padding:
+    if isinstance(padding, str):
+        rule = padding.lower()
+        if rule in PADDING_RULES:
+            return rule
+        hint = ""
+        if rule == "same":
+            hint = (
+                "'same' is ambiguous when the total padding is odd: use 'same_upper' "
+                "(TensorFlow, Keras and PyTorch put the extra pad at the end) or 'same_lower'."
+            )
+        raise fail(
+            ConfigError,
+            "Invalid value for argument `padding`",
+            f"one of {PADDING_RULES}, an integer, or (begin, end) pairs",
+            f"padding={padding!r}",
+            hint,
+        )
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+        pairs: Any = ((int(padding), int(padding)),) * rank
+    else:
+        try:
+            seq = list(padding)
+            if rank == 1 and len(seq) == 2 and all(isinstance(v, (int, np.integer)) for v in seq):
+                seq = [seq]
+            pairs = tuple((int(b), int(e)) for b, e in seq)
+        except (TypeError, ValueError):
+            pairs = None
+    if (
+        pairs is None
+        or len(pairs) != rank
+        or any(isinstance(v, bool) or v < 0 for pair in pairs for v in pair)
+    ):
+        raise fail(
+            ConfigError,
+            "Invalid value for argument `padding`",
+            f"non-negative integers: p, (begin, end), or {rank} (begin, end) pairs, or one of {PADDING_RULES}",
+            f"padding={padding!r}",
+        )
+    return pairs
+
+
+def _frozen_array(name: str, value: Any) -> np.ndarray:
+    arr = np.array(value, copy=True)
+    if not _is_supported_float(arr.dtype):
+        raise fail(
+            ConfigError,
+            f"Unsupported dtype for `{name}`",
+            f"a floating dtype ({', '.join(_FLOAT_NAMES)})",
+            f"dtype {arr.dtype}",
+            f"Cast it first, for example `{name}.astype(np.float32)`.",
+        )
+    finite = np.isfinite(arr.astype(np.float64))
+    if not finite.all():
+        where = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise fail(
+            ConfigError,
+            f"`{name}` contains a non-finite value",
+            "finite numbers only",
+            f"{arr[where]!r} at index {where}",
+            "The weights are corrupt or were never trained; re-export them.",
+        )
+    arr.setflags(write=False)
+    return arr
+
+
+class ConvND:
+    """A convolution of any spatial rank; use :class:`Conv1D`."""
+
+    spatial_rank: ClassVar[int] = 0
+    __slots__ = ("kernel", "bias", "stride", "dilation", "groups", "padding", "padding_mode")
+
+    kernel: np.ndarray
+    bias: np.ndarray | None
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    padding: Padding
+    padding_mode: str
+
+    def __init__(
+        self,
+        kernel: Any,
+        bias: Any = None,
+        *,
+        stride: int | Sequence[int] = 1,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        padding: Any = "valid",
+        padding_mode: str = "zeros",
+        layout: str = layouts.CANONICAL,
+    ) -> None:
+        rank = self.spatial_rank
+        kernel = np.asarray(kernel)
+        if layout != layouts.CANONICAL:
+            kernel = layouts.to_canonical(kernel, layout)
+        if kernel.ndim != 2 + rank:
+            raise fail(
+                ShapeError,
+                f"Kernel has the wrong rank for a {rank}-d convolution",
+                f"{2 + rank} axes (out_channels, in_channels // groups, kernel)",
+                f"shape {tuple(kernel.shape)}",
+                "If the kernel comes from Keras, pass layout='K I O' (Keras 2/3) or 'K 1 I O' (Keras 1.1+).",
+            )
+        if any(s == 0 for s in kernel.shape):
+            raise fail(ShapeError, "Kernel has an empty axis", "every axis of size >= 1", f"shape {tuple(kernel.shape)}")
+        set_ = object.__setattr__
+        set_(self, "kernel", _frozen_array("kernel", kernel))
+        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups <= 0:
+            raise fail(ConfigError, "Invalid value for argument `groups`", "a strictly positive integer", f"groups={groups!r}")
+        out_channels = kernel.shape[0]
+        if out_channels % groups:
+            raise fail(
+                ConfigError,
+                "out_channels is not divisible by groups",
+                f"out_channels (kernel axis 0) to be a multiple of groups={groups}",
+                f"out_channels={out_channels}",
+            )
+        set_(self, "groups", int(groups))
+        if bias is not None:
+            bias = _frozen_array("bias", bias)
+            if bias.shape != (out_channels,):
+                raise fail(
+                    ShapeError,
+                    "Bias does not match the kernel",
+                    f"shape ({out_channels},), one value per output channel",
+                    f"shape {tuple(bias.shape)}",
+                )
+        set_(self, "bias", bias)
+        set_(self, "stride", _positive_tuple("stride", stride, rank))
+        set_(self, "dilation", _positive_tuple("dilation", dilation, rank))
+        set_(self, "padding", _normalise_padding(padding, rank))
+        if padding_mode not in PADDING_MODES:
+            raise fail(
+                ConfigError, "Invalid value for argument `padding_mode`", f"one of {PADDING_MODES}", f"padding_mode={padding_mode!r}"
+            )
+        set_(self, "padding_mode", padding_mode)
+
+    # -- immutability -----------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable; use .replace({name}=...) to make a changed copy")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def replace(self, **changes: Any) -> "ConvND":
+        """A copy with some fields changed, validated like a new object."""
+        fields = dict(
+            kernel=self.kernel,
+            bias=self.bias,
+            stride=self.stride,
+            dilation=self.dilation,
+            groups=self.groups,
+            padding=self.padding,
+            padding_mode=self.padding_mode,
+        )
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise fail(ConfigError, "Unknown field for replace()", f"some of {sorted(fields)}", f"{sorted(unknown)}")
+        fields.update(changes)
+        kernel = fields.pop("kernel")
+        bias = fields.pop("bias")
+        return type(self)(kernel, bias, **fields)
+
+    # -- derived sizes ----------------------------------------------------
+    @property
+    def dtype(self) -> np.dtype:
+        return self.kernel.dtype
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.kernel.shape[0])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.kernel.shape[1]) * self.groups
+
+    @property
+    def kernel_shape(self) -> tuple[int, ...]:
+        return tuple(int(k) for k in self.kernel.shape[2:])
+
+    @property
+    def fan_in(self) -> int:
+        """Number of products summed into one output: ``(in_channels // groups) * prod(kernel)``."""
+        return int(np.prod(self.kernel.shape[1:]))
+
+    @property
+    def receptive_field(self) -> tuple[int, ...]:
+        """Input span one output sees: ``dilation * (kernel - 1) + 1`` per axis."""
+        return tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_shape))
+
+    @property
+    def padding_depends_on_length(self) -> bool:
+        """True for ``same_*`` rules with a stride > 1: the pads change with the input length."""
+        return self.padding in ("same_upper", "same_lower") and any(s > 1 for s in self.stride)
+
+    def pads(self, spatial: int | Sequence[int] | None = None) -> tuple[tuple[int, int], ...]:
+        """The ``(begin, end)`` zero-based pads per spatial axis for an input of the given size.
+
+        ``spatial`` may be omitted when the padding does not depend on the input size.
+        """
+        if isinstance(self.padding, tuple):
+            return self.padding
+        rule = self.padding
+        if rule == "valid":
+            return ((0, 0),) * self.spatial_rank
+        if rule == "causal":
+            return tuple((r - 1, 0) for r in self.receptive_field)
+        if spatial is None:
+            if self.padding_depends_on_length:
+                raise fail(
+                    ConfigError,
+                    f"Padding {rule!r} with stride {self.stride} depends on the input length",
+                    "the input length",
+                    "none",
+                    "Pass the length, e.g. conv.pads(123).",
+                )
+            spatial = (1,) * self.spatial_rank  # with stride 1 every length gives the same pads
+        if isinstance(spatial, (int, np.integer)):
+            spatial = (int(spatial),)
+        out = []
+        for size, s, r in zip(spatial, self.stride, self.receptive_field):
+            total = max((math.ceil(size / s) - 1) * s + r - size, 0)
+            small, big = total // 2, total - total // 2
+            out.append((small, big) if rule == "same_upper" else (big, small))
+        return tuple(out)
+
+    def output_shape(self, spatial: int | Sequence[int]) -> tuple[int, ...]:
+        """Output spatial size for an input of spatial size ``spatial`` (ONNX ``Conv`` formula)."""
+        if isinstance(spatial, (int, np.integer)):
+            spatial = (int(spatial),)
+        return tuple(
+            (size + b + e - r) // s + 1
+            for size, (b, e), r, s in zip(spatial, self.pads(spatial), self.receptive_field, self.stride)
+        )
+
+    def with_static_padding(self, spatial: int | Sequence[int]) -> "ConvND":
+        """The same convolution with its padding resolved to explicit pairs for this input size."""
+        return self.replace(padding=self.pads(spatial))
+
+    # -- comparison and display ------------------------------------------
+    def hyperparameters(self) -> dict[str, Any]:
+        """Everything but the weights, as plain Python values."""
+        return dict(
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            kernel_shape=self.kernel_shape,
+            stride=self.stride,
+            dilation=self.dilation,
+            groups=self.groups,
+            padding=self.padding,
+            padding_mode=self.padding_mode,
+            bias=self.bias is not None,
+            dtype=self.dtype.name,
+        )
+
+    def same_weights(self, other: "ConvND") -> bool:
+        """True when kernel and bias have the same dtype, shape and bytes."""
+
+        def same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+            if a is None or b is None:
+                return a is None and b is None
+            return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+        return same(self.kernel, other.kernel) and same(self.bias, other.bias)
+
+    def equivalent(self, other: "ConvND", spatial: int | Sequence[int] | None = None) -> bool:
+        """Bit-identical weights and the same computation (padding compared after resolution)."""
+        if type(self) is not type(other) or not self.same_weights(other):
+            return False
+        mine, theirs = self.hyperparameters(), other.hyperparameters()
+        mine.pop("padding"), theirs.pop("padding")
+        if mine != theirs:
+            return False
+        if self.padding == other.padding:
+            return True
+        if self.padding_depends_on_length or other.padding_depends_on_length:
+            if spatial is None:
+                return False
+            return self.pads(spatial) == other.pads(spatial)
+        return self.pads() == other.pads()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ConvND):
+            return NotImplemented
+        return type(self) is type(other) and self.same_weights(other) and self.hyperparameters() == other.hyperparameters()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        h = self.hyperparameters()
+        parts = [
+            f"in_channels={h['in_channels']}",
+            f"out_channels={h['out_channels']}",
+            f"kernel_size={h['kernel_shape'] if self.spatial_rank > 1 else h['kernel_shape'][0]}",
+        ]
+        one = (lambda v: v[0]) if self.spatial_rank == 1 else (lambda v: v)
+        if any(s != 1 for s in self.stride):
+            parts.append(f"stride={one(self.stride)}")
+        if any(d != 1 for d in self.dilation):
+            parts.append(f"dilation={one(self.dilation)}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        parts.append(f"padding={one(self.padding) if isinstance(self.padding, tuple) else repr(self.padding)}")
+        if self.padding_mode != "zeros":
+            parts.append(f"padding_mode={self.padding_mode!r}")
+        parts.append(f"bias={self.bias is not None}")
+        parts.append(f"dtype={self.dtype.name}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class Conv1D(ConvND):
+    """A 1-D convolution (cross-correlation) with ONNX ``Conv`` semantics.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> conv = Conv1D(rng.normal(size=(64, 3, 10)).astype("float32"), np.zeros(64, "float32"))
+    >>> conv
+    Conv1D(in_channels=3, out_channels=64, kernel_size=10, padding='valid', bias=True, dtype=float32)
+    >>> conv.output_shape(123)
+    (114,)
+
+    Parameters
+    ----------
+    kernel:
+        ``(out_channels, in_channels // groups, kernel_size)``, or another layout
+        named by ``layout`` (e.g. ``"K I O"`` for a Keras 2/3 kernel).
+    bias:
+        ``(out_channels,)`` or ``None``.
+    stride, dilation:
+        Positive integers.
+    groups:
+        Divides both ``in_channels`` and ``out_channels``.
+    padding:
+        ``"valid"``, ``"same_upper"`` (TensorFlow/Keras/PyTorch ``'same'``: the odd
+        extra pad at the end), ``"same_lower"``, ``"causal"`` (``dilation * (k - 1)``
+        at the beginning), an integer ``p`` or a ``(begin, end)`` pair.
+    padding_mode:
+        ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` (PyTorch's names).
+
+    Instances are immutable; :meth:`replace` makes a changed copy.
+    """
+
+    spatial_rank = 1
+    __slots__ = ()
+
+    @property
+    def kernel_size(self) -> int:
+        return self.kernel_shape[0]
+
+    def output_length(self, length: int) -> int:
+        return self.output_shape(length)[0]
