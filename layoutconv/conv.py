@@ -35,11 +35,14 @@ def _is_supported_float(dtype: np.dtype) -> bool:
 
 
 def _positive_tuple(name: str, value: Any, rank: int) -> tuple[int, ...]:
+    given = value
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (int(value),) * rank
     try:
         out = tuple(int(v) for v in value)
-        ok = len(out) == rank and all(v == orig and v > 0 for v, orig in zip(out, value))
+        ok = len(out) == rank and all(
+            v == orig and v > 0 and not isinstance(orig, bool) for v, orig in zip(out, value)
+        )
     except (TypeError, ValueError):
         ok = False
     if not ok:
@@ -47,7 +50,7 @@ def _positive_tuple(name: str, value: Any, rank: int) -> tuple[int, ...]:
             ConfigError,
             f"Invalid value for argument `{name}`",
             f"a strictly positive integer or a tuple of {rank} of them",
-            f"{name}={value!r}",
+            f"{name}={given!r}",
         )
     return out
 

@@ -20,7 +20,7 @@ error of the order of ``|y|`` itself and fails by orders of magnitude.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -75,6 +75,17 @@ class Report:
         """True when at least one framework ran and none failed or errored."""
         ran = [r for r in self.results if r.status in ("pass", "fail", "error")]
         return bool(ran) and all(r.passed for r in ran)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: the convolution, the shapes, and every result."""
+        h = self.conv.hyperparameters()
+        return {
+            "conv": {k: (list(v) if isinstance(v, tuple) else v) for k, v in h.items()},
+            "input_shape": list(self.input_shape),
+            "reference_shape": list(self.reference_shape),
+            "passed": self.passed,
+            "results": [asdict(r) for r in self.results],
+        }
 
     def __getitem__(self, framework: str) -> Result:
         name = _fw.canonical_name(framework)

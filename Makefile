@@ -1,0 +1,27 @@
+# The two entry points of the README: `make demo` and `make test`.
+# Each creates its own virtual environment (.venv) and installs what it needs.
+# constraints.txt pins torch to the CPU build that these machines provide.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.layoutconv-installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all,test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/layoutconv demo
+
+test: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -rs
+
+bench: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) benchmarks/bench_reference.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

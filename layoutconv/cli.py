@@ -1,0 +1,283 @@
+"""The ``layoutconv`` command: a thin layer over the public API.
+
+Every command is one entry in :data:`COMMANDS` (a name, a help line, a function
+that adds its arguments, a function that runs it).  Frameworks are imported by
+the commands that need them, never by ``layoutconv --help``.
+
+Exit status: 0 success, 1 a verification or check failed, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, NamedTuple, Sequence
+
+from .errors import LayoutError
+
+
+class Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Register a sub-command; a name registered twice is a bug."""
+
+    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        if name in COMMANDS:
+            raise RuntimeError(f"command {name!r} registered twice")
+        COMMANDS[name] = Command(help, add_arguments, run)
+        return run
+
+    return register
+
+
+# -- shared argument groups -------------------------------------------------
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _padding(text: str) -> Any:
+    if "," in text or text.isdigit():
+        values = _int_list(text)
+        return values[0] if len(values) == 1 else values
+    return text
+
+
+def add_conv_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("convolution (ignored with --file)")
+    g.add_argument("--in-channels", type=int, default=3)
+    g.add_argument("--out-channels", "--filters", type=int, default=64)
+    g.add_argument("--kernel-size", type=int, default=10)
+    g.add_argument("--stride", type=int, default=1)
+    g.add_argument("--dilation", type=int, default=1)
+    g.add_argument("--groups", type=int, default=1)
+    g.add_argument(
+        "--padding",
+        type=_padding,
+        default="valid",
+        help="valid, same_upper, same_lower, causal, P, or BEGIN,END (default: valid)",
+    )
+    g.add_argument("--padding-mode", default="zeros", help="zeros, reflect, replicate, circular")
+    g.add_argument("--no-bias", action="store_true")
+    g.add_argument("--dtype", default="float32", help="float16, bfloat16, float32, float64")
+    g.add_argument("--seed", type=int, default=0, help="seed for random weights and inputs")
+    f = p.add_argument_group("or a convolution from a file")
+    f.add_argument("--file", help="a Keras .h5/.hdf5/.keras/.weights.h5 file or an .onnx model")
+    f.add_argument("--layer", help="layer (Keras) or node (ONNX) name; default: the only Conv1D")
+    f.add_argument("--backend", choices=["theano", "tensorflow"], help="override the backend of a Keras 1 file")
+
+
+def conv_from_args(args: argparse.Namespace):
+    """The Conv1D a command works on: read from --file, or random weights for the given configuration."""
+    import numpy as np
+
+    from .conv import Conv1D
+
+    if args.file:
+        path = str(args.file)
+        if path.endswith(".onnx"):
+            from . import from_onnx
+
+            return from_onnx(path, node=args.layer)
+        from .legacy import open as open_keras
+
+        return open_keras(path, backend=args.backend).conv1d(args.layer)
+    dtype = _dtype(args.dtype)
+    rng = np.random.default_rng(args.seed)
+    cg = args.in_channels // max(args.groups, 1)
+    if args.groups <= 0 or args.in_channels % args.groups:
+        from .errors import ConfigError, fail
+
+        raise fail(
+            ConfigError,
+            "in_channels is not divisible by groups",
+            f"--in-channels to be a multiple of --groups={args.groups}",
+            f"--in-channels={args.in_channels}",
+        )
+    kernel = rng.standard_normal((args.out_channels, cg, args.kernel_size)) / np.sqrt(max(cg * args.kernel_size, 1))
+    bias = None if args.no_bias else rng.standard_normal(args.out_channels) * 0.1
+    return Conv1D(
+        kernel.astype(dtype),
+        None if bias is None else bias.astype(dtype),
+        stride=args.stride,
+        dilation=args.dilation,
+        groups=args.groups,
+        padding=args.padding,
+        padding_mode=args.padding_mode,
+    )
+
+
+def _dtype(name: str):
+    import numpy as np
+
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            from .errors import FrameworkMissingError, fail
+
+            raise fail(FrameworkMissingError, "bfloat16 needs ml_dtypes", "ml_dtypes installed", "none", "pip install ml_dtypes") from None
+        return ml_dtypes.bfloat16
+    return np.dtype(name)
+
+
+# -- commands ----------------------------------------------------------------
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("demo", "the showcase: a Keras Conv1D(64, 10) on (123, 3), converted and proven equal", _demo_args)
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(seed=args.seed)
+
+
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    add_conv_arguments(p)
+    p.add_argument("--frameworks", default=None, help="comma-separated: keras,tf_keras,torch,onnx (default: all installed)")
+    p.add_argument("--length", type=int, help="input length (default: odd, not a multiple of the stride)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--data-format", default="channels_last", choices=["channels_last", "channels_first"], help="for Keras")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+@command("verify", "convert a convolution into every framework and compare each with the reference", _verify_args)
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    conv = conv_from_args(args)
+    names = args.frameworks.split(",") if args.frameworks else None
+    report = verify(conv, frameworks=names, length=args.length, batch=args.batch, seed=args.seed, keras_data_format=args.data_format)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report)
+    return 0 if report.passed else 1
+
+
+def _inspect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a Keras weight file (.h5, .hdf5, .keras, .weights.h5)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--backend", choices=["theano", "tensorflow"], help="override the inferred backend")
+
+
+@command("inspect", "what a Keras weight file holds, without TensorFlow", _inspect_args)
+def _inspect(args: argparse.Namespace) -> int:
+    from .legacy import inspect_text
+
+    print(inspect_text(args.path, as_json=args.json, backend=args.backend))
+    return 0
+
+
+def _explain_args(p: argparse.ArgumentParser) -> None:
+    add_conv_arguments(p)
+    p.add_argument("--index", type=_int_list, default=(0, 0, 0), help="output element n,f,t (default 0,0,0)")
+    p.add_argument("--length", type=int, default=123, help="input length for the random input (default 123)")
+    p.add_argument("--input", help="a .npy input, (N, C, L) or with --input-format channels_last (N, L, C)")
+    p.add_argument("--input-format", default="channels_first", choices=["channels_first", "channels_last"])
+    p.add_argument("--source", help="print the by-hand formula in this convention's terms, e.g. keras1.1-theano")
+    p.add_argument("--json", action="store_true")
+
+
+@command("explain", "one output element by hand: taps, positions, products, sums", _explain_args)
+def _explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .explain import explain
+
+    conv = conv_from_args(args)
+    if args.input:
+        x = np.load(args.input, allow_pickle=False)
+    else:
+        x = np.random.default_rng(args.seed + 1).standard_normal((1, conv.in_channels, args.length)).astype(conv.dtype)
+        if args.input_format == "channels_last":
+            x = x.transpose(0, 2, 1)
+    source = args.source
+    if source is None and args.file and not str(args.file).endswith(".onnx"):
+        from .legacy import open as open_keras
+
+        source = open_keras(args.file, backend=args.backend).convention(args.layer)
+    result = explain(conv, x, args.index, source=source, data_format=args.input_format)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    return 0 if result.agrees else 1
+
+
+def _diagnose_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel", required=True, help=".npy kernel exactly as the framework returned it")
+    p.add_argument("--bias", help=".npy bias (omit for none)")
+    p.add_argument("--x", required=True, help=".npy input the framework was given")
+    p.add_argument("--y", required=True, help=".npy output the framework produced")
+    p.add_argument("--stride", type=int)
+    p.add_argument("--dilation", type=int)
+    p.add_argument("--groups", type=int)
+    p.add_argument("--top", type=int, default=3, help="how many near misses to show")
+    p.add_argument("--json", action="store_true")
+
+
+@command("diagnose", "which layout, flip and padding reproduce a framework's output", _diagnose_args)
+def _diagnose(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .diagnose import diagnose
+
+    def load(path: str | None):
+        return None if path is None else np.load(path, allow_pickle=False)
+
+    result = diagnose(
+        load(args.kernel), load(args.bias), load(args.x), load(args.y),
+        stride=args.stride, dilation=args.dilation, groups=args.groups, top=args.top,
+    )
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    return 0 if result.matches else 1
+
+
+# -- entry point ---------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layoutconv",
+        description="Move Conv1D weights between Keras, PyTorch and ONNX, and prove nothing changed.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"layoutconv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except LayoutError as exc:
+        print(f"layoutconv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"layoutconv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
