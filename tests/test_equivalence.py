@@ -1,0 +1,153 @@
+"""Every framework, after conversion, computes the reference's outputs.
+
+The grid spells out the configurations that break converters (ambiguous
+shapes, even kernels with strides, causal dilation, groups, padding modes);
+the property test draws random ones.  Where a framework cannot express a
+configuration, the test names the reason and asserts that the harness reports
+it as unsupported rather than computing something else.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import layoutconv
+from layoutconv import Conv1D
+from conftest import need
+from layoutconv.verify import compare, default_input
+
+FRAMEWORKS = {
+    "keras": ("keras", "tensorflow"),
+    "tf_keras": ("tf_keras", "tensorflow"),
+    "torch": ("torch",),
+    "onnx": ("onnx", "onnxruntime"),
+}
+
+
+def expected_unsupported(conv: Conv1D, framework: str) -> str | None:
+    """Why a framework cannot run this convolution, or None when it must pass."""
+    if framework in ("keras", "tf_keras"):
+        if conv.padding_mode != "zeros":
+            return "Keras convolutions only pad with zeros"
+        if conv.padding == "same_lower" and conv.padding_depends_on_length:
+            return "Keras cannot express length-dependent same_lower padding without a fixed length"
+    return None
+
+
+def make_conv(rng, o, cg, k, *, stride=1, dilation=1, groups=1, padding="valid", mode="zeros", bias=True, dtype=np.float32):
+    kernel = rng.standard_normal((o, cg, k)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype) if bias else None
+    return Conv1D(kernel, b, stride=stride, dilation=dilation, groups=groups, padding=padding, padding_mode=mode)
+
+
+def check(conv: Conv1D, framework: str, **kwargs) -> None:
+    need(*FRAMEWORKS[framework])
+    report = layoutconv.verify(conv, frameworks=[framework], **kwargs)
+    result = report[framework]
+    reason = expected_unsupported(conv, framework)
+    if reason:
+        assert result.status == "unsupported", (reason, str(report))
+        return
+    assert result.status == "pass", str(report)
+    assert result.shape == report.reference_shape
+    assert result.dtype == conv.dtype.name
+
+
+# (O, I/g, K, stride, dilation, groups, padding, mode, bias)
+GRID = {
+    "k=filters-valid": (5, 3, 5, 1, 1, 1, "valid", "zeros", True),
+    "in=filters-same-s2": (4, 4, 3, 2, 1, 1, "same_upper", "zeros", True),
+    "k=in-even-same-s3": (6, 4, 4, 3, 1, 1, "same_upper", "zeros", False),
+    "all-equal-causal-d2": (3, 3, 3, 1, 2, 1, "causal", "zeros", True),
+    "same_lower-s1-d3": (4, 2, 4, 1, 3, 1, "same_lower", "zeros", True),
+    "same_lower-s2": (4, 2, 5, 2, 1, 1, "same_lower", "zeros", True),
+    "same_upper-s2-d2": (4, 3, 3, 2, 2, 1, "same_upper", "zeros", True),
+    "explicit-asym": (4, 3, 6, 1, 1, 1, (3, 1), "zeros", True),
+    "groups2": (6, 2, 3, 1, 1, 2, "same_upper", "zeros", True),
+    "depthwise": (4, 1, 5, 2, 1, 4, "valid", "zeros", True),
+    "k1": (7, 3, 1, 4, 1, 1, "valid", "zeros", True),
+    "k11-s4-d3": (3, 2, 11, 4, 3, 1, "same_upper", "zeros", False),
+    "reflect": (4, 3, 3, 1, 1, 1, (2, 1), "reflect", True),
+    "replicate-same": (4, 3, 4, 1, 1, 1, "same_upper", "replicate", True),
+    "circular-causal": (4, 3, 3, 1, 2, 1, "causal", "circular", True),
+}
+
+
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+@pytest.mark.parametrize("case", list(GRID))
+def test_grid(rng, case, framework):
+    o, cg, k, s, d, g, padding, mode, bias = GRID[case]
+    conv = make_conv(rng, o, cg, k, stride=s, dilation=d, groups=g, padding=padding, mode=mode, bias=bias)
+    check(conv, framework)
+
+
+@pytest.mark.parametrize("framework", ["keras", "tf_keras"])
+@pytest.mark.parametrize("case", ["in=filters-same-s2", "all-equal-causal-d2", "explicit-asym", "groups2"])
+def test_keras_channels_first(rng, case, framework):
+    o, cg, k, s, d, g, padding, mode, bias = GRID[case]
+    conv = make_conv(rng, o, cg, k, stride=s, dilation=d, groups=g, padding=padding, mode=mode, bias=bias)
+    check(conv, framework, keras_data_format="channels_first")
+
+
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+@pytest.mark.parametrize("length", [9, 10, 11, 12], ids=lambda n: f"L{n}")
+def test_lengths_around_the_stride(rng, framework, length):
+    # stride 3: lengths 9 and 12 are multiples, 10 and 11 are not; same_upper pads change with each.
+    conv = make_conv(rng, 4, 3, 4, stride=3, padding="same_upper")
+    check(conv, framework, length=length)
+
+
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_dtypes(rng, framework, dtype):
+    conv = make_conv(rng, 4, 3, 5, stride=2, padding="same_upper", dtype=np.dtype(dtype))
+    check(conv, framework)
+
+
+def test_wrong_layout_is_caught(rng):
+    """A Keras kernel read with the wrong permutation still fits (5, 5, 5) and must fail the harness."""
+    raw = rng.standard_normal((5, 5, 5)).astype(np.float32)  # Keras K I O
+    right = Conv1D(raw, layout="K I O")
+    wrong = Conv1D(raw)  # read as if it were O I K
+    x = default_input(right)
+    expected = layoutconv.reference.conv1d(right, x)
+    result = compare(right, x, layoutconv.reference.conv1d(wrong, x).astype(np.float32), "wrong")
+    assert result.status == "fail" and result.worst_error_over_tolerance > 100
+    assert expected.shape == layoutconv.reference.conv1d(wrong, x).shape
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_property_random_configurations(data):
+    for modules in FRAMEWORKS.values():
+        need(*modules)
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    rng = np.random.default_rng(seed)
+    k = data.draw(st.integers(1, 11), label="kernel_size")
+    s = data.draw(st.integers(1, 4), label="stride")
+    d = data.draw(st.integers(1, 3), label="dilation")
+    cg = data.draw(st.integers(1, 3), label="in_per_group")
+    g = data.draw(st.sampled_from([1, 2, "depthwise"]), label="groups")
+    og = data.draw(st.integers(1, 3), label="out_per_group")
+    if g == "depthwise":
+        g, cg = data.draw(st.integers(2, 4), label="channels"), 1
+    padding = data.draw(
+        st.sampled_from(["valid", "same_upper", "same_lower", "causal", (0, 2), (3, 1), 2]), label="padding"
+    )
+    mode = data.draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]), label="mode")
+    bias = data.draw(st.booleans(), label="bias")
+    conv = make_conv(rng, og * g, cg, k, stride=s, dilation=d, groups=g, padding=padding, mode=mode, bias=bias)
+    span = conv.receptive_field[0]
+    # longer than every pad, so reflect and circular padding are defined
+    length = data.draw(st.integers(max(span, 4) + 1, 3 * span + 9), label="length")
+    data_format = data.draw(st.sampled_from(["channels_last", "channels_first"]), label="keras_data_format")
+    report = layoutconv.verify(conv, frameworks=list(FRAMEWORKS), length=length, seed=seed % 1000, keras_data_format=data_format)
+    for result in report.results:
+        reason = expected_unsupported(conv, result.framework)
+        if reason:
+            assert result.status == "unsupported", (reason, str(report))
+        else:
+            assert result.status == "pass", str(report)
