@@ -1,0 +1,64 @@
+"""The `layoutconv` command: help everywhere, exit status, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import need
+from layoutconv import cli
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_help_for_every_command(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([name, "--help"])
+    assert exc.value.code == 0
+    assert name in capsys.readouterr().out
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "layoutconv.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for name in cli.COMMANDS:
+        assert name in out.stdout
+
+
+def test_verify_passes_and_reports_json(capsys):
+    need("torch")
+    need("onnx", "onnxruntime")
+    code = cli.main(
+        ["verify", "--frameworks", "torch,onnx", "--in-channels", "4", "--filters", "4", "--kernel-size", "4",
+         "--stride", "3", "--padding", "same_upper", "--json"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["passed"]
+    assert [r["framework"] for r in report["results"]] == ["torch", "onnx"]
+    assert all(r["status"] == "pass" for r in report["results"])
+    assert report["conv"]["padding"] == "same_upper" and report["conv"]["stride"] == [3]
+
+
+def test_bad_configuration_exits_2_with_message(capsys):
+    code = cli.main(["verify", "--frameworks", "torch", "--in-channels", "3", "--groups", "2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "groups=2" in err and "--in-channels=3" in err
+
+
+def test_unknown_framework_exits_2(capsys):
+    code = cli.main(["verify", "--frameworks", "caffe"])
+    assert code == 2
+    assert "'caffe'" in capsys.readouterr().err
+
+
+def test_demo_passes(capsys):
+    for modules in (("keras", "tensorflow"), ("tf_keras",), ("torch",), ("onnx", "onnxruntime")):
+        need(*modules)
+    code = cli.main(["demo"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "DEMO PASSED" in out
+    assert "W1[::-1, 0, :, f]" in out
