@@ -200,17 +200,28 @@ class ConvND:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
-    def replace(self, **changes: Any) -> "ConvND":
-        """A copy with some fields changed, validated like a new object."""
-        fields = dict(
-            kernel=self.kernel,
-            bias=self.bias,
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and copy rebuild through __init__, so the copy is validated like the original
+        return (_rebuild, (type(self), self.kernel, self.bias, self._fields()))
+
+    def __copy__(self) -> "ConvND":
+        return self  # immutable: a copy is the same value
+
+    def __deepcopy__(self, memo: dict) -> "ConvND":
+        return self
+
+    def _fields(self) -> dict[str, Any]:
+        return dict(
             stride=self.stride,
             dilation=self.dilation,
             groups=self.groups,
             padding=self.padding,
             padding_mode=self.padding_mode,
         )
+
+    def replace(self, **changes: Any) -> "ConvND":
+        """A copy with some fields changed, validated like a new object."""
+        fields = dict(kernel=self.kernel, bias=self.bias, **self._fields())
         unknown = set(changes) - set(fields)
         if unknown:
             raise fail(ConfigError, "Unknown field for replace()", f"some of {sorted(fields)}", f"{sorted(unknown)}")
@@ -364,6 +375,10 @@ class ConvND:
         parts.append(f"bias={self.bias is not None}")
         parts.append(f"dtype={self.dtype.name}")
         return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _rebuild(cls: type, kernel: np.ndarray, bias: np.ndarray | None, fields: dict[str, Any]) -> ConvND:
+    return cls(kernel, bias, **fields)
 
 
 class Conv1D(ConvND):

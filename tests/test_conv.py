@@ -129,3 +129,13 @@ def test_equivalent_compares_resolved_padding(rng):
 def test_in_channels_with_groups(rng):
     conv = Conv1D(kernel(rng, o=6, i=2), groups=3)
     assert (conv.in_channels, conv.out_channels, conv.fan_in) == (6, 6, 10)
+
+
+def test_pickle_and_copy_keep_value(rng):
+    import copy
+    import pickle
+
+    conv = Conv1D(kernel(rng), rng.standard_normal(4).astype(np.float32), stride=2, padding="causal")
+    again = pickle.loads(pickle.dumps(conv))
+    assert again == conv and again.kernel.tobytes() == conv.kernel.tobytes()
+    assert copy.deepcopy(conv) == conv
