@@ -23,6 +23,9 @@ from .errors import (
     UnsafeFileError,
     UnsupportedError,
 )
+from ._diagnose import Diagnosis, diagnose
+from ._explain import Explanation, explain
+from .conventions import CONVENTIONS, Convention
 from .frameworks import adapter as _adapter
 from .verify import Report, Result, verify
 
@@ -46,6 +49,12 @@ __all__ = [
     "to_torch",
     "to_onnx",
     "verify",
+    "explain",
+    "diagnose",
+    "Explanation",
+    "Diagnosis",
+    "Convention",
+    "CONVENTIONS",
     "Report",
     "Result",
     "layouts",
@@ -101,8 +110,6 @@ def __getattr__(name: str) -> Any:
     lazy = {
         "open": ("layoutconv.legacy", "open"),
         "from_keras1": ("layoutconv.legacy", "from_keras1"),
-        "explain": ("layoutconv.explain", "explain"),
-        "diagnose": ("layoutconv.diagnose", "diagnose"),
     }
     if name in lazy:
         import importlib

@@ -77,6 +77,14 @@ def add_conv_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--file", help="a Keras .h5/.hdf5/.keras/.weights.h5 file or an .onnx model")
     f.add_argument("--layer", help="layer (Keras) or node (ONNX) name; default: the only Conv1D")
     f.add_argument("--backend", choices=["theano", "tensorflow"], help="override the backend of a Keras 1 file")
+    r = p.add_argument_group("or raw arrays, exactly as a framework returned them (with the convolution options above)")
+    r.add_argument("--kernel", help=".npy kernel")
+    r.add_argument("--bias", help=".npy bias (omit for none)")
+    r.add_argument(
+        "--source",
+        help="the convention the raw kernel (and the by-hand formula) is in: "
+        "torch, onnx, keras, keras-theano, keras1.1-theano, keras1.1-tensorflow, keras1.0-theano, keras1.0-tensorflow",
+    )
 
 
 def conv_from_args(args: argparse.Namespace):
@@ -94,6 +102,20 @@ def conv_from_args(args: argparse.Namespace):
         from .legacy import open as open_keras
 
         return open_keras(path, backend=args.backend).conv1d(args.layer)
+    geometry = dict(
+        stride=args.stride,
+        dilation=args.dilation,
+        groups=args.groups,
+        padding=args.padding,
+        padding_mode=args.padding_mode,
+    )
+    if getattr(args, "kernel", None):
+        from .conventions import CONVENTIONS
+
+        source = _convention(args.source or "torch")
+        kernel = np.load(args.kernel, allow_pickle=False)
+        bias = None if args.bias is None else np.load(args.bias, allow_pickle=False)
+        return CONVENTIONS[source.name].conv1d(kernel, bias, **geometry)
     dtype = _dtype(args.dtype)
     rng = np.random.default_rng(args.seed)
     cg = args.in_channels // max(args.groups, 1)
@@ -108,15 +130,16 @@ def conv_from_args(args: argparse.Namespace):
         )
     kernel = rng.standard_normal((args.out_channels, cg, args.kernel_size)) / np.sqrt(max(cg * args.kernel_size, 1))
     bias = None if args.no_bias else rng.standard_normal(args.out_channels) * 0.1
-    return Conv1D(
-        kernel.astype(dtype),
-        None if bias is None else bias.astype(dtype),
-        stride=args.stride,
-        dilation=args.dilation,
-        groups=args.groups,
-        padding=args.padding,
-        padding_mode=args.padding_mode,
-    )
+    return Conv1D(kernel.astype(dtype), None if bias is None else bias.astype(dtype), **geometry)
+
+
+def _convention(name: str):
+    from .conventions import CONVENTIONS
+    from .errors import ConfigError, fail
+
+    if name not in CONVENTIONS:
+        raise fail(ConfigError, "Unknown convention", f"one of {sorted(CONVENTIONS)}", f"{name!r}")
+    return CONVENTIONS[name]
 
 
 def _dtype(name: str):
@@ -189,8 +212,7 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", type=_int_list, default=(0, 0, 0), help="output element n,f,t (default 0,0,0)")
     p.add_argument("--length", type=int, default=123, help="input length for the random input (default 123)")
     p.add_argument("--input", help="a .npy input, (N, C, L) or with --input-format channels_last (N, L, C)")
-    p.add_argument("--input-format", default="channels_first", choices=["channels_first", "channels_last"])
-    p.add_argument("--source", help="print the by-hand formula in this convention's terms, e.g. keras1.1-theano")
+    p.add_argument("--input-format", choices=["channels_first", "channels_last"], help="default: the source convention's")
     p.add_argument("--json", action="store_true")
 
 
@@ -198,23 +220,24 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
 def _explain(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .explain import explain
+    from ._explain import explain
 
     conv = conv_from_args(args)
-    if args.input:
-        x = np.load(args.input, allow_pickle=False)
-    else:
-        x = np.random.default_rng(args.seed + 1).standard_normal((1, conv.in_channels, args.length)).astype(conv.dtype)
-        if args.input_format == "channels_last":
-            x = x.transpose(0, 2, 1)
-    source = args.source
+    source = _convention(args.source) if args.source else None
     if source is None and args.file and not str(args.file).endswith(".onnx"):
         from .legacy import open as open_keras
 
         source = open_keras(args.file, backend=args.backend).convention(args.layer)
-    result = explain(conv, x, args.index, source=source, data_format=args.input_format)
+    data_format = args.input_format or (source.data_format if source else "channels_first")
+    if args.input:
+        x = np.load(args.input, allow_pickle=False)
+    else:
+        x = np.random.default_rng(args.seed + 1).standard_normal((1, conv.in_channels, args.length)).astype(conv.dtype)
+        if data_format == "channels_last":
+            x = np.ascontiguousarray(x.transpose(0, 2, 1))
+    result = explain(conv, x, args.index, source=source, data_format=data_format)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
-    return 0 if result.agrees else 1
+    return 0 if result.agree else 1
 
 
 def _diagnose_args(p: argparse.ArgumentParser) -> None:
@@ -233,7 +256,7 @@ def _diagnose_args(p: argparse.ArgumentParser) -> None:
 def _diagnose(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .diagnose import diagnose
+    from ._diagnose import diagnose
 
     def load(path: str | None):
         return None if path is None else np.load(path, allow_pickle=False)

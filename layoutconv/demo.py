@@ -30,7 +30,7 @@ def run_demo(seed: int = 0) -> int:
     frameworks.adapter("keras")  # a clear FrameworkMissingError when Keras is not installed
     import keras
     from . import from_keras
-    from .explain import explain
+    from ._explain import explain
 
     rng = np.random.default_rng(seed)
     _say("layoutconv demo: Keras Conv1D(filters=64, kernel_size=10) on an input of shape (123, 3)")
@@ -81,6 +81,6 @@ def run_demo(seed: int = 0) -> int:
     _say(f"   layoutconv reads W1 back to the identical canonical kernel: {same}")
     _say("   See docs/why-my-by-hand-conv1d-differs.md, `layoutconv explain` and `layoutconv diagnose`.")
 
-    ok = report.passed and keras_ok and exp.agrees and same and np.isclose(flipped, predicted[0, 0, 0], rtol=1e-5, atol=1e-5)
+    ok = report.passed and keras_ok and exp.agree and same and np.isclose(flipped, predicted[0, 0, 0], rtol=1e-5, atol=1e-5)
     _say("\nDEMO " + ("PASSED" if ok else "FAILED"))
     return 0 if ok else 1
