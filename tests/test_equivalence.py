@@ -34,6 +34,8 @@ def expected_unsupported(conv: Conv1D, framework: str) -> str | None:
             return "Keras convolutions only pad with zeros"
         if conv.padding == "same_lower" and conv.padding_depends_on_length:
             return "Keras cannot express length-dependent same_lower padding without a fixed length"
+    if framework == "onnx" and conv.dtype.name in ("float64", "bfloat16"):
+        return "onnxruntime's CPU Conv has float32 and float16 kernels only"
     return None
 
 
