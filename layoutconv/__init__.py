@@ -111,6 +111,10 @@ def __getattr__(name: str) -> Any:
         "open": ("layoutconv.legacy", "open"),
         "from_keras1": ("layoutconv.legacy", "from_keras1"),
     }
+    if name == "legacy":
+        import importlib
+
+        return importlib.import_module("layoutconv.legacy")
     if name in lazy:
         import importlib
 

@@ -1,0 +1,519 @@
+"""Read Conv1D weights from Keras 1, 2 and 3 weight files without TensorFlow.
+
+>>> kf = layoutconv.open("DeepCpf1_weights.h5")          # doctest: +SKIP
+>>> kf.format, kf.backend, kf.backend_source             # doctest: +SKIP
+('keras1.1-weights', 'theano', "inferred: no weight name ends in ':0' ...")
+>>> conv = kf.conv1d()                                   # the canonical, unflipped Conv1D  # doctest: +SKIP
+>>> module = layoutconv.to_torch(conv)                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from .. import layouts
+from ..conv import Conv1D
+from ..conventions import Convention
+from ..errors import ConfigError, FileFormatError, LayoutError, ShapeError, fail
+from . import formats, semantics
+from .formats import FORMATS, Layer, Source, Weight
+
+#: Used when neither the file's config nor the caller gives a value.
+DEFAULTS: dict[str, Any] = {"padding": "valid", "stride": 1, "dilation": 1, "groups": 1}
+
+
+@dataclass(frozen=True)
+class KerasFile:
+    """What a Keras weight file holds, as read by :func:`open` (an immutable record; weights are read on demand).
+
+    ``format`` is one of :data:`layoutconv.legacy.formats.FORMATS`.
+    ``keras_version`` and ``backend`` are ``None`` when unknown; the
+    ``*_source`` fields say how each was determined, and
+    ``backend_inferred`` is true when the backend was deduced rather than read.
+    """
+
+    path: str
+    format: str
+    keras_version: str | None
+    keras_version_source: str
+    backend: str | None
+    backend_source: str
+    backend_inferred: bool
+    layers: tuple[Layer, ...]
+    generation: int = field(default=2, repr=False)
+    _source: Source = field(default=Source("hdf5"), repr=False, compare=False)
+
+    # -- lookup -----------------------------------------------------------
+    @property
+    def description(self) -> str:
+        return FORMATS[self.format]
+
+    @property
+    def conv1d_layers(self) -> tuple[Layer, ...]:
+        return tuple(layer for layer in self.layers if layer.is_conv1d)
+
+    def layer(self, name: str | None = None) -> Layer:
+        """The layer called ``name``; without a name, the file's single Conv1D layer."""
+        if name is None:
+            convs = self.conv1d_layers
+            if len(convs) == 1:
+                return convs[0]
+            if not convs:
+                listing = ", ".join(f"{layer.name} ({layer.type or 'unknown type'})" for layer in self.layers[:20])
+                raise fail(
+                    ConfigError,
+                    f"{self.path} has no Conv1D layer",
+                    f"a layer of type {' / '.join(semantics.CONV1D_TYPES)}",
+                    f"the layers {listing or '(none)'}",
+                    "If a layer of unknown type is a 1-D convolution, pass its name: conv1d('name').",
+                )
+            raise fail(
+                ConfigError,
+                f"{self.path} has {len(convs)} Conv1D layers",
+                "layer_name= to pick one",
+                f"the Conv1D layers {[layer.name for layer in convs]}",
+                f"For example conv1d({convs[0].name!r}).",
+            )
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise fail(
+            ConfigError,
+            f"{self.path} has no layer {name!r}",
+            "one of the file's layer names",
+            f"{[layer.name for layer in self.layers][:30]}",
+        )
+
+    def weights(self, layer_name: str | None = None) -> list[np.ndarray]:
+        """The raw arrays of a layer, exactly as stored (native byte order), in the file's order."""
+        layer = self.layer(layer_name)
+        return formats.read_arrays(self.path, self._source, layer.weights)
+
+    # -- conversion -------------------------------------------------------
+    def convention(self, layer_name: str | None = None, *, layout: str | None = None) -> Convention:
+        """The :class:`~layoutconv.conventions.Convention` the layer's raw kernel follows."""
+        with self._context(layer_name):
+            layer = self._conv_layer(layer_name)
+            name, _ = self._layout(layer, layout)
+            self._check_backend()
+            return semantics.convention_for(name, self.backend, self._config(layer).get("data_format", "channels_last"))
+
+    def conv1d(self, layer_name: str | None = None, *, layout: str | None = None, **hyperparameters: Any) -> Conv1D:
+        """The layer as a canonical :class:`~layoutconv.Conv1D` (cross-correlation, kernel ``O I K``).
+
+        The kernel is flipped when the backend convolved (Theano).  Stride,
+        dilation, groups and padding come from the file's config where it has
+        one; otherwise from ``hyperparameters`` (``padding``, ``stride``,
+        ``dilation``, ``groups``; Keras spellings such as ``border_mode``,
+        ``strides`` or ``subsample_length`` are accepted), else the defaults
+        ``padding='valid'``, stride 1, dilation 1.  A keyword that contradicts
+        the config is a :class:`~layoutconv.ConfigError`.  Padding words are
+        read under the file's backend: ``'same'`` is Theano's rule for Theano
+        files and ``same_upper`` otherwise.
+
+        ``layout`` (``'keras1.0'`` or ``'keras1.1'``) settles a Keras 1 kernel
+        whose shape fits both layouts.
+        """
+        with self._context(layer_name):
+            layer = self._conv_layer(layer_name)
+            layout_name, _ = self._layout(layer, layout)
+            self._check_backend()
+            kernel_rec, bias_rec = _kernel_and_bias(layer, self.path)
+            resolved, _ = self._resolve(layer, layout_name, hyperparameters)
+            arrays = formats.read_arrays(self.path, self._source, [w for w in (kernel_rec, bias_rec) if w is not None])
+            kernel = arrays[0]
+            bias = arrays[1] if bias_rec is not None else None
+            convention = semantics.convention_for(layout_name, self.backend, self._config(layer).get("data_format", "channels_last"))
+            return convention.conv1d(kernel, bias, **resolved)
+
+    # -- reports ----------------------------------------------------------
+    def summary(self) -> str:
+        """A text report: file facts with their sources, then one row per layer."""
+        lines = [
+            f"File     {self.path}",
+            f"Format   {self.format}: {self.description}",
+            f"Version  {self.keras_version or 'unknown'} ({self.keras_version_source})",
+            f"Backend  {self.backend or ('any' if self.generation == 3 else 'unknown')} ({self.backend_source})",
+        ]
+        flip = semantics.BACKEND_FLIPS.get(self.backend or "")
+        if self.backend == "theano":
+            lines.append("Flip     yes: Theano computed a true convolution; canonical kernels are reversed along K")
+        elif flip is False or self.generation == 3:
+            lines.append("Flip     no: this backend cross-correlates like PyTorch and ONNX")
+        if self.backend_inferred:
+            other = "tensorflow" if self.backend == "theano" else "theano"
+            lines.append(f"Note     the backend was inferred, not recorded; pass backend='{other}' if the model was trained with {other}")
+        rows = [("layer", "type", "kernel shape", "layout", "flip", "padding")]
+        for layer in self.layers:
+            info = self._conv_info(layer)
+            kernel = layer.kernel or (layer.weights[0] if layer.weights else None)
+            shape = str(kernel.shape) if kernel else "-"
+            if info is None:
+                rows.append((layer.name, layer.type or "?", shape, "-", "-", "-"))
+            elif "error" in info:
+                rows.append((layer.name, layer.type or "?", shape, info.get("layout") or "undecided", "?", "? (see below)"))
+            else:
+                pad = info["padding"]
+                word = f"{pad['keras']} -> " if pad["keras"] is not None and pad["keras"] != pad["canonical"] else ""
+                rows.append(
+                    (
+                        layer.name,
+                        layer.type or "?",
+                        shape,
+                        f"{info['layout']} ({info['layout_axes']})",
+                        "yes" if info["flip"] else "no",
+                        f"{word}{pad['canonical']} ({pad['source']})",
+                    )
+                )
+        widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+        lines.append("")
+        lines += ["  ".join(str(c).ljust(w) for c, w in zip(r[:5], widths)) + "  " + str(r[5]) for r in rows]
+        notes = []
+        for layer in self.conv1d_layers:
+            info = self._conv_info(layer) or {}
+            if "error" in info:
+                notes.append(f"{layer.name}: {info['error']}")
+            elif self.generation == 1:
+                notes.append(f"{layer.name}: layout from {info['layout_source']}")
+        if notes:
+            lines.append("")
+            lines += notes
+        return "\n".join(line.rstrip() for line in lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything :meth:`summary` shows, as JSON-ready data (``layoutconv inspect --json``)."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "format_description": self.description,
+            "keras_version": {"value": self.keras_version, "source": self.keras_version_source},
+            "backend": {"value": self.backend, "source": self.backend_source, "inferred": self.backend_inferred},
+            "layers": [
+                {
+                    "name": layer.name,
+                    "type": layer.type,
+                    "type_source": layer.type_source,
+                    "weights": [{"name": w.name, "shape": list(w.shape), "dtype": w.dtype} for w in layer.weights],
+                    "hyperparameters": layer.hyperparameters,
+                    "conv1d": self._conv_info(layer),
+                }
+                for layer in self.layers
+            ],
+        }
+
+    # -- internals --------------------------------------------------------
+    @contextlib.contextmanager
+    def _context(self, layer_name: str | None) -> Iterator[None]:
+        try:
+            yield
+        except LayoutError as exc:
+            if self.path in str(exc):
+                raise
+            where = f"layer {layer_name!r} of {self.path}" if layer_name else self.path
+            raise type(exc)(f"{where}: {exc}") from None
+
+    def _check_backend(self) -> None:
+        if self.generation == 3:
+            return
+        if self.backend not in semantics.BACKEND_FLIPS:
+            raise fail(
+                ConfigError,
+                "The file's backend is unknown, so whether the kernel is flipped is unknown",
+                f"one of {sorted(semantics.BACKEND_FLIPS)}",
+                f"{self.backend!r} ({self.backend_source})",
+                "Pass backend='theano' or backend='tensorflow' to layoutconv.open().",
+            )
+
+    def _conv_layer(self, layer_name: str | None) -> Layer:
+        layer = self.layer(layer_name)
+        if layer.is_conv1d or (layer.type is None and layer.kernel is not None):
+            return layer
+        raise fail(
+            ConfigError,
+            f"Layer {layer.name!r} is not a Conv1D layer",
+            f"a layer of type {' / '.join(semantics.CONV1D_TYPES)}",
+            f"type {layer.type} ({layer.type_source})",
+            f"The Conv1D layers are {[c.name for c in self.conv1d_layers]}.",
+        )
+
+    def _layout(self, layer: Layer, layout: str | None) -> tuple[str, str]:
+        kernel = layer.kernel
+        if kernel is None:
+            raise fail(ShapeError, f"Layer {layer.name!r} has no kernel", "a weight with 3 or 4 axes", f"weights {[w.shape for w in layer.weights]}")
+        bias_length = layer.bias.shape[0] if layer.bias is not None else None
+        if self.generation == 1:
+            if layout is not None:
+                return semantics.choose_keras1_layout(kernel.shape, bias_length=bias_length, layout=layout), "given by the caller (layout=...)"
+            if layer.layout:
+                return layer.layout, layer.layout_source
+            decided = {c.layout for c in self.conv1d_layers if c.layout}
+            fits = semantics.keras1_layouts(kernel.shape)
+            if len(decided) == 1 and next(iter(decided)) in fits:
+                return next(iter(decided)), "the layout of the file's other Conv1D layers"
+            return semantics.choose_keras1_layout(kernel.shape, bias_length=bias_length), f"kernel shape {kernel.shape}"
+        if layout is not None and layouts.parse(layout).names != layouts.parse("keras").names:
+            raise fail(ConfigError, "Keras 2 and 3 files have one kernel layout", "layout=None or 'keras'", f"layout={layout!r}")
+        if len(kernel.shape) != 3:
+            raise fail(
+                ShapeError,
+                f"Layer {layer.name!r} does not hold a Conv1D kernel",
+                "a 3-d kernel (kernel_size, input_dim, filters)",
+                f"shape {kernel.shape}",
+            )
+        return "keras", layer.layout_source or "Keras 2/3 kernels are (kernel_size, input_dim, filters)"
+
+    def _config(self, layer: Layer) -> dict[str, Any]:
+        """The layer's config in layoutconv's names (``stride``, ``dilation``, ``padding`` word, ...)."""
+        keys = semantics.KERAS1_KEYS if self.generation == 1 else semantics.KERAS2_KEYS
+        hp = layer.hyperparameters or {}
+        out: dict[str, Any] = {}
+        for canon, key in keys.items():
+            if key in hp and hp[key] is not None:
+                value = hp[key]
+                if isinstance(value, (list, tuple)) and len(value) == 1:
+                    value = value[0]
+                out[canon] = value
+        return out
+
+    def _resolve(self, layer: Layer, layout_name: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Canonical hyperparameters and where each came from ('config', 'argument', 'default')."""
+        given: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            canon = semantics.KWARG_ALIASES.get(key)
+            if canon is None:
+                raise fail(
+                    ConfigError,
+                    f"Unknown hyperparameter {key!r}",
+                    f"some of {sorted(semantics.KWARG_ALIASES)}",
+                    f"{key}={value!r}",
+                    "Kernel size, filters and bias come from the weights themselves.",
+                )
+            if canon in given:
+                raise fail(ConfigError, f"{canon!r} given twice", "one spelling per hyperparameter", f"{sorted(kwargs)}")
+            given[canon] = value
+        config = self._config(layer)
+        kernel = layer.kernel
+        assert kernel is not None
+        names = layouts.parse(layout_name).names
+        size = {axis: kernel.shape[i] for i, axis in enumerate(names) if axis != "1"}
+        _check_config_sizes(layer, config, size)
+
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for key in ("stride", "dilation", "groups"):
+            if key in config:
+                values[key], sources[key] = config[key], "config"
+                if key in given and given[key] != config[key]:
+                    raise fail(
+                        ConfigError,
+                        f"{key}={given[key]!r} contradicts the file's config",
+                        f"{key}={config[key]!r} (as recorded) or no {key} argument",
+                        f"{key}={given[key]!r}",
+                    )
+            elif key in given:
+                values[key], sources[key] = given[key], "argument"
+            else:
+                values[key], sources[key] = DEFAULTS[key], "default"
+        if not isinstance(values["dilation"], (int, np.integer)) or isinstance(values["dilation"], bool):
+            raise fail(ConfigError, "Invalid value for `dilation`", "a positive integer", f"dilation={values['dilation']!r}")
+        k, d = size["K"], int(values["dilation"])
+        from_config = semantics.canonical_padding(config["padding"], self.backend, k, d) if "padding" in config else None
+        from_args = semantics.canonical_padding(given["padding"], self.backend, k, d) if "padding" in given else None
+        if from_config is not None:
+            values["padding"], sources["padding"] = from_config, "config"
+            if from_args is not None and not _same_padding(from_config, from_args, k, values["stride"], d):
+                raise fail(
+                    ConfigError,
+                    f"padding={given['padding']!r} contradicts the file's config",
+                    f"padding={config['padding']!r} (as recorded; canonical {from_config}) or no padding argument",
+                    f"padding={given['padding']!r} (canonical {from_args})",
+                )
+        elif from_args is not None:
+            values["padding"], sources["padding"] = from_args, "argument"
+        else:
+            values["padding"], sources["padding"] = DEFAULTS["padding"], "default"
+        sources["padding_word"] = str(config.get("padding", given.get("padding", DEFAULTS["padding"])))
+        return values, sources
+
+    def _conv_info(self, layer: Layer) -> dict[str, Any] | None:
+        if not layer.is_conv1d:
+            return None
+        info: dict[str, Any] = {"layout": layer.layout, "layout_source": layer.layout_source}
+        try:
+            name, source = self._layout(layer, None)
+            self._check_backend()
+            resolved, sources = self._resolve(layer, name, {})
+            convention = semantics.convention_for(name, self.backend, self._config(layer).get("data_format", "channels_last"))
+        except LayoutError as exc:
+            info["error"] = str(exc)
+            return info
+        no_config = "" if layer.hyperparameters is not None else "; the file has no config"
+        canonical = resolved["padding"]
+        info.update(
+            layout=name,
+            layout_axes=layouts.parse(name).layout,
+            layout_source=source,
+            flip=convention.flipped,
+            convention=convention.name,
+            data_format=convention.data_format,
+            stride=resolved["stride"],
+            dilation=resolved["dilation"],
+            groups=resolved["groups"],
+            padding={
+                "keras": sources["padding_word"] if sources["padding"] != "default" else None,
+                "canonical": _plain(canonical),
+                "source": sources["padding"] + (no_config if sources["padding"] == "default" else ""),
+            },
+        )
+        return info
+
+
+def _plain(padding: Any) -> Any:
+    return [list(p) for p in padding] if isinstance(padding, tuple) else padding
+
+
+def _kernel_and_bias(layer: Layer, path: str) -> tuple[Weight, Weight | None]:
+    kernel = layer.kernel
+    rest = [w for w in layer.weights if w is not kernel]
+    if kernel is None or len(rest) > 1 or (rest and len(rest[0].shape) != 1):
+        raise fail(
+            FileFormatError,
+            f"Layer {layer.name!r} in {path} does not hold a kernel and an optional bias",
+            "a 3-d or 4-d kernel and at most one 1-d bias",
+            f"weights {[(w.name, w.shape) for w in layer.weights]}",
+        )
+    return kernel, (rest[0] if rest else None)
+
+
+def _check_config_sizes(layer: Layer, config: dict[str, Any], size: dict[str, int]) -> None:
+    checks = [("filters", size["O"]), ("kernel_size", size["K"])]
+    if "groups" not in config and config.get("input_dim") is not None:
+        checks.append(("input_dim", size["I"]))
+    if "use_bias" in config:
+        checks.append(("use_bias", layer.bias is not None))
+    for key, actual in checks:
+        if key in config and config[key] != actual:
+            raise fail(
+                FileFormatError,
+                f"The config of layer {layer.name!r} does not match its weights",
+                f"{key}={actual!r} as the weights have it",
+                f"{key}={config[key]!r} in the config",
+                "The file is inconsistent; it may have been edited.",
+            )
+
+
+def _same_padding(a: Any, b: Any, kernel_size: int, stride: int, dilation: int) -> bool:
+    """Whether two canonical paddings give the same pads for every input length."""
+    if a == b:
+        return True
+    probe = np.zeros((1, 1, kernel_size), np.float32)
+    ca = Conv1D(probe, padding=a, stride=stride, dilation=dilation)
+    cb = Conv1D(probe, padding=b, stride=stride, dilation=dilation)
+    span = dilation * (kernel_size - 1) + 1
+    return all(ca.pads(n) == cb.pads(n) for n in range(1, 4 * stride * span + 8))
+
+
+# -- public functions --------------------------------------------------------
+def open_file(path: Any, *, backend: str | None = None) -> KerasFile:
+    """Identify a Keras weight file and list its layers; see :class:`KerasFile`.
+
+    ``backend`` overrides the backend recorded in (or inferred from) the file:
+    Keras 1 files do not record one, and layoutconv infers Theano when no
+    weight name ends in ``':0'``.
+    """
+    path = str(path)
+    parsed = formats.parse(path)
+    if backend is not None:
+        name, source, inferred = semantics.check_backend(backend), "given by the caller (backend=...)", False
+    elif parsed.backend_attr:
+        name, source, inferred = parsed.backend_attr.strip().lower(), "file attribute 'backend'", False
+    elif parsed.generation == 3:
+        name, source, inferred = None, "not recorded in Keras 3 files; every Keras 3 backend cross-correlates, so no flip", False
+    else:
+        name, source, inferred = _infer_backend(parsed.layers)
+    return KerasFile(
+        path=path,
+        format=parsed.format,
+        keras_version=parsed.keras_version,
+        keras_version_source=parsed.keras_version_source,
+        backend=name,
+        backend_source=source,
+        backend_inferred=inferred,
+        layers=parsed.layers,
+        generation=parsed.generation,
+        _source=parsed.source,
+    )
+
+
+def _infer_backend(layers: tuple[Layer, ...]) -> tuple[str | None, str, bool]:
+    names = [w.name for layer in layers for w in layer.weights]
+    if not names:
+        return None, "unknown: not recorded and the file holds no weights", False
+    tagged = [n for n in names if re.search(r":\d+$", n)]
+    if tagged:
+        return "tensorflow", f"inferred: weight names end in ':0' like TensorFlow variables (e.g. {tagged[0]!r})", True
+    return (
+        "theano",
+        f"inferred: not recorded, and no weight name ends in ':0' as TensorFlow names do (e.g. {names[0]!r}), so Theano",
+        True,
+    )
+
+
+def from_keras1(
+    kernel: Any,
+    bias: Any = None,
+    *,
+    backend: str,
+    padding: Any = "valid",
+    stride: int = 1,
+    dilation: int = 1,
+    layout: str | None = None,
+) -> Conv1D:
+    """A Keras 1 ``Convolution1D`` kernel (and bias) given as arrays, as a canonical :class:`Conv1D`.
+
+    >>> import numpy as np
+    >>> w = np.arange(2 * 1 * 3 * 4, dtype="float32").reshape(2, 1, 3, 4)   # (filter_length, 1, input_dim, nb_filter)
+    >>> from_keras1(w, backend="theano", padding="same")
+    Conv1D(in_channels=3, out_channels=4, kernel_size=2, padding=((1, 0),), bias=False, dtype=float32)
+
+    Parameters
+    ----------
+    kernel:
+        ``(filter_length, 1, input_dim, nb_filter)`` (Keras 1.1-1.2) or
+        ``(nb_filter, input_dim, filter_length, 1)`` (Keras 1.0).  A shape that
+        fits both is settled by the bias length, else by ``layout``.
+    backend:
+        ``"theano"`` (the kernel is flipped: Theano convolved) or ``"tensorflow"``.
+    padding:
+        The ``border_mode``: ``"valid"``, ``"same"`` (Theano's rule or
+        ``same_upper``), ``"full"`` (Theano), or a canonical padding.
+    stride, dilation:
+        ``subsample_length`` and ``atrous_rate`` (AtrousConvolution1D).
+    layout:
+        ``"keras1.0"`` or ``"keras1.1"`` when the shape is ambiguous.
+    """
+    backend = semantics.check_backend(backend)
+    kernel = np.asarray(kernel)
+    bias_length = None
+    if bias is not None and np.ndim(bias) == 1:
+        bias_length = int(np.shape(bias)[0])
+    layout_name = semantics.choose_keras1_layout(kernel.shape, bias_length=bias_length, layout=layout)
+    names = layouts.parse(layout_name).names
+    k = int(kernel.shape[names.index("K")])
+    pad = semantics.canonical_padding(padding, backend, k, dilation)
+    convention = semantics.convention_for(layout_name, backend)
+    return convention.conv1d(kernel, bias, padding=pad, stride=stride, dilation=dilation)
+
+
+def inspect_text(path: Any, *, as_json: bool = False, backend: str | None = None) -> str:
+    """The report ``layoutconv inspect`` prints: :meth:`KerasFile.summary`, or :meth:`KerasFile.to_dict` as JSON."""
+    kf = open_file(path, backend=backend)
+    if as_json:
+        return json.dumps(kf.to_dict(), indent=2, default=str)
+    return kf.summary()

@@ -1,0 +1,245 @@
+"""What old Keras versions and backends computed, as tables: hyperparameter names, flips, paddings.
+
+Facts used here (verified against the Keras 1.x/2.x and Theano sources, see
+``docs/keras-legacy.md``):
+
+* Theano's ``conv2d`` computes a true convolution (``filter_flip=True``), so
+  a kernel trained under Theano is the canonical cross-correlation kernel
+  reversed along K.  Every other backend cross-correlates.
+* Keras ``'same'`` under Theano is Theano's ``'half'`` mode: pad
+  ``r // 2`` on both sides (``r = dilation * (K - 1) + 1``) and, for an even
+  kernel, keep the first ``ceil(L / s)`` outputs.  Its canonical form is the
+  explicit padding ``(r // 2, (r - 1) // 2)`` for every input length and stride
+  (derivation in the docs, checked by the tests).
+* Keras ``'same'`` under TensorFlow (and in Keras 3) is ``same_upper``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from .. import layouts
+from ..conv import PADDING_RULES
+from ..conventions import CONVENTIONS, Convention
+from ..errors import ConfigError, ShapeError, fail
+
+#: backend name -> does its convolution flip the kernel (true convolution)?
+BACKEND_FLIPS: dict[str, bool] = {
+    "theano": True,
+    "tensorflow": False,
+    "cntk": False,
+    "mxnet": False,
+    "jax": False,
+    "torch": False,
+    "numpy": False,
+    "openvino": False,
+}
+
+#: Keras layer classes that are 1-D convolutions with a plain kernel and bias.
+CONV1D_TYPES = ("Conv1D", "Convolution1D", "AtrousConvolution1D")
+
+#: canonical hyperparameter -> Keras 1 config key, and -> Keras 2/3 config key
+KERAS1_KEYS = {
+    "filters": "nb_filter",
+    "kernel_size": "filter_length",
+    "padding": "border_mode",
+    "stride": "subsample_length",
+    "dilation": "atrous_rate",
+    "use_bias": "bias",
+    "input_dim": "input_dim",
+}
+KERAS2_KEYS = {
+    "filters": "filters",
+    "kernel_size": "kernel_size",
+    "padding": "padding",
+    "stride": "strides",
+    "dilation": "dilation_rate",
+    "groups": "groups",
+    "use_bias": "use_bias",
+    "data_format": "data_format",
+}
+
+#: keyword arguments accepted by ``KerasFile.conv1d`` (Keras spellings map to layoutconv's)
+KWARG_ALIASES = {
+    "padding": "padding",
+    "border_mode": "padding",
+    "stride": "stride",
+    "strides": "stride",
+    "subsample_length": "stride",
+    "dilation": "dilation",
+    "dilation_rate": "dilation",
+    "atrous_rate": "dilation",
+    "groups": "groups",
+}
+
+#: lower-cased layer-name stem (underscores removed) -> Keras class name, for files without a config
+NAME_STEMS = {
+    "convolution1d": "Convolution1D",
+    "atrousconvolution1d": "AtrousConvolution1D",
+    "conv1d": "Conv1D",
+    "convolution2d": "Convolution2D",
+    "conv2d": "Conv2D",
+    "convolution3d": "Convolution3D",
+    "conv3d": "Conv3D",
+    "conv1dtranspose": "Conv1DTranspose",
+    "separableconv1d": "SeparableConv1D",
+    "depthwiseconv1d": "DepthwiseConv1D",
+    "dense": "Dense",
+    "embedding": "Embedding",
+    "lstm": "LSTM",
+    "gru": "GRU",
+    "simplernn": "SimpleRNN",
+    "bidirectional": "Bidirectional",
+    "timedistributed": "TimeDistributed",
+    "batchnormalization": "BatchNormalization",
+    "layernormalization": "LayerNormalization",
+    "maxpooling1d": "MaxPooling1D",
+    "averagepooling1d": "AveragePooling1D",
+    "globalmaxpooling1d": "GlobalMaxPooling1D",
+    "globalaveragepooling1d": "GlobalAveragePooling1D",
+    "dropout": "Dropout",
+    "flatten": "Flatten",
+    "activation": "Activation",
+    "merge": "Merge",
+    "concatenate": "Concatenate",
+    "add": "Add",
+    "multiply": "Multiply",
+    "input": "InputLayer",
+    "inputlayer": "InputLayer",
+    "reshape": "Reshape",
+    "permute": "Permute",
+}
+
+
+def check_backend(backend: str) -> str:
+    """Normalise a backend name, refusing unknown ones."""
+    name = str(backend).strip().lower()
+    if name not in BACKEND_FLIPS:
+        raise fail(ConfigError, "Unknown Keras backend", f"one of {sorted(BACKEND_FLIPS)}", f"backend={backend!r}")
+    return name
+
+
+def theano_same_pads(kernel_size: int, dilation: int = 1) -> tuple[tuple[int, int]]:
+    """Canonical explicit pads of Theano's ``'same'`` (``'half'`` plus crop), for any length and stride.
+
+    >>> theano_same_pads(4), theano_same_pads(5), theano_same_pads(3, dilation=2)
+    (((2, 1),), ((2, 2),), ((2, 2),))
+    """
+    span = dilation * (kernel_size - 1) + 1
+    return ((span // 2, (span - 1) // 2),)
+
+
+def canonical_padding(padding: Any, backend: str | None, kernel_size: int, dilation: int = 1) -> Any:
+    """A Keras padding word, read under ``backend``, as a :class:`~layoutconv.Conv1D` padding.
+
+    ``'valid'`` and ``'causal'`` mean the same everywhere; ``'same'`` is
+    ``same_upper`` except under Theano (see :func:`theano_same_pads`);
+    ``'full'`` (Theano only) pads ``r - 1`` on both sides.  Canonical values
+    (``'same_upper'``, ``'same_lower'``, integers, ``(begin, end)`` pairs) pass through.
+    """
+    if not isinstance(padding, str):
+        return padding
+    word = padding.lower()
+    theano = backend == "theano"
+    if word == "same":
+        return theano_same_pads(kernel_size, dilation) if theano else "same_upper"
+    if word == "full":
+        if not theano:
+            raise fail(
+                ConfigError,
+                "Padding 'full' is a Theano border mode",
+                "'valid', 'same' or 'causal' for this backend",
+                f"padding='full' with backend {backend!r}",
+            )
+        span = dilation * (kernel_size - 1) + 1
+        return ((span - 1, span - 1),)
+    if word in PADDING_RULES:
+        return word
+    raise fail(
+        ConfigError,
+        "Invalid Keras padding",
+        f"'valid', 'same', 'causal', 'full' (Theano) or a canonical value {PADDING_RULES}",
+        f"padding={padding!r}",
+    )
+
+
+def convention_for(layout: str, backend: str | None, data_format: str = "channels_last") -> Convention:
+    """The :class:`Convention` a legacy layer's kernel follows."""
+    flipped = BACKEND_FLIPS.get(backend or "", False)
+    names = {
+        ("keras1.0", False): "keras1.0-tensorflow",
+        ("keras1.0", True): "keras1.0-theano",
+        ("keras1.1", False): "keras1.1-tensorflow",
+        ("keras1.1", True): "keras1.1-theano",
+        ("keras", False): "keras",
+        ("keras", True): "keras-theano",
+    }
+    base = CONVENTIONS[names[(layout, flipped)]]
+    if data_format != base.data_format:
+        base = dataclasses.replace(base, name=f"{base.name} ({data_format})", data_format=data_format)
+    return base
+
+
+def keras1_layouts(shape: tuple[int, ...]) -> list[str]:
+    """The Keras 1 kernel layouts (``keras1.0``, ``keras1.1``) a 4-d shape fits."""
+    fits = []
+    for name in ("keras1.1", "keras1.0"):
+        recipe = layouts.parse(name)
+        if len(shape) == len(recipe.names) and all(shape[i] == 1 for i in recipe.singletons):
+            fits.append(name)
+    return fits
+
+
+def keras1_layout_from_sizes(shape: tuple[int, ...], sizes: Mapping[str, int]) -> list[str]:
+    """Keras 1 layouts whose reading of ``shape`` agrees with known sizes (``filters``, ``kernel_size``, ``input_dim``)."""
+    found = []
+    for name in keras1_layouts(shape):
+        names = layouts.parse(name).names
+        read = {"filters": shape[names.index("O")], "kernel_size": shape[names.index("K")], "input_dim": shape[names.index("I")]}
+        if all(read[k] == v for k, v in sizes.items() if v is not None and k in read):
+            found.append(name)
+    return found
+
+
+def choose_keras1_layout(shape: tuple[int, ...], *, bias_length: int | None = None, layout: str | None = None) -> str:
+    """Decide between the Keras 1.0 and 1.1 kernel layouts for a bare 4-d kernel, or explain why not.
+
+    A shape with a singleton on both axis 1 and axis 3 (e.g. ``(5, 1, 5, 1)``)
+    fits both; the bias length (= filters) settles it when the two readings
+    differ, otherwise ``layout='keras1.0'`` or ``'keras1.1'`` must be given.
+    """
+    shape = tuple(int(n) for n in shape)
+    fits = keras1_layouts(shape)
+    if layout is not None:
+        key = {"keras1.0": "keras1.0", "1.0": "keras1.0", "keras1.1": "keras1.1", "1.1": "keras1.1", "1.2": "keras1.1"}.get(str(layout))
+        if key is None:
+            raise fail(ConfigError, "Unknown Keras 1 layout", "'keras1.0' or 'keras1.1'", f"layout={layout!r}")
+        if key not in fits:
+            raise fail(
+                ShapeError,
+                f"The kernel does not fit layout {key!r} ({layouts.LAYOUTS[key]})",
+                f"a 4-d kernel with axes ({layouts.LAYOUTS[key]})",
+                f"shape {shape}",
+            )
+        return key
+    if not fits:
+        raise fail(
+            ShapeError,
+            "The kernel is not a Keras 1 Convolution1D kernel",
+            "(filter_length, 1, input_dim, nb_filter) for Keras 1.1-1.2 or (nb_filter, input_dim, filter_length, 1) for Keras 1.0",
+            f"shape {shape}",
+            "Keras 2 and 3 kernels are 3-d (kernel_size, input_dim, filters): use Conv1D(kernel, bias, layout='K I O').",
+        )
+    if len(fits) == 2 and bias_length is not None:
+        fits = keras1_layout_from_sizes(shape, {"filters": bias_length}) or fits
+    if len(fits) == 1:
+        return fits[0]
+    raise fail(
+        ShapeError,
+        f"The kernel shape {shape} fits both Keras 1 layouts",
+        "a way to tell them apart",
+        f"Keras 1.1-1.2 reading (filter_length={shape[0]}, input_dim={shape[2]}, nb_filter={shape[3]}) and "
+        f"Keras 1.0 reading (nb_filter={shape[0]}, input_dim={shape[1]}, filter_length={shape[2]})",
+        "Pass layout='keras1.1' (Keras 1.1 and 1.2) or layout='keras1.0'.",
+    )
