@@ -62,3 +62,37 @@ def test_demo_passes(capsys):
     assert code == 0, out
     assert "DEMO PASSED" in out
     assert "W1[::-1, 0, :, f]" in out
+
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "legacy_keras"
+DEEPCPF1 = str(FIXTURES / "deepcpf1_DeepCpf1_weights_keras1_theano.h5")
+
+
+def test_inspect_json(capsys):
+    need("h5py")
+    assert cli.main(["inspect", DEEPCPF1, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backend"]["value"] == "theano" and info["backend"]["inferred"] is True
+
+
+def test_explain_from_legacy_file_uses_its_convention(capsys):
+    need("h5py")
+    assert cli.main(["explain", "--file", DEEPCPF1, "--index", "0,3,7", "--length", "34"]) == 0
+    out = capsys.readouterr().out
+    assert "W[::-1, 0, :, 3]" in out  # the Keras 1 Theano kernel is used reversed
+
+
+def test_verify_from_legacy_file(capsys):
+    need("h5py")
+    need("torch")
+    assert cli.main(["verify", "--file", DEEPCPF1, "--frameworks", "torch", "--length", "34"]) == 0
+    assert "PASSED" in capsys.readouterr().out
+
+
+def test_unsafe_or_missing_file_exits_2(tmp_path, capsys):
+    need("h5py")
+    bad = tmp_path / "notes.h5"
+    bad.write_text("not an HDF5 file")
+    assert cli.main(["inspect", str(bad)]) == 2
+    assert "notes.h5" in capsys.readouterr().err
+    assert cli.main(["inspect", str(tmp_path / "missing.h5")]) == 2
