@@ -16,7 +16,6 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import layoutconv  # noqa: E402
 from layoutconv import Conv1D, frameworks, reference  # noqa: E402
 
 CASES = {
