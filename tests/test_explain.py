@@ -7,7 +7,6 @@ input: no layoutconv layout code, no padding code.
 
 from __future__ import annotations
 
-import importlib
 import json
 from typing import Any, NamedTuple
 

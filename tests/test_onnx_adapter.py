@@ -20,7 +20,7 @@ from layoutconv import (
 )
 from layoutconv.verify import compare
 
-from conftest import need
+from conftest import need, np_dtype
 
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
 MODES = ["zeros", "reflect", "replicate", "circular"]
@@ -53,14 +53,6 @@ def onnx(A):
     import onnx
 
     return onnx
-
-
-def np_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
 
 
 def make_conv(rng, dtype="float32", out=6, in_per_group=4, k=3, groups=2, bias=True, **kw) -> Conv1D:

@@ -11,7 +11,7 @@ import pytest
 from layoutconv import ConfigError, Conv1D, ShapeError, UnsupportedError, reference, verify
 from layoutconv.verify import compare
 
-from conftest import need
+from conftest import need, np_dtype
 
 # torch warns that 'same' with an even kernel copies the input; that is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")
@@ -44,14 +44,6 @@ def torch(ta):
     import torch
 
     return torch
-
-
-def np_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
 
 
 def make_conv(rng, dtype="float32", out=6, in_per_group=4, k=4, groups=2, bias=True, **kw) -> Conv1D:
