@@ -14,6 +14,8 @@ import json
 import sys
 from typing import Any, Callable, NamedTuple, Sequence
 
+import numpy as np
+
 from .errors import LayoutError
 
 
@@ -89,8 +91,6 @@ def add_conv_arguments(p: argparse.ArgumentParser) -> None:
 
 def conv_from_args(args: argparse.Namespace):
     """The Conv1D a command works on: read from --file, or random weights for the given configuration."""
-    import numpy as np
-
     from .conv import Conv1D
 
     if args.file:
@@ -113,8 +113,8 @@ def conv_from_args(args: argparse.Namespace):
         from .conventions import CONVENTIONS
 
         source = _convention(args.source or "torch")
-        kernel = np.load(args.kernel, allow_pickle=False)
-        bias = None if args.bias is None else np.load(args.bias, allow_pickle=False)
+        kernel = load_npy(args.kernel, "kernel")
+        bias = load_npy(args.bias, "bias")
         return CONVENTIONS[source.name].conv1d(kernel, bias, **geometry)
     dtype = _dtype(args.dtype)
     rng = np.random.default_rng(args.seed)
@@ -142,9 +142,25 @@ def _convention(name: str):
     return CONVENTIONS[name]
 
 
-def _dtype(name: str):
-    import numpy as np
+def load_npy(path: str | None, what: str):
+    """Read a ``.npy`` array without pickle; a bad file is a FileFormatError naming it."""
+    from .errors import FileFormatError, fail
 
+    if path is None:
+        return None
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise fail(
+            FileFormatError,
+            f"Cannot read the {what} from {path!r}",
+            "a .npy file written by numpy.save (no pickled objects)",
+            f"{type(exc).__name__}: {exc}",
+            "Save arrays with numpy.save(path, array).",
+        ) from None
+
+
+def _dtype(name: str):
     if name == "bfloat16":
         try:
             import ml_dtypes
@@ -218,8 +234,6 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
 
 @command("explain", "one output element by hand: taps, positions, products, sums", _explain_args)
 def _explain(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from ._explain import explain
 
     conv = conv_from_args(args)
@@ -230,7 +244,7 @@ def _explain(args: argparse.Namespace) -> int:
         source = open_keras(args.file, backend=args.backend).convention(args.layer)
     data_format = args.input_format or (source.data_format if source else "channels_first")
     if args.input:
-        x = np.load(args.input, allow_pickle=False)
+        x = load_npy(args.input, "input")
     else:
         x = np.random.default_rng(args.seed + 1).standard_normal((1, conv.in_channels, args.length)).astype(conv.dtype)
         if data_format == "channels_last":
@@ -254,15 +268,10 @@ def _diagnose_args(p: argparse.ArgumentParser) -> None:
 
 @command("diagnose", "which layout, flip and padding reproduce a framework's output", _diagnose_args)
 def _diagnose(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from ._diagnose import diagnose
 
-    def load(path: str | None):
-        return None if path is None else np.load(path, allow_pickle=False)
-
     result = diagnose(
-        load(args.kernel), load(args.bias), load(args.x), load(args.y),
+        load_npy(args.kernel, "kernel"), load_npy(args.bias, "bias"), load_npy(args.x, "input x"), load_npy(args.y, "output y"),
         stride=args.stride, dilation=args.dilation, groups=args.groups, top=args.top,
     )
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)

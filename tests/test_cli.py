@@ -96,3 +96,29 @@ def test_unsafe_or_missing_file_exits_2(tmp_path, capsys):
     assert cli.main(["inspect", str(bad)]) == 2
     assert "notes.h5" in capsys.readouterr().err
     assert cli.main(["inspect", str(tmp_path / "missing.h5")]) == 2
+
+
+def test_diagnose_from_npy_files(tmp_path, rng, capsys):
+    import numpy as np
+
+    W = rng.standard_normal((4, 1, 3, 5)).astype(np.float32)  # Keras 1.1 layout, K=4, C=3, F=5
+    b = rng.standard_normal(5).astype(np.float32)
+    x = rng.standard_normal((1, 11, 3)).astype(np.float32)
+    # Theano (flipped) by a direct loop: y[0, t, f] = b[f] + sum_k sum_c x[0, t + k, c] * W[3 - k, 0, c, f]
+    y = np.array([[[b[f] + sum(x[0, t + k, c] * W[3 - k, 0, c, f] for k in range(4) for c in range(3))
+                    for f in range(5)] for t in range(8)]], dtype=np.float32)
+    for name, arr in dict(W=W, b=b, x=x, y=y).items():
+        np.save(tmp_path / f"{name}.npy", arr)
+    code = cli.main(["diagnose", "--kernel", str(tmp_path / "W.npy"), "--bias", str(tmp_path / "b.npy"),
+                     "--x", str(tmp_path / "x.npy"), "--y", str(tmp_path / "y.npy"), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [m["conventions"] for m in result["matches"]][0] == ["keras1.1-theano"]
+
+
+def test_bad_npy_exits_2(tmp_path, capsys):
+    bad = tmp_path / "W.npy"
+    bad.write_bytes(b"\x93NUMPY garbage")
+    code = cli.main(["diagnose", "--kernel", str(bad), "--x", str(bad), "--y", str(bad)])
+    assert code == 2
+    assert "W.npy" in capsys.readouterr().err
