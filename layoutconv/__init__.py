@@ -49,6 +49,9 @@ __all__ = [
     "to_torch",
     "to_onnx",
     "verify",
+    "save",
+    "open",
+    "from_keras1",
     "explain",
     "diagnose",
     "Explanation",
@@ -110,6 +113,7 @@ def __getattr__(name: str) -> Any:
     lazy = {
         "open": ("layoutconv.legacy", "open"),
         "from_keras1": ("layoutconv.legacy", "from_keras1"),
+        "save": ("layoutconv.convert", "save"),
     }
     if name == "legacy":
         import importlib

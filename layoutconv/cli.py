@@ -254,6 +254,27 @@ def _explain(args: argparse.Namespace) -> int:
     return 0 if result.agree else 1
 
 
+def _convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="a Keras weight file (.h5, .hdf5, .keras, .weights.h5) or an .onnx model")
+    p.add_argument("output", help="where to write: .onnx, .keras (Keras 3) or .pt/.pth (PyTorch state_dict)")
+    p.add_argument("--layer", help="layer (Keras) or node (ONNX) name; default: the only Conv1D")
+    p.add_argument("--backend", choices=["theano", "tensorflow"], help="override the backend of a Keras 1 file")
+    p.add_argument("--to", choices=["onnx", "keras", "torch"], help="output format (default: from the suffix)")
+
+
+@command("convert", "write a file's Conv1D to ONNX, Keras 3 or PyTorch; keep the file only if it verifies", _convert_args)
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import save
+
+    args.file = args.source
+    conv = conv_from_args(args)
+    print(f"read {conv!r} from {args.source}")
+    report = save(conv, args.output, to=args.to)
+    print(report)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _diagnose_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", required=True, help=".npy kernel exactly as the framework returned it")
     p.add_argument("--bias", help=".npy bias (omit for none)")

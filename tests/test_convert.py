@@ -1,0 +1,85 @@
+"""`layoutconv.save` / `layoutconv convert`: write, read back with the framework, verify, then keep."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import layoutconv
+from layoutconv import ConfigError, Conv1D, UnsupportedError
+from layoutconv import cli
+from conftest import need
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "legacy_keras", "deepcpf1_Seq_deepCpf1_weights_keras1_theano.h5")
+NEEDS = {"onnx": ("onnx", "onnxruntime"), "keras": ("keras", "tensorflow"), "torch": ("torch",)}
+SUFFIX = {"onnx": ".onnx", "keras": ".keras", "torch": ".pt"}
+
+
+def conv_with(rng, padding, stride=1, mode="zeros"):
+    # kernel_size == in_channels == filters: a wrong permutation would still fit
+    return Conv1D(rng.standard_normal((3, 3, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32),
+                  stride=stride, padding=padding, padding_mode=mode)
+
+
+@pytest.mark.parametrize("target", list(SUFFIX))
+@pytest.mark.parametrize("padding, stride", [("valid", 1), ("causal", 1), ((2, 0), 1), ("same_upper", 2)],
+                         ids=["valid", "causal", "explicit", "same-s2"])
+def test_written_file_holds_the_conv(tmp_path, rng, target, padding, stride):
+    need(*NEEDS[target])
+    conv = conv_with(rng, padding, stride)
+    out = tmp_path / f"layer{SUFFIX[target]}"
+    report = layoutconv.save(conv, out)
+    assert report.passed and out.exists()
+    assert sorted(os.listdir(tmp_path)) == [out.name]  # no temporary left behind
+    back = layoutconv.convert.target_for(out).read(str(out), conv)
+    assert back.same_weights(conv) and back.equivalent(conv, spatial=17)
+
+
+def test_torch_file_loads_with_weights_only(tmp_path, rng):
+    need("torch")
+    import torch
+
+    conv = conv_with(rng, "valid")
+    out = tmp_path / "w.pt"
+    layoutconv.save(conv, out)
+    state = torch.load(out, weights_only=True)
+    assert sorted(state) == ["bias", "weight"]
+    assert state["weight"].numpy().tobytes() == conv.kernel.tobytes()
+
+
+def test_unsupported_writes_nothing(tmp_path, rng):
+    need("keras", "tensorflow")
+    conv = conv_with(rng, (1, 1), mode="reflect")
+    with pytest.raises(UnsupportedError, match="reflect"):
+        layoutconv.save(conv, tmp_path / "m.keras")
+    assert os.listdir(tmp_path) == []
+
+
+def test_unverifiable_dtype_writes_nothing(tmp_path, rng):
+    need("onnx", "onnxruntime")
+    conv = Conv1D(rng.standard_normal((3, 2, 4)))  # float64: onnxruntime has no CPU Conv for it
+    with pytest.raises(UnsupportedError, match="Nothing was written"):
+        layoutconv.save(conv, tmp_path / "m.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+def test_unknown_suffix(tmp_path, rng):
+    with pytest.raises(ConfigError, match=r"suffix '\.bin'"):
+        layoutconv.save(conv_with(rng, "valid"), tmp_path / "m.bin")
+
+
+def test_cli_convert_legacy_theano_file_to_torch(tmp_path, capsys):
+    need("h5py")
+    need("torch")
+    import torch
+
+    out = tmp_path / "seq.pt"
+    assert cli.main(["convert", FIXTURE, str(out)]) == 0
+    assert "PASSED" in capsys.readouterr().out
+    # The file holds the Theano kernel reversed along K, in PyTorch's (O, I, K) layout.
+    raw = layoutconv.open(FIXTURE).weights("convolution1d_157")
+    kernel = next(w for w in raw if w.ndim == 4)  # (K, 1, I, O)
+    state = torch.load(out, weights_only=True)
+    np.testing.assert_array_equal(state["weight"].numpy(), kernel[::-1, 0].transpose(2, 1, 0))
