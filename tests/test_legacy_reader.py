@@ -123,7 +123,17 @@ def test_real_file_matches_theano_rule(path, fmt, version, inferred, conv_name, 
     assert conv.kernel.dtype == raw_kernel.dtype == np.float32
     taps, channels = raw_kernel.shape[0], raw_kernel.shape[2]
     x = one_hot_like(rng, 3, taps + 17, channels)
-    assert_matches(conv, x, theano_conv1d(x, raw_kernel, raw_bias))
+    expected = theano_conv1d(x, raw_kernel, raw_bias)
+    assert_matches(conv, x, expected)
+    # ... and the same file ported to a PyTorch layer computes what Theano computed.
+    need("torch")
+    import torch
+
+    module = layoutconv.to_torch(conv)
+    with torch.no_grad():
+        y = module(torch.from_numpy(x.transpose(0, 2, 1).astype(np.float32))).numpy()
+    assert y.dtype == np.float32
+    assert_matches(conv, x, expected, actual_nol=y)
 
 
 def test_deepcpf1_keras1_and_keras2_give_identical_canonical_kernels():
