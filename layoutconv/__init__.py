@@ -93,7 +93,11 @@ def to_keras(conv: Conv1D, flavor: str = "keras", data_format: str = "channels_l
     """A built Keras layer (or small model, when a padding layer is needed) with the weights set.
 
     ``flavor`` is ``"keras"`` (Keras 3) or ``"tf_keras"`` (Keras 2).  The result is
-    callable on a numpy array in ``data_format``.
+    callable on a numpy array in ``data_format``.  Note that TensorFlow without a
+    GPU has no ``channels_first`` convolution kernel: call such a layer through
+    ``tf.function(layer, jit_compile=True)`` on a CPU (``verify`` does).
+    ``length`` (keyword) fixes the input length for ``same_lower`` padding with a
+    stride above 1, which Keras cannot express for every length.
     """
     return _adapter(flavor).to_native(conv, data_format=data_format, **options)
 
