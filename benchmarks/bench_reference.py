@@ -44,7 +44,7 @@ def main() -> int:
     for name in ("torch", "onnx"):
         if frameworks.is_available(name):
             runners[name] = frameworks.adapter(name)
-    print(f"numpy {np.__version__}; frameworks: {', '.join(runners) or 'none'}; threads: torch default, onnxruntime default")
+    print(f"numpy {np.__version__}; frameworks: {', '.join(runners) or 'none'}; threads: torch default, onnxruntime 1 (the adapter session)")
     header = f"{'case':<38} {'reference f64':>14} {'reference f32':>14}" + "".join(f" {n:>10} {'ref64/' + n:>12}" for n in runners)
     print(header)
     for case, (n, c, length, o, k, s, d, g, padding) in CASES.items():
