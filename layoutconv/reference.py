@@ -29,29 +29,60 @@ from .errors import ShapeError, UnsupportedError, fail
 _NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
+def _check_mode_limits(length: int, begin: int, end: int, mode: str) -> None:
+    """Refuse pads that PyTorch refuses: reflect needs pads < length, circular pads <= length."""
+    limit = {"reflect": length - 1, "circular": length}.get(mode)
+    if limit is not None and max(begin, end) > limit:
+        raise fail(
+            UnsupportedError,
+            f"{mode.capitalize()} padding is larger than the input allows",
+            f"pads <= {limit} for an input of length {length}",
+            f"pads ({begin}, {end})",
+            "Use a longer input or another padding mode.",
+        )
+
+
 def pad1d(x: np.ndarray, begin: int, end: int, mode: str) -> np.ndarray:
     """Pad the last axis of ``x`` as PyTorch's ``padding_mode`` does, refusing what PyTorch refuses."""
-    length = x.shape[-1]
-    if mode == "reflect" and max(begin, end) >= length:
-        raise fail(
-            UnsupportedError,
-            "Reflect padding is larger than the input allows",
-            f"pads < input length ({length})",
-            f"pads ({begin}, {end})",
-            "Use a longer input or another padding mode.",
-        )
-    if mode == "circular" and max(begin, end) > length:
-        raise fail(
-            UnsupportedError,
-            "Circular padding wraps around more than once",
-            f"pads <= input length ({length})",
-            f"pads ({begin}, {end})",
-            "Use a longer input or another padding mode.",
-        )
+    _check_mode_limits(x.shape[-1], begin, end, mode)
     if begin == 0 and end == 0:
         return x
     widths = [(0, 0)] * (x.ndim - 1) + [(begin, end)]
     return np.pad(x, widths, mode=_NUMPY_PAD_MODE[mode])
+
+
+def check_input(conv: Conv1D, x: Any) -> tuple[np.ndarray, tuple[int, int]]:
+    """Check that ``x`` is an ``(N, C, L)`` input ``conv`` can run on; return it as an array with its pads.
+
+    The one input check every runner shares (the reference, ``verify`` and the
+    adapters' ``run``), so a bad input gives the same error everywhere.
+    """
+    x = np.asarray(x)
+    if x.ndim != 3 or x.shape[1] != conv.in_channels:
+        hint = (
+            "Add a batch axis with x[None]."
+            if x.ndim == 2
+            else "Transpose a channels-last (N, L, C) input with x.transpose(0, 2, 1)."
+        )
+        raise fail(
+            ShapeError,
+            "Input does not fit the convolution",
+            f"shape (N, {conv.in_channels}, L): batch, channels, length (channels first)",
+            f"shape {tuple(x.shape)}",
+            hint,
+        )
+    length = x.shape[-1]
+    ((begin, end),) = conv.pads(length)
+    (span,) = conv.receptive_field
+    if length + begin + end < span:
+        raise fail(
+            ShapeError,
+            "Input is shorter than the kernel's receptive field",
+            f"padded length >= dilation * (kernel_size - 1) + 1 = {span}",
+            f"length {length} with pads ({begin}, {end})",
+        )
+    _check_mode_limits(length, begin, end, conv.padding_mode)
+    return x, (begin, end)
 
 
 def conv1d(conv: Conv1D, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
@@ -70,25 +101,9 @@ def conv1d(conv: Conv1D, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
     """
     if not isinstance(conv, Conv1D):
         raise fail(ShapeError, "reference.conv1d needs a Conv1D", "a layoutconv.Conv1D", f"{type(conv).__name__}")
-    x = np.asarray(x)
-    if x.ndim != 3 or x.shape[1] != conv.in_channels:
-        raise fail(
-            ShapeError,
-            "Input does not fit the convolution",
-            f"shape (N, {conv.in_channels}, L): batch, channels, length (channels first)",
-            f"shape {tuple(x.shape)}",
-            "Transpose a channels-last (N, L, C) input with x.transpose(0, 2, 1).",
-        )
-    n, c, length = x.shape
-    (begin, end), = conv.pads(length)
+    x, (begin, end) = check_input(conv, x)
+    n, c, _ = x.shape
     (span,), (s,), (d,) = conv.receptive_field, conv.stride, conv.dilation
-    if length + begin + end < span:
-        raise fail(
-            ShapeError,
-            "Input is shorter than the kernel's receptive field",
-            f"padded length >= dilation * (kernel_size - 1) + 1 = {span}",
-            f"length {length} with pads ({begin}, {end})",
-        )
     xp = pad1d(x.astype(dtype, copy=False), begin, end, conv.padding_mode)
     # windows[n, c, t, k] = xp[n, c, s*t + d*k]
     windows = sliding_window_view(xp, span, axis=-1)[:, :, ::s, ::d]

@@ -28,7 +28,7 @@ import numpy as np
 from . import frameworks as _fw
 from . import reference
 from .conv import Conv1D
-from .errors import LayoutError, ShapeError, UnsupportedError, fail
+from .errors import LayoutError, UnsupportedError
 
 #: ``torch.testing.assert_close`` defaults: dtype -> (rtol, atol)
 ASSERT_CLOSE_DEFAULTS: dict[str, tuple[float, float]] = {
@@ -206,14 +206,7 @@ def verify(
     names = [_fw.canonical_name(f) for f in (frameworks if explicit else DEFAULT_FRAMEWORKS)]
     if x is None:
         x = default_input(conv, length=length, batch=batch, seed=seed)
-    x = np.asarray(x)
-    if x.ndim != 3 or x.shape[1] != conv.in_channels:
-        raise fail(
-            ShapeError,
-            "verify input does not fit the convolution",
-            f"shape (N, {conv.in_channels}, L), channels first",
-            f"shape {tuple(x.shape)}",
-        )
+    x, _ = reference.check_input(conv, x)
     if x.dtype != conv.dtype:
         x = x.astype(conv.dtype)
     expected = reference.conv1d(conv, x)

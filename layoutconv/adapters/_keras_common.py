@@ -62,9 +62,9 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .. import layouts
+from .. import layouts, reference
 from ..conv import Conv1D
-from ..errors import ConfigError, ShapeError, UnsupportedError, fail
+from ..errors import ConfigError, UnsupportedError, fail
 
 KERNEL_LAYOUT = layouts.LAYOUTS["keras"]  # "K I O"
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -374,14 +374,7 @@ def run(flavour: Flavour, native: Any, x: Any) -> np.ndarray:
     """Apply ``native`` to ``x`` given as ``(N, C, L)``; return ``(N, O, L_out)`` as numpy."""
     conv = from_native(flavour, native)  # validates the object and gives the sizes
     parsed = parse(flavour, native)
-    x = np.asarray(x)
-    if x.ndim != 3 or x.shape[1] != conv.in_channels:
-        raise fail(
-            ShapeError,
-            "Input does not fit the Keras layer",
-            f"shape (N, {conv.in_channels}, L), channels first (run transposes it for {parsed.data_format})",
-            f"shape {tuple(x.shape)}",
-        )
+    x, _ = reference.check_input(conv, x)  # (N, C, L): run transposes it for the layer's data_format
     layer = parsed.conv_layer
     out_length = conv.output_length(x.shape[-1])
     if (

@@ -48,8 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import reference
 from ..conv import PADDING_MODES, Conv1D
-from ..errors import ConfigError, FrameworkMissingError, ShapeError, UnsupportedError, fail
+from ..errors import ConfigError, FrameworkMissingError, UnsupportedError, fail
 
 NAME = "torch"
 REQUIRES = ("torch",)
@@ -325,48 +326,13 @@ def to_native(conv: Conv1D) -> nn.Module:
 
 
 # -- running ---------------------------------------------------------------------
-def _check_input(x: np.ndarray, inner: nn.Conv1d, geometry: Conv1D, padding_mode: str) -> None:
-    if x.ndim != 3 or x.shape[1] != inner.in_channels:
-        hint = (
-            "Add a batch axis with x[None]."
-            if x.ndim == 2
-            else "Transpose a channels-last (N, L, C) input with x.transpose(0, 2, 1)."
-        )
-        raise fail(
-            ShapeError,
-            "Input does not fit the convolution",
-            f"shape (N, {inner.in_channels}, L): batch, channels, length (channels first)",
-            f"shape {tuple(x.shape)}",
-            hint,
-        )
-    length = x.shape[2]
-    ((begin, end),) = geometry.pads(length)
-    (span,) = geometry.receptive_field
-    if length + begin + end < span:
-        raise fail(
-            ShapeError,
-            "Input is shorter than the kernel's receptive field",
-            f"padded length >= dilation * (kernel_size - 1) + 1 = {span}",
-            f"length {length} with pads ({begin}, {end})",
-        )
-    limit = {"reflect": length - 1, "circular": length}.get(padding_mode)
-    if limit is not None and max(begin, end) > limit:
-        raise fail(
-            UnsupportedError,
-            f"{padding_mode.capitalize()} padding is larger than the input allows",
-            f"pads <= {limit} for an input of length {length}",
-            f"pads ({begin}, {end})",
-            "Use a longer input or another padding mode.",
-        )
-
-
 def run(native: Any, x: Any) -> np.ndarray:
     """Apply ``native`` to ``x`` ``(N, C, L)`` under ``torch.no_grad()``; return ``(N, O, L_out)`` numpy.
 
     ``x`` is cast to the module's dtype; the result has that dtype
     (``ml_dtypes.bfloat16`` for a bfloat16 module).
     """
-    inner, padding, padding_mode = _unwrap(native)
+    inner = conv1d_module(native)
     x = np.asarray(x)
     dtype = _numpy_dtype(inner.weight.dtype, "Module")
     if x.dtype.kind not in "fiu" and x.dtype.name not in TORCH_DTYPES:
@@ -377,7 +343,7 @@ def run(native: Any, x: Any) -> np.ndarray:
             f"dtype {x.dtype}",
             f"Cast it, e.g. x.astype({dtype.name!r}).",
         )
-    _check_input(x, inner, _geometry(inner, padding), padding_mode)
+    reference.check_input(from_native(native), x)
     tensor = to_tensor(x.astype(dtype, copy=False)).to(inner.weight.device)
     with torch.no_grad():
         y = native(tensor)
