@@ -26,7 +26,7 @@ from . import layouts, reference
 from .conv import PADDING_RULES, Conv1D
 from .conventions import CONVENTIONS, Convention
 from .errors import ConfigError, ShapeError, fail
-from .verify import ASSERT_CLOSE_DEFAULTS, tolerance
+from .tolerance import ASSERT_CLOSE_DEFAULTS, tolerance
 
 #: Padding readings tried, in order of preference.  ``theano-same`` is Theano's
 #: border mode 'half' cropped to ceil(L / s) outputs: explicit pads

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from . import reference
+from . import activations, reference
 from .conv import Conv1D
 from .conventions import CONVENTIONS, Convention
 from .errors import ConfigError, ShapeError, fail
-from .verify import ASSERT_CLOSE_DEFAULTS
+from .tolerance import ASSERT_CLOSE_DEFAULTS
 
 _NP_PAD_MODE = {"zeros": None, "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 #: how many input channels a tap may have before the text shows only the tap's sum
@@ -84,7 +84,8 @@ class Explanation:
     channels: tuple[int, ...]  # absolute input channels the filter sees
     taps: tuple[Tap, ...]
     bias: float | None
-    total: float
+    total: float  # bias + every tap: the value before the activation
+    output: float  # the activation applied to ``total`` (equal to it without one)
     reference: float
     tolerance: float
     by_hand: str
@@ -94,7 +95,7 @@ class Explanation:
     @property
     def agree(self) -> bool:
         """The tap-by-tap total, the reference pass and the by-hand expression agree within tolerance."""
-        return abs(self.total - self.reference) <= self.tolerance and abs(self.by_hand_value - self.reference) <= self.tolerance
+        return abs(self.output - self.reference) <= self.tolerance and abs(self.by_hand_value - self.reference) <= self.tolerance
 
     @property
     def uses_padding(self) -> bool:
@@ -128,6 +129,8 @@ class Explanation:
             ],
             bias=self.bias,
             total=self.total,
+            activation=self.conv.activation,
+            output=self.output,
             reference=self.reference,
             tolerance=self.tolerance,
             agree=self.agree,
@@ -198,9 +201,10 @@ def _expressions(
             x = f"np.pad(X, {widths}" + (f", mode={mode!r})" if mode else ")")
         return f"{x}[{n}, {time}, {chan}]" if last else f"{x}[{n}, {chan}, {time}]"
 
-    def expr(w: str, x: str) -> str:
+    def expr(w: str, x: str, activated: bool = True) -> str:
         total = f"np.sum({w} * {x})"
-        return total if conv.bias is None else f"bias[{f}] + {total}"
+        total = total if conv.bias is None else f"bias[{f}] + {total}"
+        return f"{conv.activation}({total})" if activated and conv.activation != "linear" else total
 
     start = s * t - begin  # window start in the unpadded input
     inside = start >= 0 and start + span <= length
@@ -216,11 +220,17 @@ def _expressions(
             f"padding ignored: the window starts {begin} position(s) earlier, at X position {start}",
             expr(weight(src.flipped), window(s * t, False)),
         ))
+    if conv.activation != "linear":
+        wrong.append((
+            f"activation forgotten: the layer applies {conv.activation} to the sum",
+            expr(weight(src.flipped), window(start, False) if inside else window(s * t, True), activated=False),
+        ))
     return right, wrong
 
 
 def _evaluate(expression: str, kernel: np.ndarray, bias: np.ndarray | None, x: np.ndarray) -> float:
     namespace = {"np": np, "W": kernel, "bias": bias, "X": x}
+    namespace.update({name: a.function for name, a in activations.ACTIVATIONS.items()})
     return float(eval(expression, {"__builtins__": {}}, namespace))  # noqa: S307 - our own expression
 
 
@@ -324,6 +334,11 @@ def explain(
             )
         )
     rtol, atol = ASSERT_CLOSE_DEFAULTS[conv.dtype.name]
+    activation = activations.get(conv.activation)
+    output = float(activation.function(np.float64(partial)))
+    tolerance = atol + rtol * magnitude
+    if activation.name != "linear":
+        tolerance = activation.lipschitz * tolerance + rtol * abs(output)
     right, wrong = _expressions(conv, src, (n, f, t), length, pads, group)
     raw_kernel = src.from_canonical_kernel(conv.kernel)
     src_x = xc if src.data_format == "channels_first" else xc.transpose(0, 2, 1)
@@ -339,8 +354,9 @@ def explain(
         taps=tuple(taps),
         bias=bias,
         total=partial,
+        output=output,
         reference=float(expected[n, f, t]),
-        tolerance=atol + rtol * magnitude,
+        tolerance=tolerance,
         by_hand=right,
         by_hand_value=_evaluate(right, raw_kernel, conv.bias, src_x),
         pitfalls=tuple(Pitfall(m, e, _evaluate(e, raw_kernel, conv.bias, src_x)) for m, e in wrong),
@@ -393,9 +409,12 @@ def format_explanation(e: Explanation) -> str:
     for tap in shown:
         lines.append("  ..." if tap is None else _tap_line(tap, n, e))
     verdict = "agree" if e.agree else "DISAGREE"
+    if conv.activation != "linear":
+        formula = activations.get(conv.activation).formula
+        lines.append(f"sum {e.total:.6g}, then {conv.activation}(x) = {formula}: {e.output:.6g}")
     lines.append(
-        f"total {e.total:.6g}   reference {e.reference:.6g}   by hand {e.by_hand_value:.6g}   "
-        f"{verdict} (|diff| {abs(e.total - e.reference):.1e}, tolerance {e.tolerance:.1e})"
+        f"total {e.output:.6g}   reference {e.reference:.6g}   by hand {e.by_hand_value:.6g}   "
+        f"{verdict} (|diff| {abs(e.output - e.reference):.1e}, tolerance {e.tolerance:.1e})"
     )
     x_axes = "(N, L, C)" if src.data_format == "channels_last" else "(N, C, L)"
     lines.append(

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Sequence, Union
 
 import numpy as np
 
-from . import layouts
+from . import activations, layouts
 from .errors import ConfigError, ShapeError, fail
 
 #: Padding rules that are not explicit ``(begin, end)`` pairs.
@@ -28,6 +28,11 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 Padding = Union[str, tuple[tuple[int, int], ...]]
 
 _FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+
+#: The largest stride, dilation, pad or receptive field accepted on any axis (2**24).
+#: No trained model comes near it; a file that declares more is corrupt or hostile,
+#: and refusing it here keeps every later computation small (docs/security.md).
+MAX_EXTENT = 1 << 24
 
 
 def _is_supported_float(dtype: np.dtype) -> bool:
@@ -41,15 +46,15 @@ def _positive_tuple(name: str, value: Any, rank: int) -> tuple[int, ...]:
     try:
         out = tuple(int(v) for v in value)
         ok = len(out) == rank and all(
-            v == orig and v > 0 and not isinstance(orig, bool) for v, orig in zip(out, value)
+            v == orig and 0 < v <= MAX_EXTENT and not isinstance(orig, bool) for v, orig in zip(out, value)
         )
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         raise fail(
             ConfigError,
             f"Invalid value for argument `{name}`",
-            f"a strictly positive integer or a tuple of {rank} of them",
+            f"a strictly positive integer up to {MAX_EXTENT} (or a tuple of {rank} of them)",
             f"{name}={given!r}",
         )
     return out
@@ -81,17 +86,17 @@ def _normalise_padding(padding: Any, rank: int) -> Padding:
             if rank == 1 and len(seq) == 2 and all(isinstance(v, (int, np.integer)) for v in seq):
                 seq = [seq]
             pairs = tuple((int(b), int(e)) for b, e in seq)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             pairs = None
     if (
         pairs is None
         or len(pairs) != rank
-        or any(isinstance(v, bool) or v < 0 for pair in pairs for v in pair)
+        or any(isinstance(v, bool) or not 0 <= v <= MAX_EXTENT for pair in pairs for v in pair)
     ):
         raise fail(
             ConfigError,
             "Invalid value for argument `padding`",
-            f"non-negative integers: p, (begin, end), or {rank} (begin, end) pairs, or one of {PADDING_RULES}",
+            f"integers from 0 to {MAX_EXTENT}: p, (begin, end), or {rank} (begin, end) pairs, or one of {PADDING_RULES}",
             f"padding={padding!r}",
         )
     return pairs
@@ -125,7 +130,7 @@ class ConvND:
     """A convolution of any spatial rank; use :class:`Conv1D`."""
 
     spatial_rank: ClassVar[int] = 0
-    __slots__ = ("kernel", "bias", "stride", "dilation", "groups", "padding", "padding_mode")
+    __slots__ = ("kernel", "bias", "stride", "dilation", "groups", "padding", "padding_mode", "activation")
 
     kernel: np.ndarray
     bias: np.ndarray | None
@@ -134,6 +139,7 @@ class ConvND:
     groups: int
     padding: Padding
     padding_mode: str
+    activation: str
 
     def __init__(
         self,
@@ -145,6 +151,7 @@ class ConvND:
         groups: int = 1,
         padding: Any = "valid",
         padding_mode: str = "zeros",
+        activation: str | None = "linear",
         layout: str = layouts.CANONICAL,
     ) -> None:
         rank = self.spatial_rank
@@ -192,6 +199,16 @@ class ConvND:
                 ConfigError, "Invalid value for argument `padding_mode`", f"one of {PADDING_MODES}", f"padding_mode={padding_mode!r}"
             )
         set_(self, "padding_mode", padding_mode)
+        set_(self, "activation", activations.canonical(activation))
+        too_wide = [r for r in self.receptive_field if r > MAX_EXTENT]
+        if too_wide:
+            raise fail(
+                ConfigError,
+                "The kernel's receptive field is absurdly wide",
+                f"dilation * (kernel_size - 1) + 1 <= {MAX_EXTENT} on every axis",
+                f"receptive field {self.receptive_field} (kernel {self.kernel_shape}, dilation {self.dilation})",
+                "The configuration is corrupt; check the file's dilation and kernel size.",
+            )
 
     # -- immutability -----------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
@@ -217,6 +234,7 @@ class ConvND:
             groups=self.groups,
             padding=self.padding,
             padding_mode=self.padding_mode,
+            activation=self.activation,
         )
 
     def replace(self, **changes: Any) -> "ConvND":
@@ -318,6 +336,7 @@ class ConvND:
             groups=self.groups,
             padding=self.padding,
             padding_mode=self.padding_mode,
+            activation=self.activation,
             bias=self.bias is not None,
             dtype=self.dtype.name,
         )
@@ -342,11 +361,43 @@ class ConvND:
             return False
         if self.padding == other.padding:
             return True
-        if self.padding_depends_on_length or other.padding_depends_on_length:
-            if spatial is None:
-                return False
+        if spatial is not None:
             return self.pads(spatial) == other.pads(spatial)
-        return self.pads() == other.pads()
+        return self.same_pads_for_every_size(other.padding)
+
+    def _pads_over_sizes(self) -> tuple[Any, ...]:
+        """Per axis, every ``(begin, end)`` the padding takes over all input sizes, in closed form.
+
+        A ``same_*`` rule pads ``total = max(((-L) mod s) + r - s, 0)``, which only
+        depends on ``L mod s`` and takes exactly the values ``max(r - s, 0) .. r - 1``.
+        One value is written as the fixed pair; several as ``(rule, lowest, highest)``.
+        """
+        if self.padding not in ("same_upper", "same_lower"):
+            return tuple(("fixed", p) for p in self.pads())
+        out = []
+        for s, r in zip(self.stride, self.receptive_field):
+            low, high = max(r - s, 0), r - 1
+            if low == high:
+                small, big = low // 2, low - low // 2
+                out.append(("fixed", (small, big) if self.padding == "same_upper" else (big, small)))
+            else:
+                out.append((self.padding, low, high))
+        return tuple(out)
+
+    def same_pads_for_every_size(self, padding: Any) -> bool:
+        """True when ``padding`` gives this convolution the same pads as its own for every input size.
+
+        Decided in closed form (no input size is enumerated), so it is instant
+        even for absurd strides:
+
+        >>> import numpy as np
+        >>> conv = Conv1D(np.zeros((1, 1, 3)), padding="same_upper")
+        >>> conv.same_pads_for_every_size(((1, 1),)), conv.same_pads_for_every_size("same_lower")
+        (True, True)
+        >>> conv.replace(stride=2).same_pads_for_every_size("same_lower")
+        False
+        """
+        return self._pads_over_sizes() == self.replace(padding=padding)._pads_over_sizes()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ConvND):
@@ -372,6 +423,8 @@ class ConvND:
         parts.append(f"padding={one(self.padding) if isinstance(self.padding, tuple) else repr(self.padding)}")
         if self.padding_mode != "zeros":
             parts.append(f"padding_mode={self.padding_mode!r}")
+        if self.activation != "linear":
+            parts.append(f"activation={self.activation!r}")
         parts.append(f"bias={self.bias is not None}")
         parts.append(f"dtype={self.dtype.name}")
         return f"{type(self).__name__}({', '.join(parts)})"

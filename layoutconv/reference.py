@@ -13,7 +13,8 @@ with ``gamma(f) = f // (O / g)`` the group of filter ``f`` and ``x~`` the
 input extended beyond ``[0, L)`` by the padding mode (zeros, reflect,
 replicate or circular).  ``t`` runs over ``0 .. floor((L + p_b + p_e - d (K - 1) - 1) / s)``.
 This is a cross-correlation: tap ``k`` of the kernel meets input position
-``s t + d k - p_b``.  There is no kernel flip.
+``s t + d k - p_b``.  There is no kernel flip.  A fused activation
+(:mod:`layoutconv.activations`) is then applied elementwise to ``y``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from . import activations
 from .conv import Conv1D
 from .errors import ShapeError, UnsupportedError, fail
+
+#: The most elements a padded input may have (2**28: 2 GiB in float64), checked before anything is allocated.
+MAX_ELEMENTS = 1 << 28
 
 _NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -82,7 +87,21 @@ def check_input(conv: Conv1D, x: Any) -> tuple[np.ndarray, tuple[int, int]]:
             f"length {length} with pads ({begin}, {end})",
         )
     _check_mode_limits(length, begin, end, conv.padding_mode)
+    check_size(x.shape[:-1], length + begin + end)
     return x, (begin, end)
+
+
+def check_size(leading: tuple[int, ...], padded_length: int) -> None:
+    """Refuse an input whose padded copy would exceed :data:`MAX_ELEMENTS`, before allocating it."""
+    elements = int(np.prod(leading, dtype=np.int64)) * int(padded_length)
+    if elements > MAX_ELEMENTS:
+        raise fail(
+            ShapeError,
+            "The padded input is too large for the reference pass",
+            f"at most {MAX_ELEMENTS} elements (batch x channels x padded length)",
+            f"{elements} elements (leading axes {tuple(leading)}, padded length {padded_length})",
+            "Use a smaller batch or a shorter input.",
+        )
 
 
 def conv1d(conv: Conv1D, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
@@ -117,4 +136,4 @@ def conv1d(conv: Conv1D, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
     y = np.einsum("ngctk,gock->ngot", windows, w, optimize=blas).reshape(n, conv.out_channels, out_len)
     if conv.bias is not None:
         y = y + conv.bias.astype(dtype)[None, :, None]
-    return y
+    return activations.apply(conv.activation, y)

@@ -1,21 +1,8 @@
 """The equivalence harness: run a converted convolution in each framework and compare with the reference.
 
-Tolerance
----------
-Each output element ``y[n, f, t]`` is a sum of ``fan_in = (C / g) * K``
-products plus a bias.  Its rounding error in a framework grows with the size
-of those terms, not with the size of the (possibly cancelling) result, so the
-tolerance is that of ``torch.testing.assert_close`` for the dtype, applied to
-the *magnitude* of the terms::
-
-    mag[n, f, t] = |b[f]| + sum_{c, k} |W[f, c, k]| * |x~[n, c, s t + d k - p_b]|
-    tol[n, f, t] = atol(dtype) + rtol(dtype) * mag[n, f, t]
-    pass  <=>  |y_framework - y_reference| <= tol   for every element
-
-``mag`` is the reference pass applied to ``|W|``, ``|b|`` and ``|x|``; it is at
-least ``|y|`` and typically ``sqrt(fan_in)`` times larger, which is how the
-tolerance scales with fan-in.  A wrong permutation or a missing flip makes an
-error of the order of ``|y|`` itself and fails by orders of magnitude.
+Each framework's output is compared elementwise with :func:`layoutconv.reference.conv1d`
+under the tolerance policy of :mod:`layoutconv.tolerance` (``torch.testing.assert_close``'s
+per-dtype ``rtol``/``atol`` applied to the magnitude of the summed terms).
 """
 
 from __future__ import annotations
@@ -29,14 +16,7 @@ from . import frameworks as _fw
 from . import reference
 from .conv import Conv1D
 from .errors import LayoutError, UnsupportedError
-
-#: ``torch.testing.assert_close`` defaults: dtype -> (rtol, atol)
-ASSERT_CLOSE_DEFAULTS: dict[str, tuple[float, float]] = {
-    "float16": (1e-3, 1e-5),
-    "bfloat16": (1.6e-2, 1e-5),
-    "float32": (1.3e-6, 1e-5),
-    "float64": (1e-7, 1e-7),
-}
+from .tolerance import ASSERT_CLOSE_DEFAULTS, tolerance  # noqa: F401  (re-exported: verify's public names)
 
 DEFAULT_FRAMEWORKS = ("keras", "tf_keras", "torch", "onnx")
 
@@ -113,17 +93,6 @@ class Report:
         return "\n".join(lines)
 
 
-def tolerance(conv: Conv1D, x: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Elementwise tolerance for comparing a framework's output with the reference (see module doc)."""
-    rtol, atol = ASSERT_CLOSE_DEFAULTS[conv.dtype.name]
-    magnitude = conv.replace(
-        kernel=np.abs(conv.kernel.astype(np.float64)),
-        bias=None if conv.bias is None else np.abs(conv.bias.astype(np.float64)),
-    )
-    mag = reference.conv1d(magnitude, np.abs(np.asarray(x, dtype=np.float64)))
-    return atol + rtol * mag, rtol, atol
-
-
 def default_input(conv: Conv1D, *, length: int | None = None, batch: int = 2, seed: int = 0) -> np.ndarray:
     """A symmetry-breaking input ``(N, C, L)``: standard normal values, an odd length that is not a multiple of the stride."""
     if length is None:
@@ -142,7 +111,7 @@ def compare(conv: Conv1D, x: np.ndarray, y: Any, framework: str, expected: np.nd
     if expected is None:
         expected = reference.conv1d(conv, x)
     y = np.asarray(y)
-    tol, rtol, atol = tolerance(conv, x)
+    tol, rtol, atol = tolerance(conv, x, expected)
     common = dict(framework=framework, rtol=rtol, atol=atol, shape=tuple(y.shape), dtype=y.dtype.name)
     if y.shape != expected.shape:
         return Result(status="fail", message=f"shape {tuple(y.shape)} != reference {tuple(expected.shape)}", **common)

@@ -139,3 +139,30 @@ def test_pickle_and_copy_keep_value(rng):
     again = pickle.loads(pickle.dumps(conv))
     assert again == conv and again.kernel.tobytes() == conv.kernel.tobytes()
     assert copy.deepcopy(conv) == conv
+
+
+RULES = ["valid", "causal", "same_upper", "same_lower", 0, 1, 2, (2, 1), (1, 2), (0, 1), (1, 0), (3, 3)]
+
+
+@pytest.mark.parametrize("k, s, d", [(1, 1, 1), (2, 1, 1), (3, 2, 1), (4, 2, 2), (5, 3, 1), (2, 4, 1), (3, 5, 2)])
+def test_same_pads_for_every_size_agrees_with_enumerating_sizes(rng, k, s, d):
+    """The closed form against the brute force: every padding pair compared over lengths 1..60."""
+    base = Conv1D(kernel(rng, k=k), stride=s, dilation=d)
+    for a in RULES:
+        for b in RULES:
+            ca, cb = base.replace(padding=a), base.replace(padding=b)
+            brute = all(ca.pads(n) == cb.pads(n) for n in range(1, 61))
+            assert ca.same_pads_for_every_size(b) == brute, (a, b)
+
+
+def test_absurd_strides_and_dilations_are_refused_instantly(rng):
+    huge = 10**12
+    for field in ("stride", "dilation"):
+        with pytest.raises(ConfigError, match="up to 16777216"):
+            Conv1D(kernel(rng), **{field: huge})
+    with pytest.raises(ConfigError, match="receptive field is absurdly wide"):
+        Conv1D(kernel(rng, k=3), dilation=10**7)  # each value allowed, the span 2 * 10**7 + 1 is not
+    with pytest.raises(ConfigError, match="padding"):
+        Conv1D(kernel(rng), padding=(huge, 0))
+    wide = Conv1D(kernel(rng, k=2), stride=1 << 24, dilation=(1 << 24) - 1, padding="same_upper")
+    assert not wide.same_pads_for_every_size("same_lower")  # closed form: no enumeration of 2**24 sizes

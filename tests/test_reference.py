@@ -125,3 +125,10 @@ def test_input_errors(rng):
     reflect = conv.replace(padding=(4, 0), padding_mode="reflect")
     with pytest.raises(UnsupportedError, match=r"pads \(4, 0\)"):
         reference.conv1d(reflect, rng.standard_normal((1, 3, 4)))
+
+
+def test_padded_input_over_the_cap_is_refused_before_allocating():
+    conv = Conv1D(np.random.default_rng(3).normal(size=(2, 3, 3)), padding=(1 << 24, 1 << 24))
+    x = np.zeros((4, 3, 5))  # padded: 4 * 3 * (2**25 + 5) elements > 2**28
+    with pytest.raises(ShapeError, match="too large for the reference pass"):
+        reference.conv1d(conv, x)
