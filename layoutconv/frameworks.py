@@ -92,3 +92,28 @@ def adapter(name: str) -> ModuleType:
             f"Install it with: {INSTALL_HINT[canon]}",
         )
     return importlib.import_module(ADAPTERS[canon])
+
+
+#: top-level module of an object's class -> framework (tf_keras before keras: "tf_keras" starts with neither)
+_OBJECT_ROOTS: dict[str, str] = {"torch": "torch", "tf_keras": "tf_keras", "keras": "keras", "onnx": "onnx"}
+
+
+def framework_of(obj: object) -> str:
+    """The framework a native object belongs to, from its class's module (nothing is imported).
+
+    A class whose method resolution order passes through a framework counts
+    (a user's ``torch.nn.Module`` subclass defined in ``__main__`` is ``torch``).
+    """
+    for cls in type(obj).__mro__:
+        module = cls.__module__ or ""
+        root = module.split(".")[0]
+        if root == "tensorflow" and ".python.keras" in module:
+            return "tf_keras"
+        if root in _OBJECT_ROOTS:
+            return _OBJECT_ROOTS[root]
+    raise fail(
+        ConfigError,
+        "Cannot tell which framework this object belongs to",
+        "a torch.nn.Module, a Keras 3 or tf_keras layer or model, or an onnx.ModelProto",
+        f"{type(obj).__module__}.{type(obj).__qualname__}",
+    )

@@ -7,7 +7,7 @@ per-dtype ``rtol``/``atol`` applied to the magnitude of the summed terms).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -15,7 +15,7 @@ import numpy as np
 from . import frameworks as _fw
 from . import reference
 from .conv import Conv1D
-from .errors import LayoutError, UnsupportedError
+from .errors import ConfigError, LayoutError, UnsupportedError, fail
 from .tolerance import ASSERT_CLOSE_DEFAULTS, tolerance  # noqa: F401  (re-exported: verify's public names)
 
 DEFAULT_FRAMEWORKS = ("keras", "tf_keras", "torch", "onnx")
@@ -122,7 +122,8 @@ def compare(conv: Conv1D, x: np.ndarray, y: Any, framework: str, expected: np.nd
     if not np.isfinite(err).all():
         problems.append("non-finite output")
         err = np.where(np.isfinite(err), err, np.inf)
-    rel = err / np.maximum(np.abs(expected), np.finfo(np.float64).tiny)
+    with np.errstate(over="ignore", divide="ignore"):  # relative to an exact zero (after relu) is inf
+        rel = err / np.maximum(np.abs(expected), np.finfo(np.float64).tiny)
     ratio = float(np.max(err / tol)) if err.size else 0.0
     status = "pass" if ratio <= 1.0 and not problems else "fail"
     if ratio > 1.0:
@@ -140,11 +141,109 @@ def compare(conv: Conv1D, x: np.ndarray, y: Any, framework: str, expected: np.nd
     )
 
 
+def _differences(conv: Conv1D, theirs: Conv1D, length: int) -> list[str]:
+    """What differs between the record and the user's module, in the user's terms ("your module ...")."""
+    notes: list[str] = []
+    k_mine, k_theirs = conv.kernel, theirs.kernel
+    if k_theirs.shape != k_mine.shape:
+        notes.append(f"your kernel has shape {k_theirs.shape} (O, I/groups, K); this layer's is {k_mine.shape}")
+    elif not theirs.same_weights(conv.replace(activation=theirs.activation)):
+        a, b = k_theirs.astype(np.float64), k_mine.astype(np.float64)
+        if np.array_equal(a, b[..., ::-1]) and not np.array_equal(a, b):
+            notes.append(
+                "your kernel is this layer's reversed along the kernel axis: a kernel trained with Theano "
+                "used without its flip, or flipped twice"
+            )
+        elif not np.array_equal(a, b) and np.array_equal(np.sort(a, axis=None), np.sort(b, axis=None)):
+            notes.append(
+                "your kernel holds this layer's values in another order: a reshape where a transpose was "
+                "needed, or the wrong axis order (PyTorch and ONNX kernels are (O, I/groups, K), Keras's (K, I, O))"
+            )
+        elif not np.array_equal(a, b):
+            notes.append(f"your kernel's values differ from this layer's (largest difference {np.abs(a - b).max():.3g})")
+        if (theirs.bias is None) != (conv.bias is None):
+            notes.append("your module has no bias; this layer has one" if theirs.bias is None else "your module adds a bias; this layer has none")
+        elif theirs.bias is not None and not np.array_equal(theirs.bias.astype(np.float64), conv.bias.astype(np.float64)):
+            notes.append("your bias differs from this layer's")
+        if theirs.dtype != conv.dtype:
+            notes.append(f"your weights are {theirs.dtype.name}; this layer's are {conv.dtype.name}")
+    for field, label in (("stride", "stride"), ("dilation", "dilation"), ("groups", "groups")):
+        mine_v, theirs_v = getattr(conv, field), getattr(theirs, field)
+        if mine_v != theirs_v:
+            one = (lambda v: v[0]) if isinstance(mine_v, tuple) else (lambda v: v)
+            notes.append(f"your module uses {label} {one(theirs_v)}; this layer uses {one(mine_v)}")
+    same_geometry = (conv.kernel_shape, conv.stride, conv.dilation) == (theirs.kernel_shape, theirs.stride, theirs.dilation)
+    if same_geometry and not conv.same_pads_for_every_size(theirs.padding):
+        notes.append(_padding_difference(conv, theirs, length))
+    if theirs.padding_mode != conv.padding_mode:
+        notes.append(f"your module pads with {theirs.padding_mode}; this layer with {conv.padding_mode}")
+    if theirs.activation != conv.activation:
+        notes.append(f"your module applies {theirs.activation}; this layer applies {conv.activation}")
+    return notes
+
+
+def _padding_difference(conv: Conv1D, theirs: Conv1D, length: int) -> str:
+    """The first input length (the tested one first) where the two paddings differ, said in the user's terms."""
+    span, stride = conv.receptive_field[0], conv.stride[0]
+    for n in [length, *range(span, span + 2 * stride + 8)]:
+        mine_p, theirs_p = conv.pads(n)[0], theirs.pads(n)[0]
+        if mine_p != theirs_p:
+            where = f"at length {n}" if n == length else f"at length {n} (they agree at this input's length {length})"
+            return f"your module pads {theirs_p}; this layer needs {mine_p} {where}"
+    return f"your module pads by {theirs.padding!r}; this layer by {conv.padding!r}"  # pragma: no cover
+
+
+def _other_lengths(conv: Conv1D, length: int) -> list[int]:
+    """Lengths that meet every other case of a length-dependent padding (one per residue mod the stride, at most 7)."""
+    if not conv.padding_depends_on_length:
+        return []
+    return [length + j for j in range(1, min(conv.stride[0], 8))]
+
+
+def _verify_native(conv: Conv1D, native: Any, x: np.ndarray, expected: np.ndarray, seed: int) -> Result:
+    name = _fw.framework_of(native)
+    adapter = _fw.adapter(name)
+    rng = np.random.default_rng(seed + 1)
+    inputs = [(x, expected)]
+    for n in _other_lengths(conv, x.shape[-1]):
+        extra = rng.standard_normal((x.shape[0], x.shape[1], n)).astype(conv.dtype)
+        inputs.append((extra, reference.conv1d(conv, extra)))
+    result = None
+    for xi, ei in inputs:
+        try:
+            y = adapter.run(native, xi)
+        except UnsupportedError as exc:
+            return Result(framework=name, status="unsupported", message=str(exc))
+        except LayoutError as exc:
+            return Result(framework=name, status="error", message=f"at input length {xi.shape[-1]}: {exc}")
+        outcome = compare(conv, xi, y, name, ei)
+        if result is None:
+            result = outcome
+        if not outcome.passed:
+            if xi is not x:
+                outcome = replace(outcome, message=f"at input length {xi.shape[-1]} (the first input passed): {outcome.message}")
+            result = outcome
+            break
+    assert result is not None
+    try:
+        theirs = adapter.from_native(native)
+    except LayoutError as exc:
+        if result.passed:
+            return result
+        return replace(result, message=f"{result.message}; layoutconv cannot read your module's configuration, "
+                       f"so only its outputs were compared ({exc})")
+    notes = _differences(conv, theirs, x.shape[-1])
+    if not notes:
+        return result
+    return replace(result, status="fail", message="; ".join(notes + ([result.message] if result.message else [])))
+
+
 def verify(
     conv: Conv1D,
     frameworks: Iterable[str] | None = None,
     x: Any = None,
     *,
+    native: Any = None,
     length: int | None = None,
     batch: int = 2,
     seed: int = 0,
@@ -152,11 +251,18 @@ def verify(
 ) -> Report:
     """Convert ``conv`` into each framework, run it on the same input, and compare with the reference.
 
+    With ``native=``, check a layer or module *you* built instead (a ``torch.nn.Module``,
+    a Keras layer, an ONNX model): it runs on the same input, and a mismatch is
+    explained in your terms ("your module pads (2, 2); this layer needs (1, 2) at
+    length 31").  Its configuration must match for every input length, not only
+    the one tested.
+
     >>> import numpy as np, layoutconv
     >>> conv = layoutconv.Conv1D(np.random.default_rng(1).normal(size=(4, 3, 5)).astype("float32"))
     >>> report = layoutconv.verify(conv, frameworks=["torch"])   # doctest: +SKIP
     >>> report.passed                                            # doctest: +SKIP
     True
+    >>> layoutconv.verify(conv, native=my_module).passed        # doctest: +SKIP
 
     Parameters
     ----------
@@ -168,9 +274,18 @@ def verify(
         installed raises :class:`~layoutconv.FrameworkMissingError`.
     x:
         Input ``(N, C, L)``; default :func:`default_input`, cast to the kernel's dtype.
+    native:
+        Your own layer or module to check against ``conv`` (instead of ``frameworks``).
     keras_data_format:
         Which Keras layout to build and run (``channels_last`` or ``channels_first``).
     """
+    if native is not None and frameworks is not None:
+        raise fail(
+            ConfigError,
+            "verify takes either frameworks= or native=",
+            "frameworks to convert into, or your own module to check",
+            f"frameworks={list(frameworks)!r} and native={type(native).__name__}",
+        )
     explicit = frameworks is not None
     names = [_fw.canonical_name(f) for f in (frameworks if explicit else DEFAULT_FRAMEWORKS)]
     if x is None:
@@ -179,6 +294,9 @@ def verify(
     if x.dtype != conv.dtype:
         x = x.astype(conv.dtype)
     expected = reference.conv1d(conv, x)
+    shapes = dict(conv=conv, input_shape=tuple(x.shape), reference_shape=tuple(expected.shape))
+    if native is not None:
+        return Report(results=(_verify_native(conv, native, x, expected, seed),), **shapes)
     results = []
     for name in names:
         if not _fw.is_available(name):
@@ -189,8 +307,8 @@ def verify(
         adapter = _fw.adapter(name)
         options = {"data_format": keras_data_format} if name in ("keras", "tf_keras") else {}
         try:
-            native = adapter.to_native(conv, **options)
-            y = adapter.run(native, x)
+            native_made = adapter.to_native(conv, **options)
+            y = adapter.run(native_made, x)
         except UnsupportedError as exc:
             results.append(Result(framework=name, status="unsupported", message=str(exc)))
             continue
@@ -198,5 +316,4 @@ def verify(
             results.append(Result(framework=name, status="error", message=str(exc)))
             continue
         results.append(compare(conv, x, y, name, expected))
-    return Report(conv=conv, input_shape=tuple(x.shape), reference_shape=tuple(expected.shape), results=tuple(results))
-
+    return Report(results=tuple(results), **shapes)

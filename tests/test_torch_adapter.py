@@ -250,7 +250,7 @@ def test_wrapper_weights_load_into_a_users_conv1d(ta, torch, rng):
     conv = make_conv(rng, "float64", stride=2, padding="same_lower", padding_mode="replicate")
     module = ta.to_native(conv)
     mine = torch.nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=2, groups=conv.groups, dtype=torch.float64)
-    mine.load_state_dict(ta.conv1d_module(module).state_dict())
+    mine.load_state_dict(module.state_dict(), strict=True)  # same keys, no unwrapping
     x = torch.from_numpy(rng.standard_normal((2, conv.in_channels, 17)))
     begin, end = module.pads(17)
     ours = mine(torch.nn.functional.pad(x, (begin, end), mode="replicate"))
@@ -265,7 +265,7 @@ def test_wrapper_survives_deepcopy_and_torch_save(ta, torch, rng):
     buffer.seek(0)
     for clone in [copy.deepcopy(module), torch.load(buffer, weights_only=False)]:
         assert ta.from_native(clone).equivalent(conv) and ta.from_native(clone).padding == "causal"
-    assert sorted(module.state_dict()) == ["conv.bias", "conv.weight"]
+    assert sorted(module.state_dict()) == ["bias", "weight"]  # the keys of a plain nn.Conv1d
 
 
 # -- errors ------------------------------------------------------------------------
@@ -327,3 +327,143 @@ def test_run_rejects_a_non_numeric_input(ta, rng):
     module = ta.to_native(make_conv(rng, groups=1))
     with pytest.raises(ConfigError, match="<U1"):
         ta.run(module, np.full((1, 4, 9), "a"))
+
+
+# -- fused activations ---------------------------------------------------------------
+#: each canonical activation as the torch module a user would write after nn.Conv1d
+TORCH_MODULES = {
+    "relu": lambda t: t.nn.ReLU(),
+    "relu6": lambda t: t.nn.ReLU6(),
+    "leaky_relu": lambda t: t.nn.LeakyReLU(0.2),
+    "sigmoid": lambda t: t.nn.Sigmoid(),
+    "tanh": lambda t: t.nn.Tanh(),
+    "elu": lambda t: t.nn.ELU(),
+    "selu": lambda t: t.nn.SELU(),
+    "gelu": lambda t: t.nn.GELU(),
+    "swish": lambda t: t.nn.SiLU(),
+    "softplus": lambda t: t.nn.Softplus(),
+    "softsign": lambda t: t.nn.Softsign(),
+    "mish": lambda t: t.nn.Mish(),
+    "hard_sigmoid_keras3": lambda t: t.nn.Hardsigmoid(),
+    "hard_silu": lambda t: t.nn.Hardswish(),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(TORCH_MODULES))
+def test_activation_module_matches_torch_sequential_and_reference(ta, torch, rng, name, dtype):
+    """to_torch of a record with an activation computes what nn.Sequential(conv, activation) computes."""
+    conv = make_conv(rng, dtype, out=5, in_per_group=3, k=5, groups=1, stride=2, padding="same_upper", activation=name)
+    module = ta.to_native(conv)
+    assert sorted(module.state_dict()) == ["bias", "weight"]
+    plain = torch.nn.Conv1d(3, 5, 5, stride=2, dtype=getattr(torch, dtype))
+    plain.load_state_dict(module.state_dict(), strict=True)
+    # TensorFlow's 'same' at L=15, k=5, s=2: total (ceil(15/2) - 1) * 2 + 5 - 15 = 4 -> (2, 2)
+    user = torch.nn.Sequential(torch.nn.ZeroPad1d((2, 2)), plain, TORCH_MODULES[name](torch))
+    x = rng.standard_normal((2, 3, 15)).astype(dtype)
+    ours = ta.run(module, x)
+    theirs = user(torch.from_numpy(x)).detach()
+    torch.testing.assert_close(torch.from_numpy(ours), theirs)
+    assert compare(conv, x, ours, "torch").passed
+    assert ta.from_native(user).equivalent(conv.replace(padding=((2, 2),)))  # the user's Sequential is read back
+
+
+def test_keras2_hard_sigmoid_has_no_torch_module_but_runs(ta, torch, rng):
+    conv = make_conv(rng, "float64", groups=1, activation="hard_sigmoid_keras2")
+    x = rng.standard_normal((2, 4, 13))
+    y = ta.run(ta.to_native(conv), x)
+    linear = ta.run(ta.to_native(conv.replace(activation="linear")), x)
+    np.testing.assert_array_equal(y, np.clip(0.2 * linear + 0.5, 0, 1))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_activations_run_in_half_precision(ta, rng, dtype):
+    for name in ("relu", "gelu", "swish", "hard_sigmoid_keras2", "mish"):
+        conv = make_conv(rng, dtype, groups=1, padding="causal", activation=name)
+        x = rng.standard_normal((1, 4, 11)).astype(np_dtype(dtype))
+        assert compare(conv, x, ta.run(ta.to_native(conv), x), "torch").passed, name
+
+
+def test_stride2_same_state_dict_loads_into_a_plain_conv1d(ta, torch, rng):
+    conv = make_conv(rng, "float32", groups=1, stride=2, padding="same_upper")
+    module = ta.to_native(conv)
+    plain = torch.nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=2)
+    plain.load_state_dict(module.state_dict(), strict=True)
+    assert torch.equal(plain.weight, module.weight) and torch.equal(plain.bias, module.bias)
+
+
+def test_sequential_with_a_foreign_activation_is_refused(ta, torch):
+    seq = torch.nn.Sequential(torch.nn.Conv1d(2, 3, 3), torch.nn.LeakyReLU(0.01))
+    with pytest.raises(UnsupportedError, match=r"LeakyReLU\(negative_slope=0.01\)"):
+        ta.from_native(seq)
+
+
+# -- verify(conv, native=<the user's own module>) ------------------------------------------
+def _users_conv(torch, conv, **kw):
+    mine = torch.nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size, groups=conv.groups, **kw)
+    with torch.no_grad():
+        mine.weight.copy_(torch.from_numpy(conv.kernel.copy()))
+        mine.bias.copy_(torch.from_numpy(conv.bias.copy()))
+    return mine
+
+
+def test_verify_native_passes_a_correct_user_module(ta, torch, rng):
+    conv = make_conv(rng, "float32", groups=1, k=3, padding=((1, 1),), activation="relu")
+    user = torch.nn.Sequential(_users_conv(torch, conv, padding=1), torch.nn.ReLU())
+    report = verify(conv, native=user)
+    assert report.passed and report["torch"].worst_error_over_tolerance <= 1.0
+
+
+def test_verify_native_names_the_padding_the_user_got_wrong(ta, torch, rng):
+    conv = make_conv(rng, "float32", groups=1, k=4, stride=2, padding="same_upper")
+    user = _users_conv(torch, conv, stride=2, padding=2)
+    report = verify(conv, native=user, length=31)
+    assert not report.passed
+    assert "your module pads (2, 2); this layer needs (1, 2) at length 31" in report["torch"].message
+
+
+def test_verify_native_catches_a_custom_module_wrong_at_another_length(ta, torch, rng):
+    """The user hard-coded the pads of odd lengths; only an even length shows it."""
+    conv = make_conv(rng, "float32", groups=1, k=3, stride=2, padding="same_upper")
+
+    class Mine(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = _users_conv(torch, conv, stride=2)
+
+        def forward(self, x):
+            return self.conv(torch.nn.functional.pad(x, (1, 1)))
+
+    report = verify(conv, native=Mine(), length=31)
+    assert conv.pads(31) == ((1, 1),) and conv.pads(32) == ((0, 1),)
+    assert not report.passed and "at input length 32" in report["torch"].message
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda k: k[..., ::-1], "reversed along the kernel axis"),
+        (lambda k: k.reshape(k.shape[2], k.shape[1], k.shape[0]).transpose(2, 1, 0), "another order"),
+    ],
+    ids=["flipped", "reshaped"],
+)
+def test_verify_native_explains_a_wrong_kernel(ta, torch, rng, damage, words):
+    conv = make_conv(rng, "float64", out=5, in_per_group=3, k=5, groups=1)  # kernel_size == filters: shapes fit
+    user = ta.to_native(conv)
+    with torch.no_grad():
+        user.weight.copy_(torch.from_numpy(np.ascontiguousarray(damage(conv.kernel))))
+    report = verify(conv, native=user)
+    assert not report.passed and words in report["torch"].message
+
+
+def test_verify_native_names_a_missing_activation(ta, torch, rng):
+    conv = make_conv(rng, "float32", groups=1, activation="gelu")
+    user = _users_conv(torch, conv)
+    report = verify(conv, native=user)
+    assert not report.passed and "your module applies linear; this layer applies gelu" in report["torch"].message
+
+
+def test_verify_takes_native_or_frameworks_not_both(ta, torch, rng):
+    conv = make_conv(rng, groups=1)
+    with pytest.raises(ConfigError, match="either frameworks= or native="):
+        verify(conv, frameworks=["torch"], native=ta.to_native(conv))
