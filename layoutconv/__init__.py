@@ -12,16 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import layouts, reference
+from . import activations, layouts, reference
 from .conv import PADDING_MODES, PADDING_RULES, Conv1D
 from .errors import (
     ConfigError,
     FileFormatError,
     FrameworkMissingError,
     LayoutError,
+    OutputError,
     ShapeError,
     UnsafeFileError,
     UnsupportedError,
+    VerificationError,
 )
 from ._diagnose import Diagnosis, diagnose
 from ._explain import Explanation, explain
@@ -42,6 +44,8 @@ __all__ = [
     "FrameworkMissingError",
     "FileFormatError",
     "UnsafeFileError",
+    "OutputError",
+    "VerificationError",
     "from_keras",
     "from_torch",
     "from_onnx",
@@ -60,6 +64,7 @@ __all__ = [
     "CONVENTIONS",
     "Report",
     "Result",
+    "activations",
     "layouts",
     "reference",
 ]

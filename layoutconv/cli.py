@@ -57,21 +57,33 @@ def _padding(text: str) -> Any:
     return text
 
 
-def add_conv_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("convolution (ignored with --file)")
-    g.add_argument("--in-channels", type=int, default=3)
-    g.add_argument("--out-channels", "--filters", type=int, default=64)
-    g.add_argument("--kernel-size", type=int, default=10)
-    g.add_argument("--stride", type=int, default=1)
-    g.add_argument("--dilation", type=int, default=1)
-    g.add_argument("--groups", type=int, default=1)
+#: defaults of the hyperparameter options for a random convolution; a file's own values win
+_GEOMETRY_DEFAULTS: dict[str, Any] = {
+    "stride": 1, "dilation": 1, "groups": 1, "padding": "valid", "padding_mode": "zeros", "activation": "linear",
+}
+
+
+def add_hyperparameter_arguments(g: argparse._ArgumentGroup) -> None:
+    """Options for what a weight file may not record (every Keras 1 weights file records none of it)."""
+    g.add_argument("--stride", type=int, help="default: the file's value, else 1")
+    g.add_argument("--dilation", type=int, help="default: the file's value, else 1")
+    g.add_argument("--groups", type=int, help="default: the file's value, else 1")
     g.add_argument(
         "--padding",
         type=_padding,
-        default="valid",
-        help="valid, same_upper, same_lower, causal, P, or BEGIN,END (default: valid)",
+        help="valid, same, same_upper, same_lower, causal, P, or BEGIN,END (default: the file's value, else valid); "
+        "'same' in a Theano file means Theano's rule",
     )
-    g.add_argument("--padding-mode", default="zeros", help="zeros, reflect, replicate, circular")
+    g.add_argument("--activation", help="fused activation, e.g. relu (default: the file's value, else linear)")
+
+
+def add_conv_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("convolution (with --file: what the file does not record)")
+    g.add_argument("--in-channels", type=int, default=3)
+    g.add_argument("--out-channels", "--filters", type=int, default=64)
+    g.add_argument("--kernel-size", type=int, default=10)
+    add_hyperparameter_arguments(g)
+    g.add_argument("--padding-mode", help="zeros, reflect, replicate, circular (default zeros)")
     g.add_argument("--no-bias", action="store_true")
     g.add_argument("--dtype", default="float32", help="float16, bfloat16, float32, float64")
     g.add_argument("--seed", type=int, default=0, help="seed for random weights and inputs")
@@ -89,48 +101,111 @@ def add_conv_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def conv_from_args(args: argparse.Namespace):
-    """The Conv1D a command works on: read from --file, or random weights for the given configuration."""
+class Loaded(NamedTuple):
+    """The convolution a command works on, and for a file, each hyperparameter's value and source."""
+
+    conv: Any
+    hyperparameters: dict[str, tuple[Any, str]] | None = None
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The hyperparameter options the user typed (``None`` means not given)."""
+    keys = ("stride", "dilation", "groups", "padding", "activation", "padding_mode")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def _from_onnx_file(path: str, layer: str | None, given: dict[str, Any]) -> Loaded:
+    from . import from_onnx
+    from .errors import ConfigError, fail
+
+    conv = from_onnx(path, node=layer)
+    try:
+        wanted = conv.replace(**given)
+    except Exception:  # an invalid option: report it against the file
+        wanted = None
+    same = wanted is not None and all(
+        conv.same_pads_for_every_size(wanted.padding) if k == "padding" else getattr(wanted, k) == getattr(conv, k)
+        for k in given
+    )
+    if not same:
+        raise fail(
+            ConfigError,
+            f"Options contradict the ONNX model {path}",
+            "no hyperparameter options (an ONNX Conv node records all of them) or the same values",
+            ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items()) + f" against {conv!r}",
+        )
+    return Loaded(conv, {k: (getattr(conv, k), "file") for k in ("padding", "stride", "dilation", "groups", "activation")})
+
+
+def conv_from_args(args: argparse.Namespace) -> Loaded:
+    """The Conv1D a command works on: read from --file, raw arrays, or random weights for the given configuration."""
     from .conv import Conv1D
 
+    given = _given(args)
     if args.file:
         path = str(args.file)
         if path.endswith(".onnx"):
-            from . import from_onnx
-
-            return from_onnx(path, node=args.layer)
+            return _from_onnx_file(path, args.layer, given)
         from .legacy import open as open_keras
 
-        return open_keras(path, backend=args.backend).conv1d(args.layer)
-    geometry = dict(
-        stride=args.stride,
-        dilation=args.dilation,
-        groups=args.groups,
-        padding=args.padding,
-        padding_mode=args.padding_mode,
-    )
+        if "padding_mode" in given and given.pop("padding_mode") != "zeros":
+            from .errors import ConfigError, fail
+
+            raise fail(ConfigError, "Keras pads with zeros only", "--padding-mode zeros or none", f"--padding-mode {args.padding_mode}")
+        kf = open_keras(path, backend=args.backend)
+        resolved = kf.hyperparameters_of(args.layer, **given)
+        return Loaded(kf.conv1d(args.layer, **given), resolved)
+    geometry = {**_GEOMETRY_DEFAULTS, **given}
     if getattr(args, "kernel", None):
         from .conventions import CONVENTIONS
 
         source = _convention(args.source or "torch")
         kernel = load_npy(args.kernel, "kernel")
         bias = load_npy(args.bias, "bias")
-        return CONVENTIONS[source.name].conv1d(kernel, bias, **geometry)
+        return Loaded(CONVENTIONS[source.name].conv1d(kernel, bias, **geometry))
     dtype = _dtype(args.dtype)
     rng = np.random.default_rng(args.seed)
-    cg = args.in_channels // max(args.groups, 1)
-    if args.groups <= 0 or args.in_channels % args.groups:
+    groups = geometry["groups"]
+    if groups <= 0 or args.in_channels % groups:
         from .errors import ConfigError, fail
 
         raise fail(
             ConfigError,
             "in_channels is not divisible by groups",
-            f"--in-channels to be a multiple of --groups={args.groups}",
+            f"--in-channels to be a multiple of --groups={groups}",
             f"--in-channels={args.in_channels}",
         )
+    cg = args.in_channels // groups
     kernel = rng.standard_normal((args.out_channels, cg, args.kernel_size)) / np.sqrt(max(cg * args.kernel_size, 1))
     bias = None if args.no_bias else rng.standard_normal(args.out_channels) * 0.1
-    return Conv1D(kernel.astype(dtype), None if bias is None else bias.astype(dtype), **geometry)
+    return Loaded(Conv1D(kernel.astype(dtype), None if bias is None else bias.astype(dtype), **geometry))
+
+
+def assumptions(loaded: Loaded) -> dict[str, Any]:
+    """The hyperparameters a file did not record and the user did not give: what the command assumed."""
+    return {k: v for k, (v, source) in (loaded.hyperparameters or {}).items() if source == "default"}
+
+
+def print_assumptions(loaded: Loaded, path: str, out: Any = None) -> None:
+    """Say, before doing the work, what was assumed for a file (nothing when everything was recorded or given)."""
+    assumed = assumptions(loaded)
+    if not assumed:
+        return
+    words = ", ".join(f"{k}={v!r}" for k, v in assumed.items())
+    options = " ".join(f"--{k}" for k in assumed)
+    print(
+        f"note: {path} does not record {', '.join(assumed)}; assumed {words}. "
+        f"If the model was built otherwise, pass {options}.",
+        file=out or sys.stdout,
+    )
+
+
+def hyperparameters_json(loaded: Loaded) -> dict[str, Any] | None:
+    """Each hyperparameter with its value and source, for --json output."""
+    if loaded.hyperparameters is None:
+        return None
+    plain = lambda v: [list(p) for p in v] if isinstance(v, tuple) and v and isinstance(v[0], tuple) else (list(v) if isinstance(v, tuple) else v)  # noqa: E731
+    return {k: {"value": plain(v), "source": src} for k, (v, src) in loaded.hyperparameters.items()}
 
 
 def _convention(name: str):
@@ -199,11 +274,13 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
 def _verify(args: argparse.Namespace) -> int:
     from .verify import verify
 
-    conv = conv_from_args(args)
+    loaded = conv_from_args(args)
+    if not args.json:
+        print_assumptions(loaded, args.file)
     names = args.frameworks.split(",") if args.frameworks else None
-    report = verify(conv, frameworks=names, length=args.length, batch=args.batch, seed=args.seed, keras_data_format=args.data_format)
+    report = verify(loaded.conv, frameworks=names, length=args.length, batch=args.batch, seed=args.seed, keras_data_format=args.data_format)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({**report.to_dict(), "hyperparameters": hyperparameters_json(loaded)}, indent=2))
     else:
         print(report)
     return 0 if report.passed else 1
@@ -236,7 +313,10 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
 def _explain(args: argparse.Namespace) -> int:
     from ._explain import explain
 
-    conv = conv_from_args(args)
+    loaded = conv_from_args(args)
+    conv = loaded.conv
+    if not args.json:
+        print_assumptions(loaded, args.file)
     source = _convention(args.source) if args.source else None
     if source is None and args.file and not str(args.file).endswith(".onnx"):
         from .legacy import open as open_keras
@@ -250,7 +330,7 @@ def _explain(args: argparse.Namespace) -> int:
         if data_format == "channels_last":
             x = np.ascontiguousarray(x.transpose(0, 2, 1))
     result = explain(conv, x, args.index, source=source, data_format=data_format)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    print(json.dumps({**result.to_dict(), "hyperparameters": hyperparameters_json(loaded)}, indent=2) if args.json else result)
     return 0 if result.agree else 1
 
 
@@ -260,6 +340,10 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", help="layer (Keras) or node (ONNX) name; default: the only Conv1D")
     p.add_argument("--backend", choices=["theano", "tensorflow"], help="override the backend of a Keras 1 file")
     p.add_argument("--to", choices=["onnx", "keras", "torch"], help="output format (default: from the suffix)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--parents", action="store_true", help="create the output's missing parent directories")
+    add_hyperparameter_arguments(p.add_argument_group("what the file does not record (every Keras 1 weights file)"))
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 @command("convert", "write a file's Conv1D to ONNX, Keras 3 or PyTorch; keep the file only if it verifies", _convert_args)
@@ -267,11 +351,16 @@ def _convert(args: argparse.Namespace) -> int:
     from .convert import save
 
     args.file = args.source
-    conv = conv_from_args(args)
-    print(f"read {conv!r} from {args.source}")
-    report = save(conv, args.output, to=args.to)
-    print(report)
-    print(f"wrote {args.output}")
+    loaded = conv_from_args(args)
+    if not args.json:
+        print(f"read {loaded.conv!r} from {args.source}")
+        print_assumptions(loaded, args.source)
+    report = save(loaded.conv, args.output, to=args.to, overwrite=args.force, parents=args.parents)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "hyperparameters": hyperparameters_json(loaded), "wrote": args.output}, indent=2))
+    else:
+        print(report)
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -320,15 +409,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; exit status 0 success, 1 a check failed, 2 bad input (one line on stderr, no traceback)."""
+    import os
+
+    from . import frameworks
+    from .errors import VerificationError
+
+    # TensorFlow's C++ start-up chatter is no business of a command's user.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    frameworks.QUIET_IMPORTS = True
     parser = build_parser()
     args = parser.parse_args(argv)
+    prefix = f"layoutconv {args.command}: error:"
     try:
         return args.run(args)
+    except VerificationError as exc:
+        print(f"{prefix} {exc}", file=sys.stderr)
+        return 1
     except LayoutError as exc:
-        print(f"layoutconv {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix} {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"layoutconv {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix} {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the command line never shows a framework's traceback
+        if os.environ.get("LAYOUTCONV_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(
+            f"{prefix} unexpected {type(exc).__name__}: {first}. This is a bug in layoutconv or an input it "
+            "should have refused; please report it (LAYOUTCONV_DEBUG=1 shows the traceback).",
+            file=sys.stderr,
+        )
         return 2
 
 

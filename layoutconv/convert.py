@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from .conv import Conv1D
-from .errors import ConfigError, LayoutError, UnsupportedError, fail
+from .errors import ConfigError, OutputError, UnsupportedError, VerificationError, fail
 from .verify import Report, verify
 
 
@@ -123,31 +123,120 @@ def target_for(path: str | os.PathLike[str], to: str | None = None) -> Target:
     )
 
 
-def save(conv: Conv1D, path: str | os.PathLike[str], *, to: str | None = None, x: Any = None) -> Report:
+def _writable(path: Path) -> bool:
+    """Writable for this user *and* not marked read-only (root ignores permission bits; layoutconv does not)."""
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+
+
+def _check_output(final: Path, overwrite: bool, parents: bool) -> None:
+    """Refuse an output path that cannot be written as asked, before any work is done."""
+    if final.is_dir() and not final.is_symlink():
+        raise fail(
+            OutputError,
+            f"The output path {str(final)!r} is a directory",
+            "a file name (e.g. model.onnx)",
+            "a directory",
+            f"Write into it with a file name: {str(final / ('model' + final.suffix if final.suffix else 'model.onnx'))!r}.",
+        )
+    if final.exists() or final.is_symlink():
+        if not overwrite:
+            what = "a symbolic link" if final.is_symlink() else "a file"
+            raise fail(
+                OutputError,
+                f"The output {str(final)!r} already exists",
+                "a path that does not exist yet, or overwrite=True (--force on the command line)",
+                what,
+                "Nothing was written.",
+            )
+        if not final.is_symlink() and not _writable(final):
+            raise fail(
+                OutputError,
+                f"The output {str(final)!r} is read-only",
+                "a writable file to overwrite",
+                "a file without write permission",
+                "Make it writable or remove it first; nothing was written.",
+            )
+    parent = final.parent
+    if not parent.is_dir():
+        if not parents:
+            raise fail(
+                OutputError,
+                f"The output directory {str(parent)!r} does not exist",
+                "an existing directory, or parents=True to create it",
+                "no such directory" if not parent.exists() else "a path that is not a directory",
+                "Create it first (mkdir -p), or pass parents=True.",
+            )
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fail(
+                OutputError, f"Cannot create the output directory {str(parent)!r}", "a directory that can be created",
+                f"{exc.strerror or exc}",
+            ) from None
+    if not (_writable(parent) and os.access(parent, os.X_OK)):
+        raise fail(
+            OutputError,
+            f"The output directory {str(parent)!r} is not writable",
+            "a directory this user can write to",
+            "a read-only directory",
+            "Choose another output path; nothing was written.",
+        )
+
+
+def save(
+    conv: Conv1D,
+    path: str | os.PathLike[str],
+    *,
+    to: str | None = None,
+    x: Any = None,
+    overwrite: bool = False,
+    parents: bool = False,
+) -> Report:
     """Write ``conv`` to ``path``, read it back, verify it, and only then keep the file.
 
     Returns the verification report of the framework that reads the file.
-    Raises a :class:`~layoutconv.LayoutError` (and writes nothing) when the file
-    would not hold ``conv`` exactly or the framework's outputs differ from the
-    reference.
+    Nothing is written (and no temporary file is left) when anything fails:
+
+    - an existing ``path`` is refused unless ``overwrite=True``; a missing parent
+      directory is refused unless ``parents=True`` (it is then created);
+      both as :class:`~layoutconv.OutputError`;
+    - a file that does not hold ``conv`` exactly, or whose framework's outputs differ
+      from the reference, raises :class:`~layoutconv.VerificationError`;
+    - a configuration the framework cannot express or run raises
+      :class:`~layoutconv.UnsupportedError`.
+
+    An existing symbolic link at ``path`` is replaced by the file (with
+    ``overwrite=True``); the file it pointed to is never touched.
     """
     target = target_for(path, to)
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _check_output(final, overwrite, parents)
     suffix = final.suffix if final.suffix.lower() in target.suffixes else target.suffixes[0]
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    except OSError as exc:
+        raise fail(
+            OutputError, f"Cannot write into {str(final.parent)!r}", "a writable directory", f"{exc.strerror or exc}",
+            "Choose another output path; nothing was written.",
+        ) from None
     os.close(fd)
     try:
         os.unlink(tmp)  # some writers refuse to overwrite; they create the file themselves
-        target.write(conv, tmp)
-        back = target.read(tmp, conv)
+        try:
+            target.write(conv, tmp)
+            back = target.read(tmp, conv)
+        except OSError as exc:
+            raise fail(
+                OutputError, f"Cannot write {str(final)!r}", "room and permission to write the file",
+                f"{exc.strerror or exc}", "Nothing was written.",
+            ) from None
         if not (back.same_weights(conv) and back.equivalent(conv, spatial=_probe_length(conv))):
             raise fail(
-                LayoutError,
+                VerificationError,
                 f"The {target.framework} file does not hold the convolution that was written",
                 f"{conv!r} with the same weight bytes",
                 f"{back!r}",
-                "This is a bug in layoutconv; please report it with the configuration.",
+                "This is a bug in layoutconv; please report it with the configuration. Nothing was written.",
             )
         report = verify(conv, frameworks=[target.framework], x=x)
         result = report[target.framework]
@@ -161,15 +250,22 @@ def save(conv: Conv1D, path: str | os.PathLike[str], *, to: str | None = None, x
             )
         if not report.passed:
             raise fail(
-                LayoutError,
+                VerificationError,
                 f"The {target.framework} model written to {str(final)!r} does not compute the reference's outputs",
                 "every element within tolerance",
                 "\n" + str(report),
+                "Nothing was written.",
             )
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise fail(
+                OutputError, f"Cannot move the verified file to {str(final)!r}", "a writable path",
+                f"{exc.strerror or exc}", "Nothing was written.",
+            ) from None
         return report
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 

@@ -36,6 +36,14 @@ class UnsafeFileError(FileFormatError):
     """A weight file contains something a reader refuses on purpose (links, bombs, ...)."""
 
 
+class OutputError(LayoutError):
+    """An output path cannot be written as asked (exists, is a directory, read-only, missing parent)."""
+
+
+class VerificationError(LayoutError):
+    """A file was written but failed verification, so it was not kept (the CLI exits with status 1)."""
+
+
 def fail(cls: type[LayoutError], what: str, expected: str, received: str, remedy: str = "") -> LayoutError:
     """Build an error whose message has the four parts in a fixed order."""
     msg = f"{what}. Expected {expected}. Received {received}."

@@ -12,9 +12,13 @@ adapter module has the same shape:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import os
+import sys
 from types import ModuleType
+from typing import Iterator
 
 from .errors import ConfigError, FrameworkMissingError, fail
 
@@ -91,7 +95,40 @@ def adapter(name: str) -> ModuleType:
             "an environment without it",
             f"Install it with: {INSTALL_HINT[canon]}",
         )
-    return importlib.import_module(ADAPTERS[canon])
+    with _quiet_native_stderr(QUIET_IMPORTS and ADAPTERS[canon] not in sys.modules):
+        return importlib.import_module(ADAPTERS[canon])
+
+
+#: Set by the command line: hide what frameworks print from C++ while they are imported.
+QUIET_IMPORTS = False
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr(active: bool) -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null while a framework is imported.
+
+    TensorFlow's C++ start-up lines ("All log messages before absl::InitializeLog() ...",
+    "Could not find cuda drivers ...") ignore TF_CPP_MIN_LOG_LEVEL and go straight to
+    the process's stderr; only the command line asks for this, a library caller's
+    stderr is left alone.  Python errors still arrive as exceptions.
+    """
+    if not active:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreter): nothing to hide
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 #: top-level module of an object's class -> framework (tf_keras before keras: "tf_keras" starts with neither)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import need
@@ -122,3 +123,71 @@ def test_bad_npy_exits_2(tmp_path, capsys):
     code = cli.main(["diagnose", "--kernel", str(bad), "--x", str(bad), "--y", str(bad)])
     assert code == 2
     assert "W.npy" in capsys.readouterr().err
+
+
+# -- weights-only files: every hyperparameter the file lacks is an option, and assumptions are said -----
+DEEPCPF1_K1 = str(__import__("pathlib").Path(__file__).parent / "fixtures" / "legacy_keras" / "deepcpf1_DeepCpf1_weights_keras1_theano.h5")
+
+
+def test_verify_file_honours_padding_and_says_what_it_assumed(capsys):
+    need("torch")
+    code = cli.main(["verify", "--file", DEEPCPF1_K1, "--padding", "same", "--activation", "relu", "--frameworks", "torch"])
+    out = capsys.readouterr().out
+    assert code == 0
+    note = out.splitlines()[0]
+    assert note.startswith("note: ") and "assumed stride=1, dilation=1, groups=1" in note
+    assert "padding" not in note.split("assumed")[1] and "activation" not in note.split("assumed")[1]
+    # Theano's 'same' for a 5-tap kernel: (2, 2), and the relu is applied
+    assert "padding=(2, 2)" in out and "activation='relu'" in out
+
+
+def test_verify_file_json_carries_every_source(capsys):
+    need("torch")
+    code = cli.main(["verify", "--file", DEEPCPF1_K1, "--stride", "2", "--frameworks", "torch", "--json"])
+    report = json.loads(capsys.readouterr().out)  # nothing but JSON on stdout
+    assert code == 0 and report["conv"]["stride"] == [2]
+    assert report["hyperparameters"]["stride"] == {"value": 2, "source": "argument"}
+    assert report["hyperparameters"]["padding"] == {"value": "valid", "source": "default"}
+    assert report["hyperparameters"]["activation"] == {"value": "linear", "source": "default"}
+
+
+def test_explain_file_honours_padding(capsys):
+    code = cli.main(["explain", "--file", DEEPCPF1_K1, "--padding", "same", "--index", "0,3,0", "--length", "34"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("note: ") and "pads (2, 2)" in out
+
+
+def test_convert_file_takes_hyperparameters_and_refuses_to_overwrite(tmp_path, capsys):
+    need("torch")
+    out = tmp_path / "conv.pt"
+    assert cli.main(["convert", DEEPCPF1_K1, str(out), "--padding", "same", "--activation", "relu"]) == 0
+    text = capsys.readouterr().out
+    assert "note: " in text and "padding=(2, 2)" in text and "activation='relu'" in text
+    assert cli.main(["convert", DEEPCPF1_K1, str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli.main(["convert", DEEPCPF1_K1, str(out), "--force", "--stride", "2"]) == 0
+
+
+def test_contradicting_a_recorded_value_is_bad_input(tmp_path, capsys):
+    need("onnx", "onnxruntime")
+    import layoutconv
+
+    conv = layoutconv.Conv1D(np.random.default_rng(2).normal(size=(3, 3, 3)).astype(np.float32), stride=2)
+    path = tmp_path / "c.onnx"
+    layoutconv.save(conv, path)
+    assert cli.main(["verify", "--file", str(path), "--stride", "1", "--frameworks", "onnx"]) == 2
+    assert "contradict" in capsys.readouterr().err
+    assert cli.main(["verify", "--file", str(path), "--stride", "2", "--frameworks", "onnx"]) == 0
+
+
+def test_tensorflow_start_up_lines_stay_off_the_terminal(tmp_path):
+    need("keras", "tensorflow")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("TF_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "layoutconv.cli", "verify", "--frameworks", "keras", "--in-channels", "3", "--filters", "5",
+         "--kernel-size", "3"],
+        capture_output=True, text=True, env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    assert "absl" not in out.stdout and "cuda" not in out.stdout.lower()

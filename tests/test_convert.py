@@ -83,3 +83,89 @@ def test_cli_convert_legacy_theano_file_to_torch(tmp_path, capsys):
     kernel = next(w for w in raw if w.ndim == 4)  # (K, 1, I, O)
     state = torch.load(out, weights_only=True)
     np.testing.assert_array_equal(state["weight"].numpy(), kernel[::-1, 0].transpose(2, 1, 0))
+
+
+# -- output paths: nothing is created or changed that was not asked for ---------------------
+def _tree(folder):
+    return sorted((str(p.relative_to(folder)), p.is_symlink(), p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+                  for p in folder.rglob("*"))
+
+
+def test_missing_directory_is_refused_unless_parents(tmp_path, rng):
+    need("onnx", "onnxruntime")
+    conv = conv_with(rng, "causal")
+    out = tmp_path / "new" / "deeper" / "layer.onnx"
+    with pytest.raises(layoutconv.OutputError, match=r"does not exist.*parents=True"):
+        layoutconv.save(conv, out)
+    assert _tree(tmp_path) == []
+    assert layoutconv.save(conv, out, parents=True).passed and out.is_file()
+
+
+def test_existing_file_needs_overwrite(tmp_path, rng):
+    need("onnx", "onnxruntime")
+    conv = conv_with(rng, "valid")
+    out = tmp_path / "layer.onnx"
+    out.write_bytes(b"keep me")
+    with pytest.raises(layoutconv.OutputError, match=r"already exists.*overwrite=True.*--force"):
+        layoutconv.save(conv, out)
+    assert out.read_bytes() == b"keep me" and _tree(tmp_path) == [("layer.onnx", False, b"keep me")]
+    layoutconv.save(conv, out, overwrite=True)
+    assert layoutconv.from_onnx(out).same_weights(conv)
+
+
+def test_symlink_output_is_replaced_and_its_target_left_alone(tmp_path, rng):
+    need("onnx", "onnxruntime")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    victim = elsewhere / "precious.onnx"
+    victim.write_bytes(b"precious")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    link = out_dir / "layer.onnx"
+    link.symlink_to(victim)
+    conv = conv_with(rng, "valid")
+    with pytest.raises(layoutconv.OutputError, match="symbolic link"):
+        layoutconv.save(conv, link)
+    layoutconv.save(conv, link, overwrite=True)
+    assert victim.read_bytes() == b"precious" and not link.is_symlink() and link.is_file()
+
+
+@pytest.mark.parametrize("case", ["directory", "read-only file", "read-only directory"])
+def test_unwritable_outputs_are_refused_with_a_typed_error(tmp_path, rng, case):
+    need("onnx", "onnxruntime")
+    # (CI runs as root, which the OS lets write anywhere: layoutconv honours the read-only bits itself)
+    conv = conv_with(rng, "valid")
+    target = tmp_path / "layer.onnx"
+    if case == "directory":
+        target.mkdir()
+    elif case == "read-only file":
+        target.write_bytes(b"old")
+        target.chmod(0o444)
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        target = ro / "layer.onnx"
+        ro.chmod(0o555)
+    before = _tree(tmp_path)
+    try:
+        with pytest.raises(layoutconv.OutputError) as info:
+            layoutconv.save(conv, target, overwrite=True)
+        assert ".layer.onnx." not in str(info.value)  # never names the hidden temporary file
+        assert _tree(tmp_path) == before
+    finally:
+        for p in tmp_path.rglob("*"):
+            p.chmod(0o755)
+
+
+def test_failed_verification_is_a_named_error_and_exit_status_1(capsys):
+    assert issubclass(layoutconv.VerificationError, layoutconv.LayoutError)
+
+    def fails(args):
+        raise layoutconv.VerificationError("The torch model written to 'x.pt' does not compute the reference's outputs")
+
+    cli.COMMANDS["_fails"] = cli.Command("test only", lambda p: None, fails)
+    try:
+        assert cli.main(["_fails"]) == 1
+    finally:
+        del cli.COMMANDS["_fails"]
+    assert "does not compute" in capsys.readouterr().err

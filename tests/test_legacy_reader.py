@@ -286,7 +286,9 @@ def test_keras1_model_save_uses_config(tmp_path, rng):
     conv = kf.conv1d()
     assert conv.padding == ((2, 1),) and conv.stride == (3,)
     x = rng.normal(size=(2, 23, 3))
-    assert_matches(conv, x, theano_conv1d(x, kernel, bias, stride=3, border_mode="same"))
+    # the config's activation="relu" is applied (0.1.0 dropped it silently)
+    assert conv.activation == "relu"
+    assert_matches(conv, x, np.maximum(theano_conv1d(x, kernel, bias, stride=3, border_mode="same"), 0.0))
     assert kf.conv1d(padding="same", stride=3).equivalent(conv)
     assert kf.conv1d(padding=((2, 1),)).equivalent(conv)
     with pytest.raises(ConfigError, match="contradicts the file's config"):
@@ -445,4 +447,4 @@ def test_chunked_attributes_and_nested_keras1_config(tmp_path, rng):
     conv = kf.conv1d()
     assert conv.padding == ((1, 1),)
     x = rng.normal(size=(1, 9, 2))
-    assert_matches(conv, x, theano_conv1d(x, kernel, bias, border_mode="same"))
+    assert_matches(conv, x, np.maximum(theano_conv1d(x, kernel, bias, border_mode="same"), 0.0))  # config: relu

@@ -25,7 +25,7 @@ from . import formats, semantics
 from .formats import FORMATS, Layer, Source, Weight
 
 #: Used when neither the file's config nor the caller gives a value.
-DEFAULTS: dict[str, Any] = {"padding": "valid", "stride": 1, "dilation": 1, "groups": 1}
+DEFAULTS: dict[str, Any] = {"padding": "valid", "stride": 1, "dilation": 1, "groups": 1, "activation": "linear"}
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,12 @@ class KerasFile:
         """The layer as a canonical :class:`~layoutconv.Conv1D` (cross-correlation, kernel ``O I K``).
 
         The kernel is flipped when the backend convolved (Theano).  Stride,
-        dilation, groups and padding come from the file's config where it has
+        dilation, groups, padding and activation come from the file's config where it has
         one; otherwise from ``hyperparameters`` (``padding``, ``stride``,
-        ``dilation``, ``groups``; Keras spellings such as ``border_mode``,
+        ``dilation``, ``groups``, ``activation``; Keras spellings such as ``border_mode``,
         ``strides`` or ``subsample_length`` are accepted), else the defaults
-        ``padding='valid'``, stride 1, dilation 1.  A keyword that contradicts
+        ``padding='valid'``, stride 1, dilation 1, no activation
+        (:meth:`hyperparameters_of` says which were assumed).  A keyword that contradicts
         the config is a :class:`~layoutconv.ConfigError`.  Padding words are
         read under the file's backend: ``'same'`` is Theano's rule for Theano
         files and ``same_upper`` otherwise.
@@ -339,7 +340,36 @@ class KerasFile:
         else:
             values["padding"], sources["padding"] = DEFAULTS["padding"], "default"
         sources["padding_word"] = str(config.get("padding", given.get("padding", DEFAULTS["padding"])))
+        from_config = semantics.keras_activation(config["activation"], self.generation) if "activation" in config else None
+        from_args = semantics.keras_activation(given["activation"], self.generation) if "activation" in given else None
+        if from_config is not None:
+            values["activation"], sources["activation"] = from_config, "config"
+            if from_args is not None and from_args != from_config:
+                raise fail(
+                    ConfigError,
+                    f"activation={given['activation']!r} contradicts the file's config",
+                    f"activation={config['activation']!r} (as recorded) or no activation argument",
+                    f"activation={given['activation']!r}",
+                )
+        elif from_args is not None:
+            values["activation"], sources["activation"] = from_args, "argument"
+        else:
+            values["activation"], sources["activation"] = DEFAULTS["activation"], "default"
         return values, sources
+
+    def hyperparameters_of(self, layer_name: str | None = None, **hyperparameters: Any) -> dict[str, tuple[Any, str]]:
+        """What :meth:`conv1d` will use for each hyperparameter, and where it comes from.
+
+        ``{"padding": ("valid", "default"), "stride": (2, "config"), ...}``: the source
+        is ``"config"`` (recorded in the file), ``"argument"`` (given here) or
+        ``"default"`` (neither: an assumption the caller should know about; every
+        Keras 1 weights file has no config, so everything but the weights is assumed).
+        """
+        with self._context(layer_name):
+            layer = self._conv_layer(layer_name)
+            layout_name, _ = self._layout(layer, None)
+            values, sources = self._resolve(layer, layout_name, hyperparameters)
+        return {key: (values[key], sources[key]) for key in ("padding", "stride", "dilation", "groups", "activation")}
 
     def _conv_info(self, layer: Layer) -> dict[str, Any] | None:
         if not layer.is_conv1d:

@@ -48,6 +48,7 @@ KERAS1_KEYS = {
     "dilation": "atrous_rate",
     "use_bias": "bias",
     "input_dim": "input_dim",
+    "activation": "activation",
 }
 KERAS2_KEYS = {
     "filters": "filters",
@@ -58,6 +59,7 @@ KERAS2_KEYS = {
     "groups": "groups",
     "use_bias": "use_bias",
     "data_format": "data_format",
+    "activation": "activation",
 }
 
 #: keyword arguments accepted by ``KerasFile.conv1d`` (Keras spellings map to layoutconv's)
@@ -71,6 +73,7 @@ KWARG_ALIASES = {
     "dilation_rate": "dilation",
     "atrous_rate": "dilation",
     "groups": "groups",
+    "activation": "activation",
 }
 
 #: lower-cased layer-name stem (underscores removed) -> Keras class name, for files without a config
@@ -110,6 +113,21 @@ NAME_STEMS = {
     "reshape": "Reshape",
     "permute": "Permute",
 }
+
+
+def keras_activation(name: Any, generation: int) -> str:
+    """A Keras activation name as layoutconv's, read under the Keras generation that wrote it.
+
+    ``hard_sigmoid`` meant ``clip(0.2 x + 0.5, 0, 1)`` in Keras 1 and 2 and
+    ``relu6(x + 3) / 6`` in Keras 3.  Other names mean the same in every version.
+    """
+    from ..activations import canonical
+
+    if isinstance(name, str) and name.strip().lower() == "hard_sigmoid":
+        return "hard_sigmoid_keras3" if generation >= 3 else "hard_sigmoid_keras2"
+    if isinstance(name, dict):  # Keras 3 serialises some activations as {"class_name": ..., "config": ...}
+        name = name.get("config", {}).get("name") if isinstance(name.get("config"), dict) else name.get("class_name")
+    return canonical(name)
 
 
 def check_backend(backend: str) -> str:
