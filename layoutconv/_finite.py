@@ -88,3 +88,11 @@ def find(array: Any, tensor: str, *, role: str = "tensor", layout: str | None = 
     v = arr[first]
     value = "NaN" if np.isnan(v) else ("+Inf" if pos[first] else "-Inf")
     return NonFinite(tensor, role, first, value, int(nan.sum()), int(pos.sum()), int(neg.sum()), layout)
+
+
+def report_lines(found: tuple[NonFinite, ...] | list[NonFinite], checked: int) -> list[str]:
+    """The weights-check lines of an ``inspect`` text report (every format)."""
+    if not found:
+        return [f"Weights  all finite ({checked} floating-point array{'s' if checked != 1 else ''} checked)"]
+    lines = [f"Weights  NOT FINITE: {len(found)} of {checked} arrays hold NaN or Inf; a model built from them computes NaN or Inf"]
+    return lines + [f"  {record.message()}" for record in found]

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import layouts
-from .._finite import NonFinite, find as find_nonfinite
+from .._finite import NonFinite, find as find_nonfinite, report_lines
 from ..conv import Conv1D
 from ..conventions import Convention
 from ..errors import ConfigError, FileFormatError, LayoutError, ShapeError, fail
@@ -197,7 +197,7 @@ class KerasFile:
             lines.append("")
             lines += notes
         lines.append("")
-        lines += _finite_lines(self.nonfinite(), self._finite_checked)
+        lines += report_lines(self.nonfinite(), self._finite_checked)
         return "\n".join(line.rstrip() for line in lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -439,15 +439,6 @@ def _is_float(dtype: str) -> bool:
         return np.dtype(dtype).kind == "f"
     except TypeError:
         return False
-
-
-def _finite_lines(found: tuple[NonFinite, ...], checked: int) -> list[str]:
-    """The weights-check lines of a text report (shared by every format ``inspect`` reads)."""
-    if not found:
-        return [f"Weights  all finite ({checked} floating-point array{'s' if checked != 1 else ''} checked)"]
-    lines = [f"Weights  NOT FINITE: {len(found)} of {checked} arrays hold NaN or Inf; a model built from them computes NaN or Inf"]
-    lines += [f"  {record.message()}" for record in found]
-    return lines
 
 
 def _plain(padding: Any) -> Any:
