@@ -32,9 +32,9 @@ DEFAULTS: dict[str, Any] = {"padding": "valid", "stride": 1, "dilation": 1, "gro
 
 #: Said by ``inspect`` and ``convert`` about every Theano file (see docs/keras-legacy.md, "The flip").
 THEANO_LOAD_WARNING = (
-    "Loading this file into tf.keras (tf_keras) or Keras 3 directly gives wrong outputs: neither flips "
-    "Theano kernels on load, load_weights copies the stored kernel as is (measured with tf_keras 2.21 "
-    "and Keras 3.15). layoutconv flips it: use layoutconv.open(path).conv1d() or `layoutconv convert`."
+    "Loading this file into tf.keras (tf_keras) or Keras 3 directly gives wrong outputs: their load_weights "
+    "copies each Theano kernel as stored and does not flip it (measured with tf_keras 2.21 and Keras 3.15). "
+    "layoutconv flips it: use layoutconv.open(path).conv1d() or `layoutconv convert`."
 )
 
 
