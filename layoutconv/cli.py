@@ -287,17 +287,22 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _inspect_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="a Keras weight file (.h5, .hdf5, .keras, .weights.h5)")
+    p.add_argument(
+        "path",
+        help="a Keras weight file (.h5, .hdf5, .keras, .weights.h5), an .onnx model, "
+        "a PyTorch state_dict (.pt, .pth) or a .safetensors file; the format is read from the content",
+    )
     p.add_argument("--json", action="store_true")
-    p.add_argument("--backend", choices=["theano", "tensorflow"], help="override the inferred backend")
+    p.add_argument("--backend", choices=["theano", "tensorflow"], help="override the inferred backend (Keras files)")
 
 
-@command("inspect", "what a Keras weight file holds, without TensorFlow", _inspect_args)
+@command("inspect", "what a weight file holds: convolutions, layouts, NaN/Inf (exit 1 if any weight is not finite)", _inspect_args)
 def _inspect(args: argparse.Namespace) -> int:
-    from .legacy import inspect_text
+    from ._inspect import inspect_text
 
-    print(inspect_text(args.path, as_json=args.json, backend=args.backend))
-    return 0
+    text, report = inspect_text(args.path, as_json=args.json, backend=args.backend)
+    print(text)
+    return 1 if report.nonfinite() else 0
 
 
 def _explain_args(p: argparse.ArgumentParser) -> None:
@@ -352,12 +357,18 @@ def _convert(args: argparse.Namespace) -> int:
 
     args.file = args.source
     loaded = conv_from_args(args)
+    from ._inspect import load_warnings
+
+    warnings = load_warnings(args.source, backend=args.backend)  # a Theano file: say what tf.keras would get wrong
     if not args.json:
         print(f"read {loaded.conv!r} from {args.source}")
         print_assumptions(loaded, args.source)
+        for text in warnings:
+            print(f"note: {text}")
     report = save(loaded.conv, args.output, to=args.to, overwrite=args.force, parents=args.parents)
     if args.json:
-        print(json.dumps({**report.to_dict(), "hyperparameters": hyperparameters_json(loaded), "wrote": args.output}, indent=2))
+        extra = {"hyperparameters": hyperparameters_json(loaded), "warnings": list(warnings), "wrote": args.output}
+        print(json.dumps({**report.to_dict(), **extra}, indent=2))
     else:
         print(report)
         print(f"wrote {args.output}")

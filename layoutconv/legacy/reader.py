@@ -10,14 +10,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 
 from .. import layouts
+from .._finite import NonFinite, find as find_nonfinite, report_lines
 from ..conv import Conv1D
 from ..conventions import Convention
 from ..errors import ConfigError, FileFormatError, LayoutError, ShapeError, fail
@@ -26,6 +29,13 @@ from .formats import FORMATS, Layer, Source, Weight
 
 #: Used when neither the file's config nor the caller gives a value.
 DEFAULTS: dict[str, Any] = {"padding": "valid", "stride": 1, "dilation": 1, "groups": 1, "activation": "linear"}
+
+#: Said by ``inspect`` and ``convert`` about every Theano file (see docs/keras-legacy.md, "The flip").
+THEANO_LOAD_WARNING = (
+    "Loading this file into tf.keras (tf_keras) or Keras 3 directly gives wrong outputs: their load_weights "
+    "copies each Theano kernel as stored and does not flip it (measured with tf_keras 2.21 and Keras 3.15). "
+    "layoutconv flips it: use layoutconv.open(path).conv1d() or `layoutconv convert`."
+)
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,8 @@ class KerasFile:
         if self.backend_inferred:
             other = "tensorflow" if self.backend == "theano" else "theano"
             lines.append(f"Note     the backend was inferred, not recorded; pass backend='{other}' if the model was trained with {other}")
+        for text in self.load_warnings():
+            lines += textwrap.wrap(text, 100, initial_indent="Warning  ", subsequent_indent=" " * 9)
         rows = [("layer", "type", "kernel shape", "layout", "flip", "padding")]
         for layer in self.layers:
             info = self._conv_info(layer)
@@ -185,6 +197,8 @@ class KerasFile:
         if notes:
             lines.append("")
             lines += notes
+        lines.append("")
+        lines += report_lines(self.nonfinite(), self._finite_checked)
         return "\n".join(line.rstrip() for line in lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,7 +220,53 @@ class KerasFile:
                 }
                 for layer in self.layers
             ],
+            "warnings": list(self.load_warnings()),
+            "nonfinite": [record.to_dict() for record in self.nonfinite()],
+            "finite_checked": self._finite_checked,
         }
+
+    def load_warnings(self) -> tuple[str, ...]:
+        """What goes wrong when this file is loaded by its own frameworks instead of layoutconv (Theano files)."""
+        if self.backend != "theano":
+            return ()
+        text = THEANO_LOAD_WARNING
+        if self.generation == 1:
+            text += " Keras 3 refuses this file's 4-d Keras 1 kernels; copied in by hand without the flip, they give the same wrong outputs."
+        if self.backend_inferred:
+            text += " The backend was inferred (see Note): this holds if the model was trained with Theano."
+        return (text,)
+
+    def nonfinite(self) -> tuple[NonFinite, ...]:
+        """NaN and Inf in every stored floating-point weight, indexed in the file's own layout.
+
+        Reads every weight once (the reader has size-checked them).  A Conv1D
+        kernel's record names its layout (``K I O``, ``K 1 I O`` ...).
+        """
+        return self._finite_check[0]
+
+    @property
+    def _finite_checked(self) -> int:
+        return self._finite_check[1]
+
+    @functools.cached_property
+    def _finite_check(self) -> tuple[tuple[NonFinite, ...], int]:
+        jobs: list[tuple[Weight, str, str, str | None]] = []  # (weight, role, name, layout)
+        for layer in self.layers:
+            for w in layer.weights:
+                if not _is_float(w.dtype):
+                    continue
+                name = w.name if layer.name in w.name else f"{layer.name}/{w.name}"
+                if layer.is_conv1d and w is layer.kernel:
+                    jobs.append((w, "kernel", name, layouts.parse(layer.layout).layout if layer.layout else None))
+                elif layer.is_conv1d and w is layer.bias:
+                    jobs.append((w, "bias", name, None))
+                else:
+                    jobs.append((w, "weight", name, None))
+        if not jobs:
+            return (), 0
+        arrays = formats.read_arrays(self.path, self._source, [job[0] for job in jobs])
+        found = [find_nonfinite(array, name, role=role, layout=axes) for (_, role, name, axes), array in zip(jobs, arrays)]
+        return tuple(r for r in found if r is not None), len(jobs)
 
     # -- internals --------------------------------------------------------
     @contextlib.contextmanager
@@ -402,6 +462,13 @@ class KerasFile:
             },
         )
         return info
+
+
+def _is_float(dtype: str) -> bool:
+    try:
+        return np.dtype(dtype).kind == "f"
+    except TypeError:
+        return False
 
 
 def _plain(padding: Any) -> Any:
