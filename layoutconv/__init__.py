@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import activations, layouts, reference
-from .conv import PADDING_MODES, PADDING_RULES, Conv1D
+from .conv import PADDING_MODES, PADDING_RULES, Conv, Conv1D, Conv2D, Conv3D
 from .errors import (
     ConfigError,
     FileFormatError,
@@ -34,7 +34,10 @@ from .verify import Report, Result, verify
 __version__ = "0.1.0"
 
 __all__ = [
+    "Conv",
     "Conv1D",
+    "Conv2D",
+    "Conv3D",
     "PADDING_MODES",
     "PADDING_RULES",
     "LayoutError",

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import activations, layouts
 from .errors import ConfigError, ShapeError, fail
+from .record import Record, frozen_array
 
 #: Padding rules that are not explicit ``(begin, end)`` pairs.
 PADDING_RULES = ("valid", "same_upper", "same_lower", "causal")
@@ -27,16 +28,10 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 Padding = Union[str, tuple[tuple[int, int], ...]]
 
-_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
-
 #: The largest stride, dilation, pad or receptive field accepted on any axis (2**24).
 #: No trained model comes near it; a file that declares more is corrupt or hostile,
 #: and refusing it here keeps every later computation small (docs/security.md).
 MAX_EXTENT = 1 << 24
-
-
-def _is_supported_float(dtype: np.dtype) -> bool:
-    return dtype.name in _FLOAT_NAMES
 
 
 def _positive_tuple(name: str, value: Any, rank: int) -> tuple[int, ...]:
@@ -102,35 +97,26 @@ def _normalise_padding(padding: Any, rank: int) -> Padding:
     return pairs
 
 
-def _frozen_array(name: str, value: Any) -> np.ndarray:
-    arr = np.array(value, copy=True)
-    if not _is_supported_float(arr.dtype):
-        raise fail(
-            ConfigError,
-            f"Unsupported dtype for `{name}`",
-            f"a floating dtype ({', '.join(_FLOAT_NAMES)})",
-            f"dtype {arr.dtype}",
-            f"Cast it first, for example `{name}.astype(np.float32)`.",
-        )
-    finite = np.isfinite(arr.astype(np.float64))
-    if not finite.all():
-        where = tuple(int(i) for i in np.argwhere(~finite)[0])
-        raise fail(
-            ConfigError,
-            f"`{name}` contains a non-finite value",
-            "finite numbers only",
-            f"{arr[where]!r} at index {where}",
-            "The weights are corrupt or were never trained; re-export them.",
-        )
-    arr.setflags(write=False)
-    return arr
+class Conv(Record):
+    """A convolution (cross-correlation) of spatial rank 1, 2 or 3 with ONNX ``Conv`` semantics.
 
+    ``Conv(kernel, ...)`` returns a :class:`Conv1D`, :class:`Conv2D` or
+    :class:`Conv3D`, chosen by the kernel's number of spatial axes (from its
+    ``layout`` when one is given).  See :class:`Conv1D` for the parameters; for
+    rank 2 and 3 every spatial hyperparameter takes one value per axis (or one
+    integer for all), and an explicit padding is one ``(begin, end)`` pair per axis.
 
-class ConvND:
-    """A convolution of any spatial rank; use :class:`Conv1D`."""
+    >>> import numpy as np
+    >>> Conv(np.zeros((8, 4, 3, 5)), stride=(1, 2), padding="same_upper")
+    Conv2D(in_channels=4, out_channels=8, kernel_size=(3, 5), stride=(1, 2), padding='same_upper', bias=False, dtype=float64)
+    >>> Conv(np.zeros((3, 5, 4, 8)), layout="H W I O").kernel_shape   # a Keras Conv2D kernel
+    (3, 5)
+    """
 
-    spatial_rank: ClassVar[int] = 0
+    spatial_rank: ClassVar[int] = 0  # 0: pick the class from the kernel
     __slots__ = ("kernel", "bias", "stride", "dilation", "groups", "padding", "padding_mode", "activation")
+    ARRAYS = ("kernel", "bias")
+    FIELDS = ("stride", "dilation", "groups", "padding", "padding_mode", "activation")
 
     kernel: np.ndarray
     bias: np.ndarray | None
@@ -140,6 +126,19 @@ class ConvND:
     padding: Padding
     padding_mode: str
     activation: str
+
+    def __new__(cls, kernel: Any = None, *args: Any, layout: str | None = None, **kwargs: Any) -> "Conv":
+        if cls.spatial_rank:
+            return super().__new__(cls)
+        rank = layouts.parse(layout).rank if layout is not None else np.ndim(kernel) - 2
+        if rank not in _BY_RANK:
+            raise fail(
+                ShapeError,
+                "Kernel has the wrong rank for a convolution",
+                "3, 4 or 5 axes: (out_channels, in_channels // groups, kernel...) for a 1-, 2- or 3-d convolution",
+                f"shape {tuple(np.shape(kernel))}" + (f" in layout {layout!r}" if layout else ""),
+            )
+        return super().__new__(_BY_RANK[rank])
 
     def __init__(
         self,
@@ -152,24 +151,32 @@ class ConvND:
         padding: Any = "valid",
         padding_mode: str = "zeros",
         activation: str | None = "linear",
-        layout: str = layouts.CANONICAL,
+        layout: str | None = None,
     ) -> None:
         rank = self.spatial_rank
         kernel = np.asarray(kernel)
-        if layout != layouts.CANONICAL:
+        if layout is not None:
+            if layouts.parse(layout).rank != rank:
+                raise fail(
+                    ShapeError,
+                    f"Layout {layout!r} is not a {rank}-d kernel layout",
+                    f"a layout with {rank} spatial axis name(s) ({' '.join(layouts.SPATIAL[rank])})",
+                    f"{layouts.parse(layout).rank} spatial axes",
+                )
             kernel = layouts.to_canonical(kernel, layout)
         if kernel.ndim != 2 + rank:
             raise fail(
                 ShapeError,
                 f"Kernel has the wrong rank for a {rank}-d convolution",
-                f"{2 + rank} axes (out_channels, in_channels // groups, kernel)",
+                f"{2 + rank} axes ({', '.join(layouts.canonical(rank).split())}): out_channels, in_channels // groups, kernel",
                 f"shape {tuple(kernel.shape)}",
-                "If the kernel comes from Keras, pass layout='K I O' (Keras 2/3) or 'K 1 I O' (Keras 1.1+).",
+                "If the kernel comes from Keras, pass its layout, e.g. layout='K I O' (Keras 2/3 Conv1D), "
+                "'K 1 I O' (Keras 1.1+ Convolution1D) or 'H W I O' (Keras Conv2D).",
             )
         if any(s == 0 for s in kernel.shape):
             raise fail(ShapeError, "Kernel has an empty axis", "every axis of size >= 1", f"shape {tuple(kernel.shape)}")
-        set_ = object.__setattr__
-        set_(self, "kernel", _frozen_array("kernel", kernel))
+        set_ = self._set
+        set_("kernel", frozen_array("kernel", kernel))
         if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups <= 0:
             raise fail(ConfigError, "Invalid value for argument `groups`", "a strictly positive integer", f"groups={groups!r}")
         out_channels = kernel.shape[0]
@@ -180,9 +187,9 @@ class ConvND:
                 f"out_channels (kernel axis 0) to be a multiple of groups={groups}",
                 f"out_channels={out_channels}",
             )
-        set_(self, "groups", int(groups))
+        set_("groups", int(groups))
         if bias is not None:
-            bias = _frozen_array("bias", bias)
+            bias = frozen_array("bias", bias)
             if bias.shape != (out_channels,):
                 raise fail(
                     ShapeError,
@@ -190,16 +197,16 @@ class ConvND:
                     f"shape ({out_channels},), one value per output channel",
                     f"shape {tuple(bias.shape)}",
                 )
-        set_(self, "bias", bias)
-        set_(self, "stride", _positive_tuple("stride", stride, rank))
-        set_(self, "dilation", _positive_tuple("dilation", dilation, rank))
-        set_(self, "padding", _normalise_padding(padding, rank))
+        set_("bias", bias)
+        set_("stride", _positive_tuple("stride", stride, rank))
+        set_("dilation", _positive_tuple("dilation", dilation, rank))
+        set_("padding", _normalise_padding(padding, rank))
         if padding_mode not in PADDING_MODES:
             raise fail(
                 ConfigError, "Invalid value for argument `padding_mode`", f"one of {PADDING_MODES}", f"padding_mode={padding_mode!r}"
             )
-        set_(self, "padding_mode", padding_mode)
-        set_(self, "activation", activations.canonical(activation))
+        set_("padding_mode", padding_mode)
+        set_("activation", activations.canonical(activation))
         too_wide = [r for r in self.receptive_field if r > MAX_EXTENT]
         if too_wide:
             raise fail(
@@ -209,44 +216,6 @@ class ConvND:
                 f"receptive field {self.receptive_field} (kernel {self.kernel_shape}, dilation {self.dilation})",
                 "The configuration is corrupt; check the file's dilation and kernel size.",
             )
-
-    # -- immutability -----------------------------------------------------
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable; use .replace({name}=...) to make a changed copy")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # pickle and copy rebuild through __init__, so the copy is validated like the original
-        return (_rebuild, (type(self), self.kernel, self.bias, self._fields()))
-
-    def __copy__(self) -> "ConvND":
-        return self  # immutable: a copy is the same value
-
-    def __deepcopy__(self, memo: dict) -> "ConvND":
-        return self
-
-    def _fields(self) -> dict[str, Any]:
-        return dict(
-            stride=self.stride,
-            dilation=self.dilation,
-            groups=self.groups,
-            padding=self.padding,
-            padding_mode=self.padding_mode,
-            activation=self.activation,
-        )
-
-    def replace(self, **changes: Any) -> "ConvND":
-        """A copy with some fields changed, validated like a new object."""
-        fields = dict(kernel=self.kernel, bias=self.bias, **self._fields())
-        unknown = set(changes) - set(fields)
-        if unknown:
-            raise fail(ConfigError, "Unknown field for replace()", f"some of {sorted(fields)}", f"{sorted(unknown)}")
-        fields.update(changes)
-        kernel = fields.pop("kernel")
-        bias = fields.pop("bias")
-        return type(self)(kernel, bias, **fields)
 
     # -- derived sizes ----------------------------------------------------
     @property
@@ -303,7 +272,7 @@ class ConvND:
                 )
             spatial = (1,) * self.spatial_rank  # with stride 1 every length gives the same pads
         if isinstance(spatial, (int, np.integer)):
-            spatial = (int(spatial),)
+            spatial = (int(spatial),) * self.spatial_rank
         out = []
         for size, s, r in zip(spatial, self.stride, self.receptive_field):
             total = max((math.ceil(size / s) - 1) * s + r - size, 0)
@@ -314,13 +283,13 @@ class ConvND:
     def output_shape(self, spatial: int | Sequence[int]) -> tuple[int, ...]:
         """Output spatial size for an input of spatial size ``spatial`` (ONNX ``Conv`` formula)."""
         if isinstance(spatial, (int, np.integer)):
-            spatial = (int(spatial),)
+            spatial = (int(spatial),) * self.spatial_rank
         return tuple(
             (size + b + e - r) // s + 1
             for size, (b, e), r, s in zip(spatial, self.pads(spatial), self.receptive_field, self.stride)
         )
 
-    def with_static_padding(self, spatial: int | Sequence[int]) -> "ConvND":
+    def with_static_padding(self, spatial: int | Sequence[int]) -> "Conv":
         """The same convolution with its padding resolved to explicit pairs for this input size."""
         return self.replace(padding=self.pads(spatial))
 
@@ -341,17 +310,7 @@ class ConvND:
             dtype=self.dtype.name,
         )
 
-    def same_weights(self, other: "ConvND") -> bool:
-        """True when kernel and bias have the same dtype, shape and bytes."""
-
-        def same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-            if a is None or b is None:
-                return a is None and b is None
-            return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-
-        return same(self.kernel, other.kernel) and same(self.bias, other.bias)
-
-    def equivalent(self, other: "ConvND", spatial: int | Sequence[int] | None = None) -> bool:
+    def equivalent(self, other: "Conv", spatial: int | Sequence[int] | None = None) -> bool:
         """Bit-identical weights and the same computation (padding compared after resolution)."""
         if type(self) is not type(other) or not self.same_weights(other):
             return False
@@ -400,7 +359,7 @@ class ConvND:
         return self._pads_over_sizes() == self.replace(padding=padding)._pads_over_sizes()
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ConvND):
+        if not isinstance(other, Conv):
             return NotImplemented
         return type(self) is type(other) and self.same_weights(other) and self.hyperparameters() == other.hyperparameters()
 
@@ -430,11 +389,7 @@ class ConvND:
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
-def _rebuild(cls: type, kernel: np.ndarray, bias: np.ndarray | None, fields: dict[str, Any]) -> ConvND:
-    return cls(kernel, bias, **fields)
-
-
-class Conv1D(ConvND):
+class Conv1D(Conv):
     """A 1-D convolution (cross-correlation) with ONNX ``Conv`` semantics.
 
     >>> import numpy as np
@@ -475,3 +430,26 @@ class Conv1D(ConvND):
 
     def output_length(self, length: int) -> int:
         return self.output_shape(length)[0]
+
+
+class Conv2D(Conv):
+    """A 2-D convolution with ONNX ``Conv`` semantics: kernel ``(O, I // groups, H, W)``, input ``(N, C, H, W)``.
+
+    Every spatial hyperparameter is a pair (height, width) or one integer for both.
+    """
+
+    spatial_rank = 2
+    __slots__ = ()
+
+
+class Conv3D(Conv):
+    """A 3-D convolution with ONNX ``Conv`` semantics: kernel ``(O, I // groups, D, H, W)``, input ``(N, C, D, H, W)``."""
+
+    spatial_rank = 3
+    __slots__ = ()
+
+
+_BY_RANK: dict[int, type[Conv]] = {1: Conv1D, 2: Conv2D, 3: Conv3D}
+
+#: The 0.1 name of the rank-generic base.
+ConvND = Conv

@@ -2,21 +2,30 @@
 
 A layout is a string of space-separated axis names:
 
-``O``  output channels (filters)
-``I``  input channels per group (``in_channels // groups``)
-``K``  kernel taps along the (single) spatial axis
-``1``  a singleton axis that carries no data (Keras 1 kept one)
+``O``      output channels (filters); in a transposed convolution's kernel, output channels per group
+``I``      input channels per group (``in_channels // groups``); in a transposed kernel, all input channels
+``K``      kernel taps along the single spatial axis of a 1-D convolution
+``H W``    kernel taps along the two spatial axes of a 2-D convolution (height, width)
+``D H W``  ... and of a 3-D convolution (depth, height, width)
+``1``      a singleton axis that carries no data (Keras 1 kept one)
 
-The canonical layout is ``O I K`` (PyTorch, ONNX).  Every other layout is
-converted by :func:`to_canonical` / :func:`from_canonical`, which derive the
-permutation from the names; nobody writes a transpose by hand.
+The rank of a layout is the number of its spatial axes.  The canonical layout
+of a convolution is ``O I`` followed by the spatial axes (PyTorch, ONNX):
+``O I K``, ``O I H W``, ``O I D H W``; that of a transposed convolution is
+``I O`` followed by them.  Every other layout is converted by
+:func:`to_canonical` / :func:`from_canonical`, which derive the permutation
+from the names; nobody writes a transpose by hand.  Keras stores spatial axes
+first (``H W I O``), so a 3x5 kernel's two spatial axes are told apart by
+name, never by position.
 
 >>> import numpy as np
->>> w = np.zeros((10, 3, 64))                      # a Keras 2/3 kernel
+>>> w = np.zeros((10, 3, 64))                      # a Keras 2/3 Conv1D kernel
 >>> to_canonical(w, "K I O").shape
 (64, 3, 10)
 >>> from_canonical(np.zeros((64, 3, 10)), "K 1 I O").shape
 (10, 1, 3, 64)
+>>> to_canonical(np.zeros((3, 5, 4, 8)), "H W I O").shape     # a Keras Conv2D kernel
+(8, 4, 3, 5)
 """
 
 from __future__ import annotations
@@ -28,7 +37,18 @@ import numpy as np
 
 from .errors import ShapeError, fail
 
-CANONICAL = "O I K"
+#: spatial axis names by rank
+SPATIAL: dict[int, tuple[str, ...]] = {1: ("K",), 2: ("H", "W"), 3: ("D", "H", "W")}
+_SPATIAL_NAMES = {n for names in SPATIAL.values() for n in names}
+
+
+def canonical(rank: int, transposed: bool = False) -> str:
+    """The canonical layout of a ``rank``-d convolution kernel (``O I ...``), or of a transposed one (``I O ...``)."""
+    channels = ("I", "O") if transposed else ("O", "I")
+    return " ".join(channels + SPATIAL[rank])
+
+
+CANONICAL = canonical(1)
 
 #: Every kernel layout layoutconv knows, by the name used in reports.
 LAYOUTS: dict[str, str] = {
@@ -37,41 +57,57 @@ LAYOUTS: dict[str, str] = {
     "keras": "K I O",  # Keras 2.x, tf.keras and Keras 3, whatever the data_format
     "keras1.1": "K 1 I O",  # Keras 1.1 and 1.2 Convolution1D (stored as a 2-D kernel)
     "keras1.0": "O I K 1",  # Keras 1.0.x Convolution1D
+    "torch2d": "O I H W",
+    "torch3d": "O I D H W",
+    "keras2d": "H W I O",  # Keras 2/3 Conv2D, and Keras 1 Convolution2D with dim_ordering='tf'
+    "keras3d": "D H W I O",
+    "keras1-th2d": "O I H W",  # Keras 1 Convolution2D with dim_ordering='th'
+    "keras-transpose1d": "K O I",  # Keras Conv1DTranspose: (kernel, filters / groups, input channels)
+    "keras-transpose2d": "H W O I",
+    "keras-transpose3d": "D H W O I",
+    "torch-transpose1d": "I O K",  # PyTorch / ONNX ConvTranspose: (in_channels, out_channels / groups, kernel...)
+    "torch-transpose2d": "I O H W",
+    "torch-transpose3d": "I O D H W",
 }
-
-_AXES = {"O", "I", "K", "1"}
 
 
 class Recipe(NamedTuple):
-    """How to turn an array in ``layout`` into the canonical layout and back."""
+    """How to turn an array in ``layout`` into its canonical layout and back."""
 
     layout: str
     names: tuple[str, ...]
-    to_canonical: tuple[int, ...]  # permutation applied after dropping the "1" axes
+    rank: int  # number of spatial axes
+    to_canonical: tuple[int, ...]  # permutation applied after dropping the "1" axes (to ``O I spatial``)
     from_canonical: tuple[int, ...]
     singletons: tuple[int, ...]  # positions of "1" axes in ``layout``
 
 
 @functools.lru_cache(maxsize=None)
 def parse(layout: str) -> Recipe:
-    """Parse an axis-name string once; the result is cached."""
+    """Parse an axis-name string once; the result is cached.
+
+    The permutations are to and from ``O I`` + spatial axes; a transposed
+    kernel's ``I O`` order is a swap of the first two (see :func:`to_canonical`).
+    """
     layout = LAYOUTS.get(layout, layout)
-    names = tuple(layout.split())
-    unknown = [n for n in names if n not in _AXES]
+    names = tuple(str(layout).split())
     data = [n for n in names if n != "1"]
-    if unknown or sorted(data) != sorted(CANONICAL.split()):
+    spatial = tuple(n for n in data if n in _SPATIAL_NAMES)
+    rank = len(spatial)
+    known = rank in SPATIAL and sorted(spatial) == sorted(SPATIAL[rank])
+    if not known or sorted(data) != sorted(("O", "I") + spatial):
         raise fail(
             ShapeError,
             f"Invalid kernel layout {layout!r}",
-            "the axis names O, I and K once each, plus optional '1' axes, "
-            f"or a known layout name ({', '.join(sorted(LAYOUTS))})",
+            "the axis names O and I once each with the spatial axes of one rank (K; H W; or D H W), "
+            f"plus optional '1' axes, or a known layout name ({', '.join(sorted(LAYOUTS))})",
             f"{names}",
         )
-    canon = CANONICAL.split()
+    canon = ["O", "I", *SPATIAL[rank]]
     to_c = tuple(data.index(n) for n in canon)
     from_c = tuple(canon.index(n) for n in data)
     singletons = tuple(i for i, n in enumerate(names) if n == "1")
-    return Recipe(layout, names, to_c, from_c, singletons)
+    return Recipe(layout, names, rank, to_c, from_c, singletons)
 
 
 def _check_rank(array: np.ndarray, recipe: Recipe) -> None:
@@ -93,47 +129,63 @@ def _check_rank(array: np.ndarray, recipe: Recipe) -> None:
             )
 
 
-def to_canonical(array: np.ndarray, layout: str) -> np.ndarray:
-    """Return ``array`` (in ``layout``) as a contiguous ``O I K`` kernel. Values and dtype are unchanged."""
+def _swap_io(array: np.ndarray, transposed: bool) -> np.ndarray:
+    return np.swapaxes(array, 0, 1) if transposed else array
+
+
+def to_canonical(array: np.ndarray, layout: str, *, transposed: bool = False) -> np.ndarray:
+    """Return ``array`` (in ``layout``) as a contiguous canonical kernel. Values and dtype are unchanged.
+
+    ``transposed=True`` gives the transposed-convolution canonical ``I O spatial...``.
+    """
     recipe = parse(layout)
     array = np.asarray(array)
     _check_rank(array, recipe)
     squeezed = np.squeeze(array, axis=recipe.singletons) if recipe.singletons else array
-    return np.ascontiguousarray(np.transpose(squeezed, recipe.to_canonical))
+    return np.ascontiguousarray(_swap_io(np.transpose(squeezed, recipe.to_canonical), transposed))
 
 
-def from_canonical(kernel: np.ndarray, layout: str) -> np.ndarray:
-    """Return an ``O I K`` kernel in ``layout``, contiguous. Values and dtype are unchanged."""
+def from_canonical(kernel: np.ndarray, layout: str, *, transposed: bool = False) -> np.ndarray:
+    """Return a canonical kernel (``O I ...``, or ``I O ...`` when ``transposed``) in ``layout``, contiguous."""
     recipe = parse(layout)
     kernel = np.asarray(kernel)
-    if kernel.ndim != 3:
-        raise fail(ShapeError, "Canonical kernel has the wrong rank", "3 axes (O, I, K)", f"shape {tuple(kernel.shape)}")
-    out = np.transpose(kernel, recipe.from_canonical)
+    if kernel.ndim != 2 + recipe.rank:
+        want = canonical(recipe.rank, transposed)
+        raise fail(
+            ShapeError,
+            "Canonical kernel has the wrong rank",
+            f"{2 + recipe.rank} axes ({', '.join(want.split())}) for layout {recipe.layout!r}",
+            f"shape {tuple(kernel.shape)}",
+        )
+    out = np.transpose(_swap_io(kernel, transposed), recipe.from_canonical)
     for i in recipe.singletons:
         out = np.expand_dims(out, i)
     return np.ascontiguousarray(out)
 
 
-def shape_in(layout: str, out_channels: int, in_per_group: int, kernel_size: int) -> tuple[int, ...]:
-    """The shape a kernel has in ``layout``, for the given sizes."""
-    sizes = {"O": out_channels, "I": in_per_group, "K": kernel_size, "1": 1}
-    return tuple(sizes[n] for n in parse(layout).names)
+def shape_in(layout: str, out_channels: int, in_per_group: int, kernel_shape: int | tuple[int, ...]) -> tuple[int, ...]:
+    """The shape a kernel has in ``layout``, for the given sizes (``kernel_shape`` one size per spatial axis)."""
+    recipe = parse(layout)
+    sizes_k = (kernel_shape,) if isinstance(kernel_shape, int) else tuple(kernel_shape)
+    sizes = {"O": out_channels, "I": in_per_group, "1": 1, **dict(zip(SPATIAL[recipe.rank], sizes_k))}
+    return tuple(sizes[n] for n in recipe.names)
 
 
-def fitting_layouts(shape: tuple[int, ...]) -> list[tuple[str, dict[str, int]]]:
-    """Every known layout whose rank and singleton axes fit ``shape``, with the sizes it implies.
+def fitting_layouts(shape: tuple[int, ...], rank: int = 1) -> list[tuple[str, dict[str, int]]]:
+    """Every known convolution layout of ``rank`` whose rank and singleton axes fit ``shape``, with the sizes it implies.
 
     Used by ``diagnose``: a shape like ``(5, 5, 5)`` fits several readings, and
-    each is returned.  Layouts with the same axis string are listed once.
+    each is returned.  Layouts with the same axis string are listed once;
+    transposed layouts are not candidates.
     """
     seen: set[str] = set()
     found = []
     for name, axes in LAYOUTS.items():
-        if axes in seen:
+        if axes in seen or "transpose" in name:
             continue
         seen.add(axes)
         recipe = parse(axes)
-        if len(shape) != len(recipe.names) or any(shape[i] != 1 for i in recipe.singletons):
+        if recipe.rank != rank or len(shape) != len(recipe.names) or any(shape[i] != 1 for i in recipe.singletons):
             continue
         sizes = {n: shape[i] for i, n in enumerate(recipe.names) if n != "1"}
         found.append((name, sizes))

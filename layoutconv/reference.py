@@ -1,5 +1,7 @@
-r"""The numpy reference forward pass: the executable definition of a :class:`~layoutconv.Conv1D`.
+r"""The numpy reference forward pass: the executable definition of every record (:func:`forward`).
 
+Convolution, 1-D (the N-d case applies the same sum over every spatial axis:
+``y[n, f, *t] = b[f] + sum_c sum_{*k} W[f, c, *k] * x~[n, g(f) C/g + c, *(s t + d k - p_b)]``).
 For an input ``x`` of shape ``(N, C, L)``, a kernel ``W`` of shape
 ``(O, C // g, K)``, stride ``s``, dilation ``d``, groups ``g`` and pads
 ``(p_b, p_e)`` resolved for ``L`` (see :meth:`Conv1D.pads`), the output is
@@ -19,19 +21,22 @@ This is a cross-correlation: tap ``k`` of the kernel meets input position
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import activations
-from .conv import Conv1D
-from .errors import ShapeError, UnsupportedError, fail
+from .conv import Conv, Conv1D
+from .errors import ConfigError, ShapeError, UnsupportedError, fail
 
 #: The most elements a padded input may have (2**28: 2 GiB in float64), checked before anything is allocated.
 MAX_ELEMENTS = 1 << 28
 
 _NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+_AXES = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
 def _check_mode_limits(length: int, begin: int, end: int, mode: str) -> None:
@@ -49,68 +54,126 @@ def _check_mode_limits(length: int, begin: int, end: int, mode: str) -> None:
 
 def pad1d(x: np.ndarray, begin: int, end: int, mode: str) -> np.ndarray:
     """Pad the last axis of ``x`` as PyTorch's ``padding_mode`` does, refusing what PyTorch refuses."""
-    _check_mode_limits(x.shape[-1], begin, end, mode)
-    if begin == 0 and end == 0:
+    return pad(x, ((begin, end),), mode)
+
+
+def pad(x: np.ndarray, pads: Sequence[tuple[int, int]], mode: str) -> np.ndarray:
+    """Pad the last ``len(pads)`` axes of ``x`` as PyTorch's ``padding_mode`` does, refusing what PyTorch refuses."""
+    rank = len(pads)
+    for size, (begin, end) in zip(x.shape[-rank:], pads):
+        _check_mode_limits(size, begin, end, mode)
+    if not any(b or e for b, e in pads):
         return x
-    widths = [(0, 0)] * (x.ndim - 1) + [(begin, end)]
+    widths = [(0, 0)] * (x.ndim - rank) + [tuple(p) for p in pads]
     return np.pad(x, widths, mode=_NUMPY_PAD_MODE[mode])
 
 
-def check_input(conv: Conv1D, x: Any) -> tuple[np.ndarray, tuple[int, int]]:
-    """Check that ``x`` is an ``(N, C, L)`` input ``conv`` can run on; return it as an array with its pads.
+def check_input(conv: Conv, x: Any) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """Check that ``x`` is an ``(N, C, *spatial)`` input ``conv`` can run on; return it as an array with its pads.
 
     The one input check every runner shares (the reference, ``verify`` and the
     adapters' ``run``), so a bad input gives the same error everywhere.
     """
     x = np.asarray(x)
-    if x.ndim != 3 or x.shape[1] != conv.in_channels:
-        hint = (
-            "Add a batch axis with x[None]."
-            if x.ndim == 2
-            else "Transpose a channels-last (N, L, C) input with x.transpose(0, 2, 1)."
-        )
+    rank = conv.spatial_rank
+    if x.ndim != 2 + rank or x.shape[1] != conv.in_channels:
+        if x.ndim == 1 + rank:
+            hint = "Add a batch axis with x[None]."
+        else:
+            order = (0, rank + 1, *range(1, rank + 1))
+            hint = f"Transpose a channels-last input with x.transpose{order}."
         raise fail(
             ShapeError,
             "Input does not fit the convolution",
-            f"shape (N, {conv.in_channels}, L): batch, channels, length (channels first)",
+            f"shape (N, {conv.in_channels}, {_AXES[rank]}): batch, channels, {'length' if rank == 1 else 'spatial axes'} (channels first)",
             f"shape {tuple(x.shape)}",
             hint,
         )
-    length = x.shape[-1]
-    ((begin, end),) = conv.pads(length)
-    (span,) = conv.receptive_field
-    if length + begin + end < span:
-        raise fail(
-            ShapeError,
-            "Input is shorter than the kernel's receptive field",
-            f"padded length >= dilation * (kernel_size - 1) + 1 = {span}",
-            f"length {length} with pads ({begin}, {end})",
-        )
-    _check_mode_limits(length, begin, end, conv.padding_mode)
-    check_size(x.shape[:-1], length + begin + end)
-    return x, (begin, end)
+    spatial = tuple(int(n) for n in x.shape[2:])
+    pads = conv.pads(spatial)
+    for axis, (size, (begin, end), span) in enumerate(zip(spatial, pads, conv.receptive_field)):
+        if size + begin + end < span:
+            where = "length" if rank == 1 else f"size {size} on spatial axis {axis}"
+            raise fail(
+                ShapeError,
+                "Input is shorter than the kernel's receptive field",
+                f"padded {'length' if rank == 1 else 'size'} >= dilation * (kernel_size - 1) + 1 = {span}",
+                f"{where if rank > 1 else 'length'} {size if rank == 1 else ''}".replace("  ", " ").strip()
+                + f" with pads ({begin}, {end})",
+            )
+        _check_mode_limits(size, begin, end, conv.padding_mode)
+    check_size(x.shape[:2], int(np.prod([n + b + e for n, (b, e) in zip(spatial, pads)], dtype=np.int64)))
+    return x, pads
 
 
-def check_size(leading: tuple[int, ...], padded_length: int) -> None:
+def check_size(leading: tuple[int, ...], padded_size: int) -> None:
     """Refuse an input whose padded copy would exceed :data:`MAX_ELEMENTS`, before allocating it."""
-    elements = int(np.prod(leading, dtype=np.int64)) * int(padded_length)
+    elements = int(np.prod(leading, dtype=np.int64)) * int(padded_size)
     if elements > MAX_ELEMENTS:
         raise fail(
             ShapeError,
             "The padded input is too large for the reference pass",
-            f"at most {MAX_ELEMENTS} elements (batch x channels x padded length)",
-            f"{elements} elements (leading axes {tuple(leading)}, padded length {padded_length})",
+            f"at most {MAX_ELEMENTS} elements (batch x channels x padded spatial size)",
+            f"{elements} elements (leading axes {tuple(leading)}, padded spatial size {padded_size})",
             "Use a smaller batch or a shorter input.",
         )
 
 
-def conv1d(conv: Conv1D, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
-    """Apply ``conv`` to ``x`` of shape ``(N, C, L)`` in plain numpy; return ``(N, O, L_out)``.
+def forward(record: Any, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
+    """Apply a record to ``x`` (channels first: ``(N, C, *spatial)``) in plain numpy; the definition of what it means.
 
     Inputs and weights are converted to ``dtype`` (float64 by default) before
-    any arithmetic, so the result carries no rounding of the framework
-    under test.  The computation is vectorised: one padded copy, one strided
-    window view, one ``einsum``.
+    any arithmetic, so the result carries no rounding of a framework under
+    test.  Vectorised: one padded copy, one strided window view, one ``einsum``.
+
+    >>> import numpy as np
+    >>> from layoutconv import Conv
+    >>> conv = Conv(np.array([[[[1.0, 2.0], [3.0, 4.0]]]]))          # a 2x2 kernel, one channel
+    >>> forward(conv, np.arange(9.0).reshape(1, 1, 3, 3))
+    array([[[[37., 47.],
+             [67., 77.]]]])
+    """
+    for cls in type(record).__mro__:
+        if cls in _FORWARD:
+            return _FORWARD[cls](record, x, dtype)
+    raise fail(
+        ConfigError,
+        "reference.forward has no definition for this object",
+        f"one of {sorted(c.__name__ for c in _FORWARD)}",
+        f"{type(record).__name__}",
+    )
+
+
+def _conv_forward(conv: Conv, x: Any, dtype: Any) -> np.ndarray:
+    x, pads = check_input(conv, x)
+    n, c = x.shape[:2]
+    rank = conv.spatial_rank
+    axes = tuple(range(2, 2 + rank))
+    xp = pad(x.astype(dtype, copy=False), pads, conv.padding_mode)
+    # windows[n, c, *t, *k] = xp[n, c, *(s * t + d * k)]
+    windows = sliding_window_view(xp, conv.receptive_field, axis=axes)
+    pick = (slice(None),) * 2 + tuple(slice(None, None, s) for s in conv.stride)
+    pick += tuple(slice(None, None, d) for d in conv.dilation)
+    windows = windows[pick]
+    out = windows.shape[2 : 2 + rank]
+    g, o = conv.groups, conv.out_channels
+    windows = windows.reshape(n, g, c // g, *out, *conv.kernel_shape)
+    w = conv.kernel.astype(dtype).reshape(g, o // g, c // g, *conv.kernel_shape)
+    t, k = "pqr"[:rank], "uvw"[:rank]
+    # BLAS pays off when each group contracts over several channels; for depthwise-like
+    # groups (one channel in, one out) numpy's own loop is about 4x faster (docs/benchmarks.md).
+    blas = (c // g) * (o // g) > 1
+    y = np.einsum(f"ngc{t}{k},goc{k}->ngo{t}", windows, w, optimize=blas).reshape(n, o, *out)
+    if conv.bias is not None:
+        y = y + conv.bias.astype(dtype).reshape((1, o) + (1,) * rank)
+    return activations.apply(conv.activation, y)
+
+
+_FORWARD: dict[type, Callable[[Any, Any, Any], np.ndarray]] = {Conv: _conv_forward}
+
+
+def conv1d(conv: Conv1D, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
+    """Apply a :class:`Conv1D` to ``x`` of shape ``(N, C, L)``; return ``(N, O, L_out)`` (see :func:`forward`).
 
     >>> import numpy as np
     >>> from layoutconv import Conv1D
@@ -119,21 +182,5 @@ def conv1d(conv: Conv1D, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
     array([[[ 21.5, 210.5]]])
     """
     if not isinstance(conv, Conv1D):
-        raise fail(ShapeError, "reference.conv1d needs a Conv1D", "a layoutconv.Conv1D", f"{type(conv).__name__}")
-    x, (begin, end) = check_input(conv, x)
-    n, c, _ = x.shape
-    (span,), (s,), (d,) = conv.receptive_field, conv.stride, conv.dilation
-    xp = pad1d(x.astype(dtype, copy=False), begin, end, conv.padding_mode)
-    # windows[n, c, t, k] = xp[n, c, s*t + d*k]
-    windows = sliding_window_view(xp, span, axis=-1)[:, :, ::s, ::d]
-    g = conv.groups
-    out_len = windows.shape[2]
-    windows = windows.reshape(n, g, c // g, out_len, conv.kernel_size)
-    w = conv.kernel.astype(dtype).reshape(g, conv.out_channels // g, c // g, conv.kernel_size)
-    # BLAS pays off when each group contracts over several channels; for depthwise-like
-    # groups (one channel in, one out) numpy's own loop is about 4x faster (docs/benchmarks.md).
-    blas = (c // g) * (conv.out_channels // g) > 1
-    y = np.einsum("ngctk,gock->ngot", windows, w, optimize=blas).reshape(n, conv.out_channels, out_len)
-    if conv.bias is not None:
-        y = y + conv.bias.astype(dtype)[None, :, None]
-    return activations.apply(conv.activation, y)
+        raise fail(ShapeError, "reference.conv1d needs a Conv1D", "a layoutconv.Conv1D (reference.forward takes any rank)", f"{type(conv).__name__}")
+    return forward(conv, x, dtype=dtype)
