@@ -28,6 +28,7 @@ from .errors import (
 from ._diagnose import Diagnosis, diagnose
 from ._explain import Explanation, explain
 from .conventions import CONVENTIONS, Convention
+from .transpose import ConvTranspose, ConvTranspose1D, ConvTranspose2D, ConvTranspose3D
 from .frameworks import adapter as _adapter
 from .verify import Report, Result, verify
 
@@ -38,6 +39,10 @@ __all__ = [
     "Conv1D",
     "Conv2D",
     "Conv3D",
+    "ConvTranspose",
+    "ConvTranspose1D",
+    "ConvTranspose2D",
+    "ConvTranspose3D",
     "PADDING_MODES",
     "PADDING_RULES",
     "LayoutError",

@@ -21,6 +21,7 @@ This is a cross-correlation: tap ``k`` of the kernel meets input position
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -28,6 +29,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from . import activations
 from .conv import Conv, Conv1D
+from .transpose import ConvTranspose
 from .errors import ConfigError, ShapeError, UnsupportedError, fail
 
 #: The most elements a padded input may have (2**28: 2 GiB in float64), checked before anything is allocated.
@@ -169,7 +171,38 @@ def _conv_forward(conv: Conv, x: Any, dtype: Any) -> np.ndarray:
     return activations.apply(conv.activation, y)
 
 
-_FORWARD: dict[type, Callable[[Any, Any, Any], np.ndarray]] = {Conv: _conv_forward}
+def _transpose_forward(t: ConvTranspose, x: Any, dtype: Any) -> np.ndarray:
+    """Scatter every kernel tap: ``y[.., s t + d k - p_b] += x[.., t] * W[.., k]`` (a loop over taps only)."""
+    x = np.asarray(x)
+    rank = t.spatial_rank
+    if x.ndim != 2 + rank or x.shape[1] != t.in_channels:
+        raise fail(
+            ShapeError,
+            "Input does not fit the transposed convolution",
+            f"shape (N, {t.in_channels}, {_AXES[rank]}) (channels first)",
+            f"shape {tuple(x.shape)}",
+        )
+    n, c, *size = x.shape
+    pads = t.pads(tuple(size))
+    full = [s * (m - 1) + r + a for m, s, r, a in zip(size, t.stride, t.receptive_field, t.output_padding)]
+    check_size((n, t.out_channels), int(np.prod(full, dtype=np.int64)))
+    g, o = t.groups, t.out_channels
+    xg = x.astype(dtype, copy=False).reshape(n, g, c // g, *size)
+    w = t.kernel.astype(dtype).reshape(g, c // g, o // g, *t.kernel_shape)
+    y = np.zeros((n, g, o // g, *full), dtype=dtype)
+    letters = "pqr"[:rank]
+    for tap in itertools.product(*(range(k) for k in t.kernel_shape)):
+        part = np.einsum(f"ngi{letters},gio->ngo{letters}", xg, w[(Ellipsis, *tap)])
+        where = tuple(slice(d * k, d * k + s * (m - 1) + 1, s) for d, k, s, m in zip(t.dilation, tap, t.stride, size))
+        y[(slice(None),) * 3 + where] += part
+    crop = tuple(slice(b, f - e) for (b, e), f in zip(pads, full))
+    y = y.reshape(n, o, *full)[(slice(None), slice(None)) + crop]
+    if t.bias is not None:
+        y = y + t.bias.astype(dtype).reshape((1, o) + (1,) * rank)
+    return activations.apply(t.activation, y)
+
+
+_FORWARD: dict[type, Callable[[Any, Any, Any], np.ndarray]] = {Conv: _conv_forward, ConvTranspose: _transpose_forward}
 
 
 def conv1d(conv: Conv1D, x: Any, *, dtype: Any = np.float64) -> np.ndarray:

@@ -1,0 +1,354 @@
+r"""The canonical transposed convolution, with ONNX ``ConvTranspose`` semantics, at spatial rank 1, 2 or 3.
+
+A transposed convolution scatters each input element through the kernel:
+tap ``k`` of input position ``t`` lands on output position ``s t + d k - p_b``.
+With kernel ``W`` of shape ``(C_in, O / g, *kernel)`` (PyTorch's and ONNX's
+layout, canonical ``I O ...``), stride ``s``, dilation ``d``, groups ``g``,
+``output_padding`` ``a`` and pads ``(p_b, p_e)`` on each spatial axis::
+
+    y[n, f, *u] = b[f] + sum over c in group(f), *t, *k with s t + d k - p_b = u of
+                  x[n, c, *t] * W[c, f mod (O / g), *k]
+
+    output size = s (L - 1) + a + d (K - 1) + 1 - p_b - p_e          (per axis)
+
+``a`` adds output positions at the end (they receive no taps unless the pads
+reach them).  The padding is explicit pairs, ``"valid"`` (no pads), or a
+``same_*`` rule, which picks the pads so that the output size is ``L s`` (or
+``output_shape`` when one is recorded, as ONNX's attribute of that name does):
+``total = s (L - 1) + a + d (K - 1) + 1 - out``; ``same_upper`` puts the odd
+extra pad at the end, ``same_lower`` at the beginning.  ONNX's ``output_shape``
+without ``auto_pad`` splits like ``same_lower`` (its operator definition:
+``pads[start] = total - total / 2``).
+
+>>> import numpy as np
+>>> t = ConvTranspose(np.zeros((4, 6, 3)), stride=2, padding=((1, 1),), output_padding=1)
+>>> t
+ConvTranspose1D(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=(1, 1), output_padding=1, bias=False, dtype=float64)
+>>> t.output_shape(10)       # 2 * 9 + 1 + 3 - 2
+(20,)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from . import activations, layouts
+from .conv import MAX_EXTENT, Padding, _normalise_padding, _positive_tuple
+from .errors import ConfigError, ShapeError, fail
+from .record import Record, frozen_array
+
+#: Padding rules of a transposed convolution (no ``causal``: ONNX ``ConvTranspose`` has none).
+TRANSPOSE_PADDING_RULES = ("valid", "same_upper", "same_lower")
+
+
+class ConvTranspose(Record):
+    """A transposed convolution of spatial rank 1, 2 or 3 (see the module documentation for the formula).
+
+    ``ConvTranspose(kernel, ...)`` returns a :class:`ConvTranspose1D`, ``2D`` or ``3D``
+    chosen by the kernel's spatial axes.
+
+    Parameters
+    ----------
+    kernel:
+        ``(in_channels, out_channels // groups, *kernel)`` (PyTorch, ONNX), or another
+        layout named by ``layout`` (e.g. ``"H W O I"`` for a Keras ``Conv2DTranspose``).
+    bias:
+        ``(out_channels,)`` or ``None``.
+    stride, dilation, output_padding:
+        One value per spatial axis or one integer for all; ``output_padding`` must
+        be smaller than the stride or the dilation on its axis.
+    groups:
+        Divides ``in_channels``.
+    padding:
+        ``"valid"``, ``"same_upper"``, ``"same_lower"``, an integer, or one
+        ``(begin, end)`` pair per axis.
+    output_shape:
+        ONNX's ``output_shape``: the output's spatial size, from which a ``same_*``
+        padding computes its pads.  Without it a ``same_*`` rule aims at ``L * stride``.
+    activation:
+        A fused activation (:mod:`layoutconv.activations`).
+    """
+
+    spatial_rank: ClassVar[int] = 0
+    __slots__ = ("kernel", "bias", "stride", "dilation", "groups", "padding", "output_padding", "output_shape_", "activation")
+    ARRAYS = ("kernel", "bias")
+    FIELDS = ("stride", "dilation", "groups", "padding", "output_padding", "output_shape", "activation")
+
+    kernel: np.ndarray
+    bias: np.ndarray | None
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    padding: Padding
+    output_padding: tuple[int, ...]
+    activation: str
+
+    def __new__(cls, kernel: Any = None, *args: Any, layout: str | None = None, **kwargs: Any) -> "ConvTranspose":
+        if cls.spatial_rank:
+            return super().__new__(cls)
+        rank = layouts.parse(layout).rank if layout is not None else np.ndim(kernel) - 2
+        if rank not in _BY_RANK:
+            raise fail(
+                ShapeError,
+                "Kernel has the wrong rank for a transposed convolution",
+                "3, 4 or 5 axes: (in_channels, out_channels // groups, kernel...)",
+                f"shape {tuple(np.shape(kernel))}" + (f" in layout {layout!r}" if layout else ""),
+            )
+        return super().__new__(_BY_RANK[rank])
+
+    def __init__(
+        self,
+        kernel: Any,
+        bias: Any = None,
+        *,
+        stride: int | Sequence[int] = 1,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        padding: Any = "valid",
+        output_padding: int | Sequence[int] = 0,
+        output_shape: int | Sequence[int] | None = None,
+        activation: str | None = "linear",
+        layout: str | None = None,
+    ) -> None:
+        rank = self.spatial_rank
+        kernel = np.asarray(kernel)
+        if layout is not None:
+            kernel = layouts.to_canonical(kernel, layout, transposed=True)
+        if kernel.ndim != 2 + rank or any(n == 0 for n in kernel.shape):
+            raise fail(
+                ShapeError,
+                f"Kernel does not fit a {rank}-d transposed convolution",
+                f"{2 + rank} non-empty axes ({', '.join(layouts.canonical(rank, transposed=True).split())}): "
+                "in_channels, out_channels // groups, kernel",
+                f"shape {tuple(kernel.shape)}",
+                "A Keras Conv*DTranspose kernel is (kernel..., filters, in_channels): pass layout='H W O I' (2-d).",
+            )
+        self._set("kernel", frozen_array("kernel", kernel))
+        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups <= 0 or kernel.shape[0] % groups:
+            raise fail(
+                ConfigError,
+                "Invalid value for argument `groups`",
+                f"a strictly positive divisor of in_channels (kernel axis 0, {kernel.shape[0]})",
+                f"groups={groups!r}",
+            )
+        self._set("groups", int(groups))
+        out_channels = kernel.shape[1] * int(groups)
+        if bias is not None:
+            bias = frozen_array("bias", bias)
+            if bias.shape != (out_channels,):
+                raise fail(
+                    ShapeError, "Bias does not match the kernel", f"shape ({out_channels},), one value per output channel",
+                    f"shape {tuple(bias.shape)}",
+                )
+        self._set("bias", bias)
+        self._set("stride", _positive_tuple("stride", stride, rank))
+        self._set("dilation", _positive_tuple("dilation", dilation, rank))
+        if isinstance(padding, str) and padding.lower() not in TRANSPOSE_PADDING_RULES:
+            raise fail(
+                ConfigError,
+                "Invalid value for argument `padding` of a transposed convolution",
+                f"one of {TRANSPOSE_PADDING_RULES}, an integer, or (begin, end) pairs",
+                f"padding={padding!r}",
+            )
+        self._set("padding", _normalise_padding(padding, rank))
+        extra = _non_negative_tuple("output_padding", output_padding, rank)
+        for a, s, d in zip(extra, self.stride, self.dilation):
+            if a >= max(s, d):
+                raise fail(
+                    ConfigError,
+                    "output_padding is too large",
+                    "output_padding < stride or < dilation on each axis (it only selects computed positions)",
+                    f"output_padding={extra} with stride {self.stride} and dilation {self.dilation}",
+                )
+        self._set("output_padding", extra)
+        if output_shape is not None:
+            output_shape = _positive_tuple("output_shape", output_shape, rank)
+            if not (isinstance(self.padding, str) and self.padding.startswith("same")):
+                raise fail(
+                    ConfigError,
+                    "output_shape needs a same_* padding rule to say how its pads are split",
+                    "padding='same_upper' (ONNX auto_pad SAME_UPPER) or 'same_lower' (SAME_LOWER, and ONNX NOTSET)",
+                    f"padding={self.padding!r}",
+                )
+        self._set("output_shape_", output_shape)
+        self._set("activation", activations.canonical(activation))
+        if any(r > MAX_EXTENT for r in self.receptive_field):
+            raise fail(
+                ConfigError, "The kernel's receptive field is absurdly wide", f"at most {MAX_EXTENT} per axis",
+                f"{self.receptive_field}",
+            )
+
+    # -- sizes --------------------------------------------------------------
+    def values(self) -> dict[str, Any]:
+        # the ONNX attribute ``output_shape`` is kept as ``output_shape_``: ``output_shape()`` is the size formula
+        out = {name: getattr(self, name) for name in self.ARRAYS + self.FIELDS if name != "output_shape"}
+        out["output_shape"] = self.output_shape_
+        return out
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.kernel.dtype
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.kernel.shape[0])
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.kernel.shape[1]) * self.groups
+
+    @property
+    def kernel_shape(self) -> tuple[int, ...]:
+        return tuple(int(k) for k in self.kernel.shape[2:])
+
+    @property
+    def receptive_field(self) -> tuple[int, ...]:
+        """Output span one input position reaches: ``dilation * (kernel - 1) + 1`` per axis."""
+        return tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_shape))
+
+    @property
+    def padding_depends_on_length(self) -> bool:
+        return isinstance(self.padding, str) and self.padding.startswith("same")
+
+    def _sizes(self, spatial: int | Sequence[int]) -> tuple[int, ...]:
+        if isinstance(spatial, (int, np.integer)):
+            return (int(spatial),) * self.spatial_rank
+        return tuple(int(n) for n in spatial)
+
+    def pads(self, spatial: int | Sequence[int] | None = None) -> tuple[tuple[int, int], ...]:
+        """``(begin, end)`` output crops per axis for an input of the given spatial size."""
+        if isinstance(self.padding, tuple):
+            return self.padding
+        if self.padding == "valid":
+            return ((0, 0),) * self.spatial_rank
+        if spatial is None:
+            raise fail(
+                ConfigError, f"Padding {self.padding!r} of a transposed convolution depends on the input size",
+                "the input's spatial size", "none", "Pass it, e.g. t.pads(10).",
+            )
+        sizes = self._sizes(spatial)
+        targets = self.output_shape_ or tuple(n * s for n, s in zip(sizes, self.stride))
+        out = []
+        for n, s, r, a, target in zip(sizes, self.stride, self.receptive_field, self.output_padding, targets):
+            total = s * (n - 1) + a + r - target
+            if total < 0:
+                raise fail(
+                    ShapeError,
+                    "The requested output is larger than the transposed convolution can produce",
+                    f"an output size at most {s * (n - 1) + a + r} for an input of size {n}",
+                    f"output size {target}",
+                )
+            small, big = total // 2, total - total // 2
+            out.append((small, big) if self.padding == "same_upper" else (big, small))
+        return tuple(out)
+
+    def output_shape(self, spatial: int | Sequence[int]) -> tuple[int, ...]:
+        """Output spatial size: ``s (L - 1) + a + d (K - 1) + 1 - p_b - p_e`` per axis."""
+        sizes = self._sizes(spatial)
+        return tuple(
+            s * (n - 1) + a + r - b - e
+            for n, s, a, r, (b, e) in zip(sizes, self.stride, self.output_padding, self.receptive_field, self.pads(sizes))
+        )
+
+    # -- comparison and display ---------------------------------------------
+    def hyperparameters(self) -> dict[str, Any]:
+        """Everything but the weights, as plain Python values."""
+        return dict(
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            kernel_shape=self.kernel_shape,
+            stride=self.stride,
+            dilation=self.dilation,
+            groups=self.groups,
+            padding=self.padding,
+            output_padding=self.output_padding,
+            output_shape=self.output_shape_,
+            activation=self.activation,
+            bias=self.bias is not None,
+            dtype=self.dtype.name,
+        )
+
+    def equivalent(self, other: "ConvTranspose", spatial: int | Sequence[int] | None = None) -> bool:
+        """Bit-identical weights and the same computation (pads compared for ``spatial`` when given)."""
+        if type(self) is not type(other) or not self.same_weights(other):
+            return False
+        mine, theirs = self.hyperparameters(), other.hyperparameters()
+        for h in (mine, theirs):
+            h.pop("padding"), h.pop("output_shape")
+        if mine != theirs:
+            return False
+        if spatial is None:
+            return (self.padding, self.output_shape_) == (other.padding, other.output_shape_)
+        return self.pads(spatial) == other.pads(spatial)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ConvTranspose):
+            return NotImplemented
+        return type(self) is type(other) and self.same_weights(other) and self.hyperparameters() == other.hyperparameters()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        one = (lambda v: v[0]) if self.spatial_rank == 1 else (lambda v: v)
+        parts = [
+            f"in_channels={self.in_channels}",
+            f"out_channels={self.out_channels}",
+            f"kernel_size={one(self.kernel_shape)}",
+        ]
+        for name in ("stride", "dilation"):
+            if any(v != 1 for v in getattr(self, name)):
+                parts.append(f"{name}={one(getattr(self, name))}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        parts.append(f"padding={one(self.padding) if isinstance(self.padding, tuple) else repr(self.padding)}")
+        if any(self.output_padding):
+            parts.append(f"output_padding={one(self.output_padding)}")
+        if self.output_shape_ is not None:
+            parts.append(f"output_shape={one(self.output_shape_)}")
+        if self.activation != "linear":
+            parts.append(f"activation={self.activation!r}")
+        parts.append(f"bias={self.bias is not None}")
+        parts.append(f"dtype={self.dtype.name}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _non_negative_tuple(name: str, value: Any, rank: int) -> tuple[int, ...]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value),) * rank
+    try:
+        out = tuple(int(v) for v in value)
+        ok = len(out) == rank and all(0 <= v <= MAX_EXTENT and not isinstance(v, bool) for v in value)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise fail(
+            ConfigError, f"Invalid value for argument `{name}`", f"a non-negative integer or a tuple of {rank} of them",
+            f"{name}={value!r}",
+        )
+    return out
+
+
+class ConvTranspose1D(ConvTranspose):
+    """A 1-D transposed convolution: kernel ``(C_in, O // groups, K)``, input ``(N, C_in, L)``."""
+
+    spatial_rank = 1
+    __slots__ = ()
+
+
+class ConvTranspose2D(ConvTranspose):
+    """A 2-D transposed convolution: kernel ``(C_in, O // groups, H, W)``, input ``(N, C_in, H, W)``."""
+
+    spatial_rank = 2
+    __slots__ = ()
+
+
+class ConvTranspose3D(ConvTranspose):
+    """A 3-D transposed convolution: kernel ``(C_in, O // groups, D, H, W)``, input ``(N, C_in, D, H, W)``."""
+
+    spatial_rank = 3
+    __slots__ = ()
+
+
+_BY_RANK: dict[int, type[ConvTranspose]] = {1: ConvTranspose1D, 2: ConvTranspose2D, 3: ConvTranspose3D}
