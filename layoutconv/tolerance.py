@@ -59,9 +59,9 @@ def tolerance(conv: Any, x: np.ndarray, expected: np.ndarray | None = None) -> t
         bias=None if conv.bias is None else np.abs(conv.bias.astype(np.float64)),
         activation="linear",
     )
-    tol = atol + rtol * reference.conv1d(magnitude, np.abs(np.asarray(x, dtype=np.float64)))
+    tol = atol + rtol * reference.forward(magnitude, np.abs(np.asarray(x, dtype=np.float64)))
     if conv.activation != "linear":
         if expected is None:
-            expected = reference.conv1d(conv, x)
+            expected = reference.forward(conv, x)
         tol = activations.get(conv.activation).lipschitz * tol + rtol * np.abs(expected)
     return tol, rtol, atol

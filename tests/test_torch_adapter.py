@@ -272,18 +272,16 @@ def test_wrapper_survives_deepcopy_and_torch_save(ta, torch, rng):
 @pytest.mark.parametrize(
     "build, name",
     [
-        (lambda t: t.nn.Conv2d(2, 3, 3), "Conv2d"),
-        (lambda t: t.nn.ConvTranspose1d(2, 3, 3), "ConvTranspose1d"),
         (lambda t: t.nn.Linear(2, 3), "Linear"),
         (lambda t: t.ao.nn.qat.Conv1d(2, 4, 3, qconfig=t.ao.quantization.get_default_qat_qconfig()), "qat"),
         (lambda t: "conv", "str"),
     ],
-    ids=["Conv2d", "ConvTranspose1d", "Linear", "QAT_Conv1d", "str"],
+    ids=["Linear", "QAT_Conv1d", "str"],
 )
 def test_from_native_rejects_other_modules(ta, torch, build, name):
     with pytest.raises(UnsupportedError, match=name) as info:
         ta.from_native(build(torch))
-    assert "torch.nn.Conv1d" in str(info.value)
+    assert "torch.nn.Conv1d/2d/3d" in str(info.value)
 
 
 def test_lazy_conv_is_refused_until_initialised(ta, torch, rng):

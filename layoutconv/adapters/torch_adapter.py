@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import activations, reference
-from ..conv import PADDING_MODES, Conv1D
+from ..conv import PADDING_MODES, Conv, Conv1D
+from ..transpose import ConvTranspose
 from ..errors import ConfigError, FrameworkMissingError, ShapeError, UnsupportedError, fail
 
 NAME = "torch"
@@ -71,8 +72,8 @@ PAD_MODES: dict[str, str] = {"zeros": "constant", "reflect": "reflect", "replica
 _TORCH_RULES = {"valid": "valid", "same": "same_upper"}
 
 _ACCEPTED = (
-    "torch.nn.Conv1d, layoutconv's PaddedConv1d (what to_native returns), or a Sequential of "
-    "a padding module, one Conv1d and an activation module"
+    "torch.nn.Conv1d/2d/3d or ConvTranspose1d/2d/3d, layoutconv's modules (what to_native returns), "
+    "or a Sequential of a padding module, one convolution and an activation module"
 )
 
 
@@ -172,23 +173,90 @@ _ACTIVATION_MODULES: dict[type, Callable[[nn.Module], str | None]] = {
     nn.Softplus: lambda m: "softplus" if m.beta == 1 and m.threshold >= 20 else None,
 }
 
-#: torch padding module class -> canonical padding_mode
-_PAD_MODULES: dict[type, str] = {
-    nn.ZeroPad1d: "zeros",
-    nn.ConstantPad1d: "zeros",  # only with value 0, checked when read
-    nn.ReflectionPad1d: "reflect",
-    nn.ReplicationPad1d: "replicate",
-    nn.CircularPad1d: "circular",
+#: torch padding module class -> (canonical padding_mode, spatial rank)
+_PAD_MODULES: dict[type, tuple[str, int]] = {
+    getattr(nn, f"{kind}{rank}d"): (mode, rank)
+    for kind, mode in (
+        ("ZeroPad", "zeros"),
+        ("ConstantPad", "zeros"),  # only with value 0, checked when read
+        ("ReflectionPad", "reflect"),
+        ("ReplicationPad", "replicate"),
+        ("CircularPad", "circular"),
+    )
+    for rank in (1, 2, 3)
 }
+
+#: spatial rank -> torch's convolution classes and functions
+CONV_MODULES: dict[int, type] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+TRANSPOSE_MODULES: dict[int, type] = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_TRANSPOSE_FUNCTIONS = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 # -- the one padding formula -------------------------------------------------
-def _geometry(kernel_size: int, stride: int, dilation: int, padding: Any) -> Conv1D:
+def _geometry(kernel_size: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...], padding: Any) -> Conv:
     """A weightless stand-in whose ``pads()`` is layoutconv's own, so module and reference share one formula."""
-    return Conv1D(np.zeros((1, 1, kernel_size), np.float32), stride=stride, dilation=dilation, padding=padding)
+    return Conv(np.zeros((1, 1, *kernel_size), np.float32), stride=stride, dilation=dilation, padding=padding)
 
 
-class PaddedConv1d(nn.Conv1d):
+def _flat(pairs: tuple[tuple[int, int], ...]) -> list[int]:
+    """``F.pad``'s order: the last axis first, ``(begin, end)`` each."""
+    return [v for begin, end in reversed(pairs) for v in (begin, end)]
+
+
+class _Padded:
+    """What every layoutconv convolution module adds to its ``nn.ConvNd`` base: a padding rule, a mode, an activation."""
+
+    rank: int = 0
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = "valid",
+        dilation: Any = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        activation: str | None = "linear",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        if padding_mode not in PAD_MODES:
+            raise fail(
+                ConfigError,
+                "Invalid value for argument `padding_mode`",
+                f"one of {PADDING_MODES}",
+                f"padding_mode={padding_mode!r}",
+            )
+        super().__init__(  # type: ignore[call-arg]
+            in_channels, out_channels, kernel_size, stride=stride, padding=0, dilation=dilation,
+            groups=groups, bias=bias, device=device, dtype=dtype,
+        )
+        # Plain, picklable values only, normalised by Conv.
+        self.pad_rule = _geometry(self.kernel_size, self.stride, self.dilation, padding).padding
+        self.pad_mode = padding_mode
+        self.activation = activations.canonical(activation)
+
+    def pad_pairs(self, size: Any) -> tuple[tuple[int, int], ...]:
+        """``(begin, end)`` pads per spatial axis for an input of this spatial size (:meth:`Conv.pads`)."""
+        return _geometry(self.kernel_size, self.stride, self.dilation, self.pad_rule).pads(tuple(int(n) for n in size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pairs = self.pad_pairs(x.shape[2:])
+        if any(b or e for b, e in pairs):
+            x = F.pad(x, _flat(pairs), mode=PAD_MODES[self.pad_mode])
+        y = _CONV_FUNCTIONS[self.rank](x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return TORCH_ACTIVATIONS[self.activation](y)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr() + f", pad_rule={self.pad_rule!r}, pad_mode={self.pad_mode!r}"  # type: ignore[misc]
+        return text + (f", activation={self.activation!r}" if self.activation != "linear" else "")
+
+
+class PaddedConv1d(_Padded, nn.Conv1d):
     """An ``nn.Conv1d`` with every layoutconv padding rule and an optional fused activation.
 
     It *is* an ``nn.Conv1d`` (built with ``padding=0``): its ``state_dict`` has the
@@ -209,79 +277,133 @@ class PaddedConv1d(nn.Conv1d):
     length; export with ``layoutconv.to_onnx`` instead.
     """
 
+    rank = 1
+
+    def pads(self, length: int) -> tuple[int, int]:
+        """``(begin, end)`` pads for an input of this length (:meth:`Conv1D.pads`)."""
+        ((begin, end),) = self.pad_pairs((length,))
+        return begin, end
+
+
+class PaddedConv2d(_Padded, nn.Conv2d):
+    """:class:`PaddedConv1d` for two spatial axes: an ``nn.Conv2d`` whose ``state_dict`` loads into a plain one."""
+
+    rank = 2
+
+
+class PaddedConv3d(_Padded, nn.Conv3d):
+    """:class:`PaddedConv1d` for three spatial axes: an ``nn.Conv3d`` whose ``state_dict`` loads into a plain one."""
+
+    rank = 3
+
+
+PADDED_MODULES: dict[int, type] = {1: PaddedConv1d, 2: PaddedConv2d, 3: PaddedConv3d}
+
+
+class _CroppedTranspose:
+    """What layoutconv's transposed modules add to ``nn.ConvTransposeNd``: asymmetric or size-dependent crops, an activation."""
+
+    rank: int = 0
+
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
+        kernel_size: Any,
+        stride: Any = 1,
         padding: Any = "valid",
-        dilation: int = 1,
+        output_padding: Any = 0,
         groups: int = 1,
         bias: bool = True,
-        padding_mode: str = "zeros",
+        dilation: Any = 1,
+        output_shape: Any = None,
         activation: str | None = "linear",
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        if padding_mode not in PAD_MODES:
-            raise fail(
-                ConfigError,
-                "Invalid value for argument `padding_mode`",
-                f"one of {PADDING_MODES}",
-                f"padding_mode={padding_mode!r}",
-            )
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride, padding=0, dilation=dilation,
-            groups=groups, bias=bias, device=device, dtype=dtype,
+        super().__init__(  # type: ignore[call-arg]
+            in_channels, out_channels, kernel_size, stride=stride, padding=0, output_padding=output_padding,
+            groups=groups, bias=bias, dilation=dilation, device=device, dtype=dtype,
         )
-        # Plain, picklable values only, normalised by Conv1D.
-        self.pad_rule = _geometry(self.kernel_size[0], self.stride[0], self.dilation[0], padding).padding
-        self.pad_mode = padding_mode
+        shape = self._geometry_for(padding, output_shape)
+        self.pad_rule = shape.padding
+        self.target_shape = shape.output_shape_
         self.activation = activations.canonical(activation)
 
-    def pads(self, length: int) -> tuple[int, int]:
-        """``(begin, end)`` pads for an input of this length (:meth:`Conv1D.pads`)."""
-        ((begin, end),) = _geometry(self.kernel_size[0], self.stride[0], self.dilation[0], self.pad_rule).pads(int(length))
-        return begin, end
+    def _geometry_for(self, padding: Any, output_shape: Any) -> ConvTranspose:
+        return ConvTranspose(
+            np.zeros((1, 1, *self.kernel_size), np.float32), stride=self.stride, dilation=self.dilation,
+            padding=padding, output_padding=self.output_padding, output_shape=output_shape,
+        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        begin, end = self.pads(x.shape[-1])
-        if begin or end:
-            x = F.pad(x, (begin, end), mode=PAD_MODES[self.pad_mode])
-        y = F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+    def crop_pairs(self, size: Any) -> tuple[tuple[int, int], ...]:
+        """``(begin, end)`` crops per spatial axis for an input of this spatial size (:meth:`ConvTranspose.pads`)."""
+        return self._geometry_for(self.pad_rule, self.target_shape).pads(tuple(int(n) for n in size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        pairs = self.crop_pairs(x.shape[2:])
+        y = _TRANSPOSE_FUNCTIONS[self.rank](
+            x, self.weight, self.bias, self.stride, 0, self.output_padding, self.groups, self.dilation
+        )
+        y = y[(slice(None), slice(None)) + tuple(slice(b, y.shape[2 + i] - e) for i, (b, e) in enumerate(pairs))]
         return TORCH_ACTIVATIONS[self.activation](y)
 
-    def extra_repr(self) -> str:
-        text = super().extra_repr() + f", pad_rule={self.pad_rule!r}, pad_mode={self.pad_mode!r}"
-        return text + (f", activation={self.activation!r}" if self.activation != "linear" else "")
+
+class CroppedConvTranspose1d(_CroppedTranspose, nn.ConvTranspose1d):
+    """An ``nn.ConvTranspose1d`` (same ``state_dict`` keys) with asymmetric or ``same_*`` crops and a fused activation."""
+
+    rank = 1
+
+
+class CroppedConvTranspose2d(_CroppedTranspose, nn.ConvTranspose2d):
+    """An ``nn.ConvTranspose2d`` (same ``state_dict`` keys) with asymmetric or ``same_*`` crops and a fused activation."""
+
+    rank = 2
+
+
+class CroppedConvTranspose3d(_CroppedTranspose, nn.ConvTranspose3d):
+    """An ``nn.ConvTranspose3d`` (same ``state_dict`` keys) with asymmetric or ``same_*`` crops and a fused activation."""
+
+    rank = 3
+
+
+CROPPED_MODULES: dict[int, type] = {1: CroppedConvTranspose1d, 2: CroppedConvTranspose2d, 3: CroppedConvTranspose3d}
 
 
 # -- reading a module ----------------------------------------------------------
 class Parsed(NamedTuple):
-    """A module taken apart: the ``nn.Conv1d`` holding the weights, and what the module does around it."""
+    """A module taken apart: the ``nn.ConvNd`` holding the weights, and what the module does around it."""
 
-    conv: nn.Conv1d
+    conv: nn.Module
     padding: Any
     padding_mode: str
     activation: str
 
 
-def _overrides_conv1d(module: nn.Module) -> bool:
-    """True when a ``nn.Conv1d`` subclass computes something else (QAT, custom forward, ...)."""
+def _rank(module: nn.Module) -> int:
+    return len(module.kernel_size)
+
+
+def _overrides(module: nn.Module) -> bool:
+    """True when a convolution subclass computes something else (QAT, custom forward, ...)."""
     cls = type(module)
-    if issubclass(cls, PaddedConv1d):
-        return cls.forward is not PaddedConv1d.forward or cls.pads is not PaddedConv1d.pads
-    return cls.forward is not nn.Conv1d.forward or cls._conv_forward is not nn.Conv1d._conv_forward
+    for ours in (_Padded, _CroppedTranspose):
+        if issubclass(cls, ours):
+            return cls.forward is not ours.forward
+    base = CONV_MODULES.get(_rank(module)) if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed else None
+    if base is not None:
+        return cls.forward is not base.forward or cls._conv_forward is not base._conv_forward
+    base = TRANSPOSE_MODULES.get(_rank(module))
+    return base is None or cls.forward is not base.forward
 
 
 def _unsupported(module: Any, why: str = "") -> Exception:
     return fail(
         UnsupportedError,
-        "Not a 1-d convolution layoutconv can read" + (f": {why}" if why else ""),
+        "Not a convolution layoutconv can read" + (f": {why}" if why else ""),
         _ACCEPTED + " (subclasses must not override forward)",
         f"{type(module).__module__}.{type(module).__qualname__}",
-        "ConvTranspose1d, Conv2d and quantized/QAT convolutions are not supported.",
+        "Quantized and QAT convolutions are not supported.",
     )
 
 
@@ -300,29 +422,41 @@ def _activation_name(module: nn.Module) -> str:
     return name
 
 
+def _pad_module_pairs(pad: nn.Module, rank: int) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """A padding module's mode and its ``(begin, end)`` per spatial axis (its ``padding`` lists the last axis first)."""
+    mode, pad_rank = _PAD_MODULES[type(pad)]
+    if pad_rank != rank:
+        raise _unsupported(pad, f"a {pad_rank}-d padding module in front of a {rank}-d convolution")
+    flat = [int(v) for v in pad.padding]
+    pairs = tuple((flat[2 * i], flat[2 * i + 1]) for i in range(rank))[::-1]
+    return mode, pairs
+
+
 def _parse_sequential(module: nn.Sequential) -> Parsed:
     items = list(module)
-    convs = [i for i, m in enumerate(items) if isinstance(m, nn.Conv1d)]
+    convs = [i for i, m in enumerate(items) if isinstance(m, nn.modules.conv._ConvNd)]
     if len(convs) != 1:
-        raise _unsupported(module, f"a Sequential needs exactly one Conv1d, this one has {len(convs)}")
+        raise _unsupported(module, f"a Sequential needs exactly one convolution, this one has {len(convs)}")
     (at,) = convs
     inner = _parse_single(items[at])
     if len(items[:at]) > 1 or len(items[at + 1 :]) > 1:
-        raise _unsupported(module, "a Sequential may hold one padding module, the Conv1d, and one activation module")
+        raise _unsupported(module, "a Sequential may hold one padding module, the convolution, and one activation module")
     padding, mode = inner.padding, inner.padding_mode
     if items[:at]:
         pad = items[0]
-        if type(pad) not in _PAD_MODULES or (isinstance(pad, nn.ConstantPad1d) and pad.value != 0):
-            raise _unsupported(module, f"{pad!r} before the Conv1d is not a padding module layoutconv reads")
-        outer = _PAD_MODULES[type(pad)]
-        begin, end = (int(v) for v in pad.padding)
-        own = _geometry(inner.conv.kernel_size[0], inner.conv.stride[0], inner.conv.dilation[0], padding)
+        if inner.conv.transposed:
+            raise _unsupported(module, "a padding module in front of a transposed convolution")
+        if type(pad) not in _PAD_MODULES or (isinstance(pad, (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)) and pad.value != 0):
+            raise _unsupported(module, f"{pad!r} before the convolution is not a padding module layoutconv reads")
+        outer, pairs = _pad_module_pairs(pad, _rank(inner.conv))
+        own = _geometry(inner.conv.kernel_size, inner.conv.stride, inner.conv.dilation, padding)
         if own.padding_depends_on_length:
             raise _unsupported(module, "a padding module in front of padding='same' with a stride")
-        ((b, e),) = own.pads()
-        if (b or e) and (outer != "zeros" or mode != "zeros"):
-            raise _unsupported(module, "both the padding module and the Conv1d pad, not both with zeros")
-        padding, mode = ((begin + b, end + e),), outer if (begin or end) else mode
+        inner_pairs = own.pads()
+        if any(b or e for b, e in inner_pairs) and (outer != "zeros" or mode != "zeros"):
+            raise _unsupported(module, "both the padding module and the convolution pad, not both with zeros")
+        padding = tuple((b + ib, e + ie) for (b, e), (ib, ie) in zip(pairs, inner_pairs))
+        mode = outer if any(b or e for b, e in pairs) else mode
     activation = inner.activation
     if items[at + 1 :]:
         if activation != "linear":
@@ -332,44 +466,50 @@ def _parse_sequential(module: nn.Sequential) -> Parsed:
 
 
 def _parse_single(module: Any) -> Parsed:
-    if isinstance(module, nn.Conv1d) and not _overrides_conv1d(module):
-        if nn.parameter.is_lazy(module.weight):
+    if not isinstance(module, nn.modules.conv._ConvNd) or _rank(module) not in (1, 2, 3) or _overrides(module):
+        raise _unsupported(module)
+    if nn.parameter.is_lazy(module.weight):
+        raise fail(
+            ConfigError,
+            "Lazy convolution has no weights yet",
+            "an initialised module",
+            f"{type(module).__name__} with uninitialised weights",
+            "Run it once on an input (or load a state dict) first.",
+        )
+    rank = _rank(module)
+    if isinstance(module, (_Padded, _CroppedTranspose)):
+        if any(module.padding) or module.padding_mode != "zeros":
             raise fail(
                 ConfigError,
-                "Lazy convolution has no weights yet",
-                "an initialised module",
-                f"{type(module).__name__} with uninitialised weights",
-                "Run it once on an input (or load a state dict) first.",
+                f"{type(module).__name__}'s own padding was changed",
+                "padding=0 and padding_mode='zeros' (the module pads by pad_rule and pad_mode)",
+                f"padding={module.padding!r}, padding_mode={module.padding_mode!r}",
+                "Rebuild the module with layoutconv.to_torch.",
             )
-        if isinstance(module, PaddedConv1d):
-            if module.padding != (0,) or module.padding_mode != "zeros":
-                raise fail(
-                    ConfigError,
-                    "PaddedConv1d's own nn.Conv1d padding was changed",
-                    "padding=(0,) and padding_mode='zeros' (the module pads by pad_rule and pad_mode)",
-                    f"padding={module.padding!r}, padding_mode={module.padding_mode!r}",
-                    "Rebuild the module with layoutconv.to_torch.",
-                )
-            return Parsed(module, module.pad_rule, module.pad_mode, module.activation)
-        if isinstance(module.padding, str):
-            padding: Any = _TORCH_RULES[module.padding]
-        else:
-            padding = ((module.padding[0], module.padding[0]),)
-        return Parsed(module, padding, module.padding_mode, "linear")
-    raise _unsupported(module)
+        mode = module.pad_mode if isinstance(module, _Padded) else "zeros"
+        return Parsed(module, module.pad_rule, mode, module.activation)
+    if module.transposed and module.padding_mode != "zeros":
+        raise _unsupported(module, f"padding_mode={module.padding_mode!r} on a transposed convolution")
+    if isinstance(module.padding, str):
+        padding: Any = _TORCH_RULES[module.padding]
+    else:
+        padding = tuple((int(p), int(p)) for p in module.padding)
+        assert len(padding) == rank
+    return Parsed(module, padding, module.padding_mode, "linear")
 
 
 def parse(module: Any) -> Parsed:
-    """Take a module apart: a ``nn.Conv1d``, a :class:`PaddedConv1d`, or a ``nn.Sequential`` of
-    an optional padding module (``ZeroPad1d``, ``ConstantPad1d(value=0)``, ``ReflectionPad1d``,
-    ``ReplicationPad1d``, ``CircularPad1d``), one ``nn.Conv1d`` and an optional activation module."""
+    """Take a module apart: an ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d``, one of layoutconv's
+    modules, or an ``nn.Sequential`` of an optional padding module (``ZeroPad*d``,
+    ``ConstantPad*d(value=0)``, ``ReflectionPad*d``, ``ReplicationPad*d``, ``CircularPad*d``),
+    one convolution and an optional activation module."""
     if isinstance(module, nn.Sequential):
         return _parse_sequential(module)
     return _parse_single(module)
 
 
-def conv1d_module(module: Any) -> nn.Conv1d:
-    """The ``nn.Conv1d`` that holds the weights (the module itself for ``nn.Conv1d`` and :class:`PaddedConv1d`).
+def conv1d_module(module: Any) -> nn.Module:
+    """The convolution module that holds the weights (the module itself unless it is a ``Sequential``).
 
     Use it to copy weights into your own module:
     ``mine.load_state_dict(conv1d_module(module).state_dict())``.
@@ -377,74 +517,98 @@ def conv1d_module(module: Any) -> nn.Conv1d:
     return parse(module).conv
 
 
-def from_native(module: Any) -> Conv1D:
-    """A ``nn.Conv1d`` (any padding, padding_mode and float dtype), a :class:`PaddedConv1d`,
-    or a ``Sequential`` of padding, ``Conv1d`` and activation modules, as a :class:`Conv1D`.
+def from_native(module: Any) -> Conv | ConvTranspose:
+    """A torch convolution module as a :class:`~layoutconv.Conv` or :class:`~layoutconv.ConvTranspose`.
 
-    Weights are copied with their dtype and bytes unchanged.
+    Accepts ``nn.Conv1d/2d/3d`` (any padding, padding_mode and float dtype),
+    ``nn.ConvTranspose1d/2d/3d``, the modules :func:`to_native` makes, and a
+    ``Sequential`` of padding, convolution and activation modules.  Weights are
+    copied with their dtype and bytes unchanged.
     """
     parsed = parse(module)
     inner = parsed.conv
     kernel = to_numpy(inner.weight)
     bias = None if inner.bias is None else to_numpy(inner.bias)
-    return Conv1D(
-        kernel,
-        bias,
-        stride=inner.stride[0],
-        dilation=inner.dilation[0],
-        groups=inner.groups,
-        padding=parsed.padding,
-        padding_mode=parsed.padding_mode,
-        activation=parsed.activation,
-    )
+    common = dict(stride=tuple(inner.stride), dilation=tuple(inner.dilation), groups=inner.groups, activation=parsed.activation)
+    if inner.transposed:
+        target = getattr(inner, "target_shape", None)
+        return ConvTranspose(
+            kernel, bias, padding=parsed.padding, output_padding=tuple(inner.output_padding), output_shape=target, **common
+        )
+    return Conv(kernel, bias, padding=parsed.padding, padding_mode=parsed.padding_mode, **common)
 
 
 # -- writing a module ----------------------------------------------------------
-def _torch_padding(conv: Conv1D) -> Any:
-    """How ``nn.Conv1d`` spells ``conv.padding``, or ``None`` when it cannot."""
+def _torch_padding(conv: Conv) -> Any:
+    """How ``nn.ConvNd`` spells ``conv.padding``, or ``None`` when it cannot."""
     if conv.padding == "valid":
         return "valid"
-    if conv.padding == "same_upper" and conv.stride == (1,):
+    if conv.padding == "same_upper" and all(s == 1 for s in conv.stride):
         return "same"
-    if isinstance(conv.padding, tuple):
-        ((begin, end),) = conv.padding
-        if begin == end:
-            return begin
+    if isinstance(conv.padding, tuple) and all(b == e for b, e in conv.padding):
+        return conv.padding[0][0] if conv.spatial_rank == 1 else tuple(b for b, _ in conv.padding)
     return None
 
 
-def to_native(conv: Conv1D) -> nn.Module:
-    """A PyTorch module in eval mode, in the kernel's dtype, running on ``(N, C, L)``.
+def _fill(module: nn.Module, record: Any) -> nn.Module:
+    with torch.no_grad():
+        module.weight.copy_(to_tensor(record.kernel))
+        if record.bias is not None:
+            module.bias.copy_(to_tensor(record.bias))
+    return module.eval()
 
-    A plain ``nn.Conv1d`` when PyTorch can express the padding and there is no
-    activation, else a :class:`PaddedConv1d` (see the module docstring for the
-    table); either way the ``state_dict`` keys are ``weight`` and ``bias``.
+
+def to_native(record: Conv | ConvTranspose) -> nn.Module:
+    """A PyTorch module in eval mode, in the kernel's dtype, running on ``(N, C, *spatial)``.
+
+    A plain ``nn.ConvNd`` / ``nn.ConvTransposeNd`` when PyTorch can express the
+    padding and there is no activation, else a :class:`PaddedConv1d` (``2d``, ``3d``)
+    or a :class:`CroppedConvTranspose1d` (``2d``, ``3d``); either way the
+    ``state_dict`` has the keys of the plain module.
     """
-    if not isinstance(conv, Conv1D):
-        raise fail(ConfigError, "to_native needs a Conv1D", "a layoutconv.Conv1D", f"{type(conv).__name__}")
-    dtype = _torch_dtype(conv.dtype, "Kernel")
+    if isinstance(record, ConvTranspose):
+        return _transpose_to_native(record)
+    if not isinstance(record, Conv):
+        raise fail(ConfigError, "to_native needs a Conv or ConvTranspose", "a layoutconv.Conv or ConvTranspose", f"{type(record).__name__}")
+    conv = record
+    one = (lambda v: v[0]) if conv.spatial_rank == 1 else tuple
     common = dict(
         in_channels=conv.in_channels,
         out_channels=conv.out_channels,
-        kernel_size=conv.kernel_size,
-        stride=conv.stride[0],
-        dilation=conv.dilation[0],
+        kernel_size=one(conv.kernel_shape),
+        stride=one(conv.stride),
+        dilation=one(conv.dilation),
         groups=conv.groups,
         bias=conv.bias is not None,
         padding_mode=conv.padding_mode,
-        dtype=dtype,
+        dtype=_torch_dtype(conv.dtype, "Kernel"),
     )
     spelling = _torch_padding(conv)
-    module: nn.Module
     if spelling is None or conv.activation != "linear":
-        module = PaddedConv1d(padding=conv.padding, activation=conv.activation, **common)
+        module = PADDED_MODULES[conv.spatial_rank](padding=conv.padding, activation=conv.activation, **common)
     else:
-        module = nn.Conv1d(padding=spelling, **common)
-    with torch.no_grad():
-        module.weight.copy_(to_tensor(conv.kernel))
-        if conv.bias is not None:
-            module.bias.copy_(to_tensor(conv.bias))
-    return module.eval()
+        module = CONV_MODULES[conv.spatial_rank](padding=spelling, **common)
+    return _fill(module, conv)
+
+
+def _transpose_to_native(t: ConvTranspose) -> nn.Module:
+    common = dict(
+        in_channels=t.in_channels,
+        out_channels=t.out_channels,
+        kernel_size=t.kernel_shape,
+        stride=t.stride,
+        dilation=t.dilation,
+        groups=t.groups,
+        output_padding=t.output_padding,
+        bias=t.bias is not None,
+        dtype=_torch_dtype(t.dtype, "Kernel"),
+    )
+    symmetric = isinstance(t.padding, tuple) and all(b == e for b, e in t.padding)
+    if (t.padding == "valid" or symmetric) and t.activation == "linear":
+        padding = tuple(b for b, _ in t.pads())
+        return _fill(TRANSPOSE_MODULES[t.spatial_rank](padding=padding, **common), t)
+    module = CROPPED_MODULES[t.spatial_rank](padding=t.padding, output_shape=t.output_shape_, activation=t.activation, **common)
+    return _fill(module, t)
 
 
 # -- running ---------------------------------------------------------------------
@@ -481,7 +645,7 @@ def run(native: Any, x: Any) -> np.ndarray:
         readable = from_native(native)
     except UnsupportedError:
         readable = None  # a module of the user's own: run it as it is
-    if readable is not None:
+    if isinstance(readable, Conv):
         reference.check_input(readable, x)
     tensor = to_tensor(x.astype(dtype, copy=False)).to(first.device)
     try:
