@@ -129,7 +129,8 @@ ALIASES: dict[str, str] = {
 #: - tf_keras has no ``relu6``, ``leaky_relu`` or ``silu`` of its own: the names fall
 #:   through to ``tf.nn.relu6``, ``tf.nn.leaky_relu`` (``alpha=0.2``, stored as float32)
 #:   and ``tf.nn.silu``, and ``get_config`` keeps the name.  It has no ``hard_silu`` and
-#:   no Keras 3 ``hard_sigmoid`` at all (``ValueError: Unknown activation function``).
+#:   no Keras 3 ``hard_sigmoid`` at all (``ValueError: Unknown activation function``);
+#:   Keras 3 has no function computing the Keras 2 ``hard_sigmoid``.
 KERAS_NAMES: dict[str, dict[str, str]] = {
     "keras": {
         "linear": "linear",

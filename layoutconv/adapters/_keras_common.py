@@ -32,7 +32,8 @@ by :data:`layoutconv.activations.KERAS_NAMES` (``hard_sigmoid`` is
 :func:`from_native` recognises the function by identity with what the flavour's
 ``activations.get(name)`` returns; softmax, custom functions and non-default
 arguments are refused.  tf_keras has no ``hard_silu`` and no Keras 3
-``hard_sigmoid``: :func:`to_native` refuses those rather than substitute.
+``hard_sigmoid``, and Keras 3 no Keras 2 ``hard_sigmoid``: :func:`to_native`
+refuses those (naming the targets that have them) rather than substitute.
 
 Facts established by experiment (TensorFlow 2.21, Keras 3.15, tf_keras 2.21, CPU):
 
