@@ -123,8 +123,8 @@ def test_explain_applies_the_activation_and_names_forgetting_it(rng):
 # -- each framework's names, checked by running the framework ---------------------------------------
 KERAS_FLAVOURS = ["keras", "tf_keras"]
 KERAS_NAMES = [(f, n) for f in KERAS_FLAVOURS for n in activations.KERAS_NAMES[f]]
-#: verify runs these; torch is left out until the PyTorch adapter writes activations
-VERIFIED_FRAMEWORKS = ["keras", "tf_keras", "onnx"]
+#: every framework verify knows
+VERIFIED_FRAMEWORKS = ["keras", "tf_keras", "torch", "onnx"]
 #: the Keras flavour that has no function computing an activation (to_native refuses it there)
 LACKING = {"hard_silu": {"tf_keras"}, "hard_sigmoid_keras3": {"tf_keras"}, "hard_sigmoid_keras2": {"keras"}}
 
