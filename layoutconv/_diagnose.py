@@ -572,7 +572,8 @@ def format_diagnosis(d: Diagnosis) -> str:
     """The table ``str(diagnosis)`` prints."""
     bias = "no bias" if d.bias_shape is None else f"bias {d.bias_shape}"
     verb = "reproduces" if len(d.matches) == 1 else "reproduce"
-    header = ["match", "convention", "layout", "flip", "x/y format", "s", "d", "g", "padding", "pads", "activation", "max|err|", "err/tol"]
+    header = ["match", "convention", "layout", "flip", "x/y format", "s", "d", "g", "padding", "pads", "activation"]
+    header += ["max|err|", "err/tol"]
     rows = [header] + [_columns(c) for c in d.matches + d.near_misses]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [

@@ -629,7 +629,8 @@ def with_activation(onnx, A, conv, make_nodes, opset=None, extra_outputs=()):
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(inits)
     for name in extra_outputs:
-        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N", conv.out_channels, "L_out"]))
+        shape = ["N", conv.out_channels, "L_out"]
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -670,7 +671,8 @@ def test_activation_the_record_cannot_hold_is_refused(A, onnx, rng, make, words)
 
 
 def test_tanh_approximation_of_gelu_is_refused(A, onnx, rng):
-    model = with_activation(onnx, A, make_conv(rng), lambda h, nh: ([h.make_node("Gelu", ["y_linear"], ["y"], approximate="tanh")], []), opset=20)  # fmt: skip
+    tanh_gelu = lambda h, nh: ([h.make_node("Gelu", ["y_linear"], ["y"], approximate="tanh")], [])  # noqa: E731
+    model = with_activation(onnx, A, make_conv(rng), tanh_gelu, opset=20)
     with pytest.raises(UnsupportedError, match=r"Expected Gelu\(x, approximate='none'\).*approximate='tanh'"):
         A.from_native(model)
 
@@ -679,7 +681,8 @@ def test_activation_that_is_not_the_only_user_is_refused(A, onnx, rng):
     """The Conv's output leaves the graph too: the record cannot say relu for one use and linear for the other."""
     relu = lambda h, nh: ([h.make_node("Relu", ["y_linear"], ["y"])], [])  # noqa: E731
     model = with_activation(onnx, A, make_conv(rng), relu, extra_outputs=["y_linear"])
-    with pytest.raises(UnsupportedError, match="followed by relu, but its output is also used without it.*graph output 'y_linear'"):
+    words = "followed by relu, but its output is also used without it.*graph output 'y_linear'"
+    with pytest.raises(UnsupportedError, match=words):
         A.from_native(model)
 
 

@@ -259,14 +259,15 @@ def keras_activation(flavour: Flavour, conv: Conv1D) -> str:
     name = next((keras_name for keras_name, canonical in names.items() if canonical == conv.activation), None)
     if name is not None:
         return name
-    able = [f for f, table in activations.KERAS_NAMES.items() if conv.activation in table.values()] + ["onnx"]
+    # the PyTorch and ONNX adapters write every activation of layoutconv.activations
+    able = [f for f, table in activations.KERAS_NAMES.items() if conv.activation in table.values()] + ["torch", "onnx"]
     raise fail(
         UnsupportedError,
         f"{flavour.name} has no activation computing {conv.activation} "
         f"({activations.get(conv.activation).formula})",
         f"one of the activations {flavour.name} has: {sorted(set(names.values()))}",
         f"activation={conv.activation!r}",
-        f"Convert to {' or '.join(able)} instead, which can; or convert conv.replace(activation='linear') "
+        f"Convert to {', '.join(able)} instead, which can; or convert conv.replace(activation='linear') "
         f"and apply {conv.activation} as its own layer. No other {flavour.name} function is silently substituted.",
     )
 
