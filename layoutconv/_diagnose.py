@@ -3,8 +3,10 @@
 Given a kernel and bias as a framework returned them, an input ``x`` and the
 output ``y`` that framework computed, :func:`diagnose` tries every reading
 that fits the shapes (kernel layout, Theano flip, padding rule, data format,
-stride, dilation, groups), runs the reference pass for each and compares it
-with ``y`` elementwise, with the tolerance of :func:`layoutconv.verify.tolerance`.
+stride, dilation, groups), runs the reference pass for each, applies every
+activation of :mod:`layoutconv.activations` to that one linear output, and
+compares each with ``y`` elementwise, with the tolerance of
+:func:`layoutconv.tolerance.tolerance`.
 
 >>> d = layoutconv.diagnose(W, b, x, y)       # doctest: +SKIP
 >>> print(d)                                  # doctest: +SKIP
@@ -22,11 +24,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import layouts, reference
+from . import activations, layouts, reference
 from .conv import PADDING_RULES, Conv1D
 from .conventions import CONVENTIONS, Convention
 from .errors import ConfigError, ShapeError, fail
-from .tolerance import ASSERT_CLOSE_DEFAULTS, tolerance
+from .tolerance import ASSERT_CLOSE_DEFAULTS, through_activation, tolerance
 
 #: Padding readings tried, in order of preference.  ``theano-same`` is Theano's
 #: border mode 'half' cropped to ceil(L / s) outputs: explicit pads
@@ -36,6 +38,9 @@ FORMATS = ("channels_last", "channels_first")
 #: Strides and dilations tried when none is given and stride = dilation = 1 reproduces nothing.
 STRIDES = (1, 2, 3, 4)
 DILATIONS = (1, 2, 3)
+#: Activations tried on every reading, in order of preference (linear first).  Each is
+#: applied to the reading's one linear output, so trying them all costs little.
+ACTIVATIONS = tuple(activations.ACTIVATIONS)
 
 #: What weights would tell apart two readings that compute the same function, by the attribute they differ in.
 WEIGHTS_DISTINGUISH = {
@@ -45,6 +50,7 @@ WEIGHTS_DISTINGUISH = {
     "data format": "an input shape whose length differs from its channel count",
     "padding": "other weights",
     "stride/dilation": "other weights",
+    "activation": "weights whose outputs reach the values where the activations differ (e.g. negative ones for relu)",
 }
 #: What input would tell apart two readings that merely agree on this ``x``.
 INPUT_DISTINGUISH = {
@@ -53,6 +59,7 @@ INPUT_DISTINGUISH = {
     "data format": "an input whose length differs from its channel count",
     "padding": "an input whose first and last values are not zero",
     "stride/dilation": "a longer random-normal input",
+    "activation": "an input that drives the outputs over a wider range (e.g. 30 times larger), where the activations differ",
 }
 
 
@@ -70,6 +77,7 @@ class Candidate:
     groups: int
     paddings: tuple[str, ...]  # every padding reading that gives these pads
     pads: tuple[int, int]
+    activation: str  # canonical name, "linear" for none
     conventions: tuple[str, ...]
     max_abs_error: float
     error_over_tolerance: float
@@ -91,6 +99,8 @@ class Candidate:
         args = [f"padding={self.padding!r}"]
         extra = (("stride", self.stride), ("dilation", self.dilation), ("groups", self.groups))
         args += [f"{name}={value}" for name, value in extra if value != 1]
+        if self.activation != "linear":
+            args.append(f"activation={self.activation!r}")
         bias = "b" if self.conv.bias is not None else "None"
         if self.conventions:
             make = f"layoutconv.conventions.CONVENTIONS[{self.conventions[0]!r}]"
@@ -110,6 +120,7 @@ class Candidate:
             groups=self.groups,
             paddings=list(self.paddings),
             pads=list(self.pads),
+            activation=self.activation,
             conventions=list(self.conventions),
             max_abs_error=self.max_abs_error,
             error_over_tolerance=self.error_over_tolerance,
@@ -126,7 +137,7 @@ class Diagnosis:
     bias_shape: tuple[int, ...] | None
     x_shape: tuple[int, ...]
     y_shape: tuple[int, ...]
-    tried: int
+    tried: int  # readings (layout, flip, formats, stride, dilation, pads), each with every activation
     matches: tuple[Candidate, ...]
     near_misses: tuple[Candidate, ...]
     note: str
@@ -305,7 +316,36 @@ def _worst_dtype(*arrays: np.ndarray) -> str:
     return max((a.dtype.name for a in arrays), key=lambda n: ASSERT_CLOSE_DEFAULTS[n][0])
 
 
-def _evaluate(spec: _Spec, kernel, bias, x, y, worst: str, cache: dict) -> Candidate:
+#: Elements every activation is first checked on; only those that pass there (or the
+#: closest, when none does) are checked on the whole output.  A wrong activation is
+#: wrong on most elements, so the sample rejects it for a fraction of the cost.
+SAMPLE = 256
+
+
+def _errors(got: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``|got - out|``, infinite where ``got`` is not finite."""
+    err = np.abs(got - out)
+    err[~np.isfinite(got)] = np.inf
+    return err
+
+
+def _max(values: np.ndarray) -> float:
+    return float(values.max()) if values.size else 0.0
+
+
+#: A reading that no activation matches is reported under the activation that brings it
+#: closest only when that is this many times closer than no activation; otherwise under
+#: ``linear`` (far from ``y``, the closest activation is an accident of the values).
+CLOSER = 10.0
+
+
+def _evaluate(spec: _Spec, kernel, bias, x, y, worst: str, cache: dict) -> list[Candidate]:
+    """The reading's matching activations, or (when none matches) the one it is reported under.
+
+    Closeness is measured as the error over the tolerance before any activation:
+    the same yardstick for all, so an activation with a steep slope (and so a
+    wider tolerance) is not preferred for that alone.
+    """
     key = (spec.layout, spec.flipped, spec.x_format, spec.stride, spec.dilation, spec.pads)
     if key not in cache:
         reading = Convention("candidate", spec.layout, spec.flipped, spec.x_format)
@@ -314,30 +354,49 @@ def _evaluate(spec: _Spec, kernel, bias, x, y, worst: str, cache: dict) -> Candi
         checked = conv
         if conv.dtype.name != worst:  # tolerance of the least precise of kernel, bias, x and y
             checked = conv.replace(kernel=conv.kernel.astype(worst), bias=None if bias is None else bias.astype(worst))
-        tol, _, _ = tolerance(checked, xc)
-        cache[key] = (conv, reference.conv1d(conv, xc), tol)
-    conv, expected, tol = cache[key]
+        tol, rtol, _ = tolerance(checked, xc)
+        linear = reference.conv1d(conv, xc)
+        sample = np.unique(np.linspace(0, linear.size - 1, min(SAMPLE, linear.size)).astype(np.intp))
+        cache[key] = (conv, linear.ravel(), tol.ravel(), rtol, sample)
+    conv, linear, tol, rtol, sample = cache[key]
+    got = np.ascontiguousarray(y if spec.y_format == "channels_first" else y.transpose(0, 2, 1), dtype=np.float64).ravel()
+
+    def score(name: str, at: Any) -> tuple[float, float, float]:
+        """(max |error|, max error / tolerance, max error / tolerance before the activation) on elements ``at``."""
+        out = activations.apply(name, linear[at])
+        err = _errors(got[at], out)
+        return _max(err), _max(err / through_activation(tol[at], name, out, rtol)), _max(err / tol[at])
+
+    first = {name: score(name, sample) for name in ACTIVATIONS}
+    passed = [name for name in ACTIVATIONS if first[name][1] <= 1.0]
+    if not passed:
+        closest = min(ACTIVATIONS, key=lambda n: first[n][2])
+        passed = [closest if first[closest][2] * CLOSER <= first["linear"][2] else "linear"]
+    scores = [(name, *score(name, slice(None))[:2]) for name in passed]
+    kept = [sc for sc in scores if sc[2] <= 1.0] or [min(scores, key=lambda sc: sc[2])]
     if spec.paddings[0] in PADDING_RULES:  # keep the rule (it matters when the length changes)
         conv = conv.replace(padding=spec.paddings[0])
-    got = y if spec.y_format == "channels_first" else y.transpose(0, 2, 1)
-    err = np.abs(got.astype(np.float64) - expected)
-    err = np.where(np.isfinite(err), err, np.inf)
-    return Candidate(
-        layout=spec.layout,
-        layout_name=spec.layout_name,
-        flipped=spec.flipped,
-        x_format=spec.x_format,
-        y_format=spec.y_format,
-        stride=spec.stride,
-        dilation=spec.dilation,
-        groups=spec.groups,
-        paddings=spec.paddings,
-        pads=spec.pads,
-        conventions=_conventions(spec.layout, spec.flipped, spec.x_format),
-        max_abs_error=float(err.max()) if err.size else 0.0,
-        error_over_tolerance=float((err / tol).max()) if err.size else 0.0,
-        conv=conv,
-    )
+    conventions = _conventions(spec.layout, spec.flipped, spec.x_format)
+    return [
+        Candidate(
+            layout=spec.layout,
+            layout_name=spec.layout_name,
+            flipped=spec.flipped,
+            x_format=spec.x_format,
+            y_format=spec.y_format,
+            stride=spec.stride,
+            dilation=spec.dilation,
+            groups=spec.groups,
+            paddings=spec.paddings,
+            pads=spec.pads,
+            activation=name,
+            conventions=conventions,
+            max_abs_error=max_abs,
+            error_over_tolerance=ratio,
+            conv=conv.replace(activation=name),
+        )
+        for name, max_abs, ratio in kept
+    ]
 
 
 def _preference(c: Candidate) -> tuple:
@@ -346,6 +405,7 @@ def _preference(c: Candidate) -> tuple:
         c.stride * c.dilation,
         not c.conventions,
         c.flipped,
+        ACTIVATIONS.index(c.activation),
         PADDINGS.index(c.paddings[0]),
         list(layouts.LAYOUTS).index(c.layout_name),
         c.error_over_tolerance,
@@ -363,6 +423,7 @@ def _differences(matches: tuple[Candidate, ...]) -> list[str]:
         "data format": lambda c: (c.x_format, c.y_format),
         "padding": lambda c: c.pads,
         "stride/dilation": lambda c: (c.stride, c.dilation),
+        "activation": lambda c: c.activation,
     }
     return [name for name, key in checks.items() if any(key(c) != key(first) for c in matches[1:])]
 
@@ -377,14 +438,18 @@ def _ambiguity_note(matches: tuple[Candidate, ...], x_shape: tuple[int, ...]) ->
     if len(matches) < 2:
         return ""
     differ = _differences(matches)
-    probe = np.random.default_rng(0).standard_normal(x_shape)
+    probe = "np.random.default_rng(0).standard_normal(x.shape)"
+    telling = None  # the first probe on which the readings differ; a large one too, where activations saturate
     try:
-        outs = [_probe_outputs(c, probe) for c in matches]
-        same_function = all(o.shape == outs[0].shape and np.allclose(o, outs[0], rtol=1e-9, atol=1e-12) for o in outs[1:])
+        for scale in (1, 30):
+            outs = [_probe_outputs(c, scale * np.random.default_rng(0).standard_normal(x_shape)) for c in matches]
+            if not all(o.shape == outs[0].shape and np.allclose(o, outs[0], rtol=1e-9, atol=1e-12) for o in outs[1:]):
+                telling = probe if scale == 1 else f"{scale} * {probe}"
+                break
     except Exception:  # a probe that a reading cannot run on tells them apart too
-        same_function = False
+        telling = probe
     head = f"{len(matches)} readings reproduce y; they differ in {', '.join(differ) or 'padding names only'}. "
-    if same_function:
+    if telling is None:
         return head + (
             "With these weights they compute the same function (on any input), so every one of them is a correct "
             "conversion of these weights and no input can tell them apart; only different weights could: "
@@ -393,7 +458,7 @@ def _ambiguity_note(matches: tuple[Candidate, ...], x_shape: tuple[int, ...]) ->
         )
     return head + (
         "They compute different functions that happen to agree on this x: run the framework again on "
-        f"a random-normal input of shape {x_shape} (np.random.default_rng(0).standard_normal(x.shape) differs between them) "
+        f"a random-normal input of shape {x_shape} ({telling} differs between them) "
         "and diagnose that output. What tells them apart: " + "; ".join(dict.fromkeys(INPUT_DISTINGUISH[d] for d in differ)) + "."
     )
 
@@ -429,6 +494,8 @@ def diagnose(
     stride, dilation, groups:
         Fix these when known.  Otherwise stride = dilation = 1 is tried first, then
         strides 1..4 and dilations 1..3 if nothing matched; groups follow from the shapes.
+        Every reading is tried with each activation in :data:`ACTIVATIONS` (a ``y``
+        taken after a fused ``relu`` or ``tanh`` is found, and ``d.conv`` carries it).
     top:
         How many of the closest non-matching readings to report.
     """
@@ -456,11 +523,12 @@ def diagnose(
     wide = [(s, d) for s in strides for d in dilations if (s, d) not in first]
     worst = _worst_dtype(kernel, x, y, *(() if bias is None else (bias,)))
     cache: dict = {}
-    candidates = [_evaluate(spec, kernel, bias, x, y, worst, cache) for spec in _specs(readings, x, y, first, groups)]
-    if not any(c.matched for c in candidates) and wide:
-        candidates += [_evaluate(spec, kernel, bias, x, y, worst, cache) for spec in _specs(readings, x, y, wide, groups)]
-    if not candidates:
+    per_reading = [_evaluate(spec, kernel, bias, x, y, worst, cache) for spec in _specs(readings, x, y, first, groups)]
+    if not any(c.matched for found in per_reading for c in found) and wide:
+        per_reading += [_evaluate(spec, kernel, bias, x, y, worst, cache) for spec in _specs(readings, x, y, wide, groups)]
+    if not per_reading:
         raise _shape_error(readings, x, y, bias, groups)
+    candidates = [c for found in per_reading for c in found]
     matches = tuple(sorted((c for c in candidates if c.matched), key=_preference))
     misses = tuple(sorted((c for c in candidates if not c.matched), key=lambda c: c.error_over_tolerance)[: max(top, 0)])
     return Diagnosis(
@@ -468,7 +536,7 @@ def diagnose(
         bias_shape=None if bias is None else tuple(bias.shape),
         x_shape=tuple(x.shape),
         y_shape=tuple(y.shape),
-        tried=len(candidates),
+        tried=len(per_reading),
         matches=matches,
         near_misses=misses,
         note=_ambiguity_note(matches, tuple(x.shape)),
@@ -494,6 +562,7 @@ def _columns(c: Candidate) -> list[str]:
         str(c.groups),
         "=".join(c.paddings),
         str(c.pads),
+        c.activation,
         f"{c.max_abs_error:.2e}",
         f"{c.error_over_tolerance:.2e}",
     ]
@@ -503,12 +572,13 @@ def format_diagnosis(d: Diagnosis) -> str:
     """The table ``str(diagnosis)`` prints."""
     bias = "no bias" if d.bias_shape is None else f"bias {d.bias_shape}"
     verb = "reproduces" if len(d.matches) == 1 else "reproduce"
-    header = ["match", "convention", "layout", "flip", "x/y format", "s", "d", "g", "padding", "pads", "max|err|", "err/tol"]
+    header = ["match", "convention", "layout", "flip", "x/y format", "s", "d", "g", "padding", "pads", "activation"]
+    header += ["max|err|", "err/tol"]
     rows = [header] + [_columns(c) for c in d.matches + d.near_misses]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
         f"kernel {d.kernel_shape}, {bias}, x {d.x_shape}, y {d.y_shape}: {d.tried} readings fit the shapes, "
-        f"{len(d.matches)} {verb} y ({d.seconds:.3f} s)"
+        f"each tried with {len(ACTIVATIONS)} activations; {len(d.matches)} {verb} y ({d.seconds:.3f} s)"
     ]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     if d.matches:
@@ -516,8 +586,9 @@ def format_diagnosis(d: Diagnosis) -> str:
         lines.append(f"  -> {d.conv!r}")
     else:
         lines.append(
-            "No reading reproduces y. If the closest error is small, y may come from a lower precision than x and "
-            "the weights (e.g. float16); if it is large, check that y is this layer's output for this x."
+            f"No reading reproduces y with any activation tried ({', '.join(ACTIVATIONS)}). If the closest error is "
+            "small, y may come from a lower precision than x and the weights (e.g. float16); if it is large, check "
+            "that y is this layer's output for this x, taken before any layer that follows it."
         )
     if d.note:
         lines.append(d.note)

@@ -118,6 +118,59 @@ ALIASES: dict[str, str] = {
 }
 
 
+#: Each Keras flavour's ``activation=`` names -> canonical name.  The first name of a
+#: canonical activation is the one ``to_native`` writes; a canonical name a flavour
+#: lacks cannot be written to it.  Established by running each framework on tensors
+#: (Keras 3.15, tf_keras 2.21 on TensorFlow 2.21; tests/test_activations.py checks it):
+#:
+#: - Keras 3 ``hard_sigmoid`` is ``relu6(x + 3) / 6``; tf_keras ``hard_sigmoid`` is
+#:   ``clip(0.2 x + 0.5, 0, 1)``.  Keras 3 ``swish`` resolves to ``silu``, ``hard_swish``
+#:   to ``hard_silu``.  Both ``gelu`` default to the exact erf form (``approximate=False``).
+#: - tf_keras has no ``relu6``, ``leaky_relu`` or ``silu`` of its own: the names fall
+#:   through to ``tf.nn.relu6``, ``tf.nn.leaky_relu`` (``alpha=0.2``, stored as float32)
+#:   and ``tf.nn.silu``, and ``get_config`` keeps the name.  It has no ``hard_silu`` and
+#:   no Keras 3 ``hard_sigmoid`` at all (``ValueError: Unknown activation function``);
+#:   Keras 3 has no function computing the Keras 2 ``hard_sigmoid``.
+KERAS_NAMES: dict[str, dict[str, str]] = {
+    "keras": {
+        "linear": "linear",
+        "relu": "relu",
+        "relu6": "relu6",
+        "leaky_relu": "leaky_relu",
+        "sigmoid": "sigmoid",
+        "tanh": "tanh",
+        "elu": "elu",
+        "selu": "selu",
+        "gelu": "gelu",
+        "silu": "swish",
+        "swish": "swish",
+        "softplus": "softplus",
+        "softsign": "softsign",
+        "mish": "mish",
+        "hard_sigmoid": "hard_sigmoid_keras3",
+        "hard_silu": "hard_silu",
+        "hard_swish": "hard_silu",
+    },
+    "tf_keras": {
+        "linear": "linear",
+        "relu": "relu",
+        "relu6": "relu6",
+        "leaky_relu": "leaky_relu",
+        "sigmoid": "sigmoid",
+        "tanh": "tanh",
+        "elu": "elu",
+        "selu": "selu",
+        "gelu": "gelu",
+        "swish": "swish",
+        "silu": "swish",
+        "softplus": "softplus",
+        "softsign": "softsign",
+        "mish": "mish",
+        "hard_sigmoid": "hard_sigmoid_keras2",
+    },
+}
+
+
 def canonical(name: Any) -> str:
     """The canonical name of an activation (``None`` is ``"linear"``), or a ConfigError listing the known ones."""
     if name is None:

@@ -63,5 +63,17 @@ def tolerance(conv: Any, x: np.ndarray, expected: np.ndarray | None = None) -> t
     if conv.activation != "linear":
         if expected is None:
             expected = reference.forward(conv, x)
-        tol = activations.get(conv.activation).lipschitz * tol + rtol * np.abs(expected)
+        tol = through_activation(tol, conv.activation, expected, rtol)
     return tol, rtol, atol
+
+
+def through_activation(tol: np.ndarray, activation: str, activated: np.ndarray, rtol: float) -> np.ndarray:
+    """``tol_act = L * tol + rtol * |a(y)|``: the tolerance after ``activation`` (see the module doc).
+
+    ``tol`` is the tolerance before the activation and ``activated`` the reference
+    output after it.  ``diagnose`` uses this to try many activations on one reading
+    without recomputing the tolerance before the activation.
+    """
+    if activations.canonical(activation) == "linear":
+        return tol
+    return activations.get(activation).lipschitz * tol + rtol * np.abs(activated)

@@ -210,3 +210,78 @@ def test_public_name_is_the_function(rng):
     x = rng.standard_normal((1, 13, 3))
     y = framework_output(W, None, x, CONVENTIONS["keras"])
     assert isinstance(layoutconv.diagnose(W, None, x, y), Diagnosis)
+
+
+# -- fused activations ------------------------------------------------------------------------------
+
+
+def keras_layer_output(flavour: str, activation: str, rng, dtype="float32"):
+    """A real Keras Conv1D(5, 4, padding='same') with random-normal weights, and what it computes."""
+    need(flavour, "tensorflow")
+    import importlib
+
+    keras = importlib.import_module(flavour)
+    layer = keras.layers.Conv1D(5, 4, padding="same", activation=activation, dtype=dtype)
+    layer.build((None, None, 3))
+    layer.set_weights([rng.standard_normal(w.shape).astype(dtype) for w in layer.get_weights()])
+    x = (2 * rng.standard_normal((2, 13, 3))).astype(dtype)  # pre-activations well beyond 6 in both directions
+    y = np.asarray(layer(x))
+    W, b = layer.get_weights()
+    return W, b, x, y
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("flavour", ["keras", "tf_keras"])
+def test_finds_the_activation_of_a_keras_layer(flavour, activation, rng):
+    W, b, x, y = keras_layer_output(flavour, activation, rng)
+    d = diagnose(W, b, x, y)
+    assert len(d.matches) == 1, str(d)
+    (match,) = d.matches
+    assert (match.activation, match.pads, match.layout) == (activation, (1, 2), "K I O")
+    assert "keras" in match.conventions
+    assert d.conv.activation == activation and f"activation={activation!r}" in d.code
+    assert f"  {activation}  " in str(d)
+    assert d.to_dict()["matches"][0]["activation"] == activation
+
+
+@pytest.mark.parametrize("y_dtype", ["float16", "float32"])
+def test_activation_found_when_y_is_float16(y_dtype, rng):
+    """A float16 layer's output: weights, x and y in float16, or float32 weights and x with y rounded to float16."""
+    W, b, x, y = keras_layer_output("keras", "relu", rng, dtype="float16")
+    assert diagnose(W, b, x, y).matches[0].activation == "relu"
+    W32, b32, x32, y32 = keras_layer_output("keras", "tanh", rng, dtype="float32")
+    d = diagnose(W32, b32, x32, y32.astype(y_dtype))
+    assert [m.activation for m in d.matches] == ["tanh"], str(d)
+
+
+def test_activation_is_applied_to_the_right_reading_only(rng):
+    """relu applied to the unflipped reading: the flipped reading with relu is a near miss, not a match."""
+    W = raw_kernel(CONVENTIONS["keras"], 5, 3, 4, rng)
+    b = rng.standard_normal(5)
+    x = rng.standard_normal((2, 13, 3))
+    y = np.maximum(framework_output(W, b, x, CONVENTIONS["keras"]), 0).astype(np.float32)
+    d = diagnose(W, b, x, y)
+    assert [(m.conventions, m.activation) for m in d.matches] == [(("keras",), "relu")]
+    assert all(c.error_over_tolerance > 10 for c in d.near_misses)
+
+
+def test_no_match_says_activations_were_tried(rng):
+    W = rng.standard_normal((4, 3, 5))
+    x = rng.standard_normal((1, 13, 3))
+    y = rng.standard_normal((1, 10, 5))  # no layer made this
+    text = str(diagnose(W, None, x, y))
+    assert "No reading reproduces y with any activation tried (linear, relu, relu6, leaky_relu, sigmoid, tanh" in text
+    assert "each tried with 16 activations" in text
+
+
+def test_activations_a_positive_output_cannot_tell_apart_are_reported(rng):
+    """All outputs positive: linear, relu and others agree; linear is preferred and the note says what would tell."""
+    W = rng.standard_normal((4, 3, 5))
+    b = np.full(5, 50.0)
+    x = rng.standard_normal((1, 13, 3))
+    y = framework_output(W, b, x, CONVENTIONS["keras"])
+    d = diagnose(W, b, x, y)
+    names = [m.activation for m in d.matches]
+    assert names[0] == "linear" and "relu" in names and "sigmoid" not in names
+    assert "activation" in d.note and "happen to agree on this x" in d.note and "30 times larger" in d.note
+    assert "(30 * np.random.default_rng(0).standard_normal(x.shape) differs between them)" in d.note

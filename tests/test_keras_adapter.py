@@ -273,12 +273,79 @@ def test_wrong_type_is_refused(flavour, make, name):
         adapter.from_native(make(keras))
 
 
-def test_activation_is_refused(flavour):
+def _softmax(keras):
+    return "softmax"
+
+
+def _custom(keras):
+    return lambda x: x * 2.0
+
+
+def _leaky_slope_01(keras):
+    import functools
+
+    if keras.__name__ == "keras":
+        return functools.partial(keras.activations.leaky_relu, negative_slope=0.1)
+    import tensorflow as tf
+
+    return functools.partial(tf.nn.leaky_relu, alpha=0.1)  # what tf_keras's "leaky_relu" resolves to
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        pytest.param(_softmax, "softmax mixes the channels", id="softmax"),
+        pytest.param(_custom, "not one of the named activations", id="custom-function"),
+        pytest.param(_leaky_slope_01, r"non-default arguments \{'(negative_slope|alpha)': 0.1\}", id="leaky-slope-0.1"),
+    ],
+)
+def test_unrepresentable_activation_is_refused(flavour, make, words):
     adapter, keras = flavour
-    layer = keras.layers.Conv1D(4, 3, activation="relu")
+    layer = keras.layers.Conv1D(4, 3, activation=make(keras))
     layer.build((None, None, 2))
-    with pytest.raises(UnsupportedError, match="activation 'relu'"):
+    with pytest.raises(UnsupportedError, match=words) as info:
         adapter.from_native(layer)
+    assert f"layer {layer.name!r}" in str(info.value) and "activations.linear" in str(info.value)
+
+
+def test_activation_given_with_its_default_arguments_is_read(flavour):
+    import functools
+
+    adapter, keras = flavour
+    layer = keras.layers.Conv1D(4, 3, activation=functools.partial(keras.activations.elu, alpha=1.0))
+    layer.build((None, None, 2))
+    assert adapter.from_native(layer).activation == "elu"
+
+
+@pytest.mark.parametrize("data_format", DATA_FORMATS)
+def test_activation_survives_the_zero_padding_model(flavour, data_format, rng):
+    """Explicit pads need a ZeroPadding1D in front; the activation stays on the Conv1D behind it."""
+    adapter, _ = flavour
+    conv = make_conv(rng, 5, 3, 5, dict(padding=(3, 1)), True).replace(activation="tanh")
+    native = adapter.to_native(conv, data_format=data_format)
+    assert type(native).__name__ == "Sequential" and parse_conv_layer(adapter, native).activation.__name__ == "tanh"
+    back = adapter.from_native(native)
+    assert back == conv and back.same_weights(conv)
+    x = make_input(rng, conv, 13)
+    assert compare(conv, x, adapter.run(native, x), adapter.NAME).passed
+
+
+def parse_conv_layer(adapter, native):
+    from layoutconv.adapters import _keras_common
+
+    return _keras_common.parse(adapter._FLAVOUR, native).conv_layer
+
+
+@pytest.mark.parametrize("activation", ["hard_silu", "hard_sigmoid_keras3"])
+def test_activation_a_flavour_lacks_is_refused_naming_who_has_it(flavour, rng, activation):
+    adapter, _ = flavour
+    conv = make_conv(rng, 3, 2, 3, dict(padding="valid"), True).replace(activation=activation)
+    if adapter.NAME == "keras":
+        assert adapter.from_native(adapter.to_native(conv)) == conv
+        return
+    words = f"tf_keras has no activation computing {activation}.*Convert to keras, torch, onnx instead"
+    with pytest.raises(UnsupportedError, match=words):
+        adapter.to_native(conv)
 
 
 def test_run_checks_input_shape(flavour, rng):

@@ -560,3 +560,206 @@ def test_every_error_is_a_layout_error(A, onnx, rng):
         A.from_native(two_conv_model(onnx, rng))
     with pytest.raises(LayoutError):
         A.to_native("not a conv")
+
+
+# -- fused activations ----------------------------------------------------------------------------
+#: the nodes written after the Conv at the default opset (17): no activation raises it
+WRITTEN = {
+    "linear": [],
+    "relu": ["Relu"],
+    "relu6": ["Clip"],
+    "leaky_relu": ["LeakyRelu"],
+    "sigmoid": ["Sigmoid"],
+    "tanh": ["Tanh"],
+    "elu": ["Elu"],
+    "selu": ["Selu"],
+    "gelu": ["Div", "Erf", "Add", "Mul", "Mul"],  # Gelu exists from opset 20
+    "swish": ["Sigmoid", "Mul"],
+    "softplus": ["Softplus"],
+    "softsign": ["Softsign"],
+    "mish": ["Softplus", "Tanh", "Mul"],  # Mish exists from opset 18
+    "hard_sigmoid_keras2": ["HardSigmoid"],
+    "hard_sigmoid_keras3": ["HardSigmoid"],
+    "hard_silu": ["HardSwish"],
+}
+
+
+#: bfloat16 needs opset 22, which has Gelu and Mish
+WRITTEN_AT_22 = {**WRITTEN, "gelu": ["Gelu"], "mish": ["Mish"]}
+
+
+def test_every_activation_has_a_written_form():
+    assert sorted(WRITTEN) == sorted(layoutconv.activations.ACTIVATIONS)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", list(WRITTEN))
+def test_activation_round_trip_and_forward(A, onnx, rng, activation, dtype):
+    conv = make_conv(rng, dtype, out=5, in_per_group=3, k=5, groups=1, padding="same_upper", stride=2,
+                     activation=activation)  # fmt: skip
+    model = A.to_native(conv)
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version == A.required_opset(conv) == (22 if dtype == "bfloat16" else 17)
+    assert [n.op_type for n in model.graph.node] == ["Conv"] + (WRITTEN_AT_22 if dtype == "bfloat16" else WRITTEN)[activation]
+    assert [o.name for o in model.graph.output] == ["y"] and model.graph.node[-1].output[:] == ["y"]
+    back = A.from_native(model)
+    assert back == conv and back.same_weights(conv)
+    if dtype in ("float16", "float32"):  # what onnxruntime's CPU Conv runs
+        x = rng.standard_normal((2, 3, 13)).astype(dtype) * 2  # pre-activations over every kink and plateau
+        result = compare(conv, x, A.run(model, x), "onnx")
+        assert result.passed, result
+
+
+@pytest.mark.parametrize("activation, opset, op", [("gelu", 20, "Gelu"), ("mish", 18, "Mish")])
+def test_activation_operator_of_newer_opsets(A, onnx, rng, activation, opset, op):
+    conv = make_conv(rng, activation=activation)
+    model = A.to_native(conv, opset=opset)
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["Conv", op]
+    assert A.from_native(model) == conv
+    x = rng.standard_normal((2, 8, 11)).astype(np.float32)
+    assert compare(conv, x, A.run(model, x), "onnx").passed
+
+
+def with_activation(onnx, A, conv, make_nodes, opset=None, extra_outputs=()):
+    """``conv`` written to ONNX, with the nodes after its Conv replaced by ``make_nodes(helper)`` (y_linear -> y)."""
+    model = A.to_native(conv.replace(activation="relu"), opset=opset)
+    del model.graph.node[1:]
+    nodes, inits = make_nodes(onnx.helper, onnx.numpy_helper)
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(inits)
+    for name in extra_outputs:
+        shape = ["N", conv.out_channels, "L_out"]
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _scalars(nh, **values):
+    return [nh.from_array(np.array(v, np.float32), name) for name, v in values.items()]
+
+
+REFUSED = {
+    "HardSigmoid-alpha0.3": (
+        lambda h, nh: ([h.make_node("HardSigmoid", ["y_linear"], ["y"], alpha=0.3)], []),
+        r"HardSigmoid activation.*Expected HardSigmoid\(x, alpha=0.2, beta=0.5\) \(hard_sigmoid_keras2\) or "
+        r"HardSigmoid\(x, alpha=0.166667, beta=0.5\) \(hard_sigmoid_keras3\).*alpha=0.3",
+    ),
+    "LeakyRelu-torch-default": (
+        lambda h, nh: ([h.make_node("LeakyRelu", ["y_linear"], ["y"])], []),  # ONNX's default alpha is 0.01
+        r"Expected LeakyRelu\(x, alpha=0.2\)",
+    ),
+    "Clip-hardtanh": (
+        lambda h, nh: ([h.make_node("Clip", ["y_linear", "lo", "hi"], ["y"])], _scalars(nh, lo=-1, hi=1)),
+        r"Expected Clip\(x, 0, 6\) \(relu6\).*inputs x, -1, 1",
+    ),
+    "Elu-alpha0.5": (lambda h, nh: ([h.make_node("Elu", ["y_linear"], ["y"], alpha=0.5)], []), r"Elu\(x, alpha=1\)"),
+    "Selu-gamma2": (lambda h, nh: ([h.make_node("Selu", ["y_linear"], ["y"], gamma=2.0)], []), r"gamma=2"),
+    "PRelu": (
+        lambda h, nh: ([h.make_node("PRelu", ["y_linear", "slope"], ["y"])], _scalars(nh, slope=0.25)),
+        r"PRelu activation.*one of the activations layoutconv records: relu, relu6",
+    ),
+    "Softmax": (lambda h, nh: ([h.make_node("Softmax", ["y_linear"], ["y"], axis=1)], []), r"Softmax activation"),
+}
+
+
+@pytest.mark.parametrize("make, words", list(REFUSED.values()), ids=list(REFUSED))
+def test_activation_the_record_cannot_hold_is_refused(A, onnx, rng, make, words):
+    model = with_activation(onnx, A, make_conv(rng), make)
+    with pytest.raises(UnsupportedError, match=words):
+        A.from_native(model)
+
+
+def test_tanh_approximation_of_gelu_is_refused(A, onnx, rng):
+    tanh_gelu = lambda h, nh: ([h.make_node("Gelu", ["y_linear"], ["y"], approximate="tanh")], [])  # noqa: E731
+    model = with_activation(onnx, A, make_conv(rng), tanh_gelu, opset=20)
+    with pytest.raises(UnsupportedError, match=r"Expected Gelu\(x, approximate='none'\).*approximate='tanh'"):
+        A.from_native(model)
+
+
+def test_activation_that_is_not_the_only_user_is_refused(A, onnx, rng):
+    """The Conv's output leaves the graph too: the record cannot say relu for one use and linear for the other."""
+    relu = lambda h, nh: ([h.make_node("Relu", ["y_linear"], ["y"])], [])  # noqa: E731
+    model = with_activation(onnx, A, make_conv(rng), relu, extra_outputs=["y_linear"])
+    words = "followed by relu, but its output is also used without it.*graph output 'y_linear'"
+    with pytest.raises(UnsupportedError, match=words):
+        A.from_native(model)
+
+
+def test_conv_followed_by_something_else_reads_linear(A, onnx, rng):
+    """Arithmetic that is not an activation is the next layer's business; the Conv itself is linear."""
+    conv = make_conv(rng)
+    double = lambda h, nh: ([h.make_node("Add", ["y_linear", "y_linear"], ["y"])], [])  # noqa: E731
+    assert A.from_native(with_activation(onnx, A, conv, double)) == conv
+    assert A.from_native(two_conv_model(onnx, rng), node="first").activation == "linear"
+
+
+def test_conv_followed_by_an_activation_inside_a_larger_graph(A, onnx, rng):
+    """Conv -> Sigmoid -> Mul (swish) -> another Conv: the first Conv reads as swish."""
+    model = two_conv_model(onnx, rng)
+    h = onnx.helper
+    first, second = model.graph.node
+    first.output[0] = "h_linear"
+    model.graph.node.insert(1, h.make_node("Sigmoid", ["h_linear"], ["h_gate"]))
+    model.graph.node.insert(2, h.make_node("Mul", ["h_gate", "h_linear"], ["h"]))  # operands swapped on purpose
+    assert A.from_native(model, node="first").activation == "swish"
+    assert A.from_native(model, node="second").activation == "linear"
+
+
+TORCH_ACTIVATIONS = {  # PyTorch module (built lazily) -> what layoutconv must read from its ONNX export
+    "relu": ("ReLU", {}),
+    "relu6": ("ReLU6", {}),
+    "leaky_relu": ("LeakyReLU", {"negative_slope": 0.2}),
+    "sigmoid": ("Sigmoid", {}),
+    "tanh": ("Tanh", {}),
+    "elu": ("ELU", {}),
+    "selu": ("SELU", {}),
+    "gelu": ("GELU", {}),
+    "swish": ("SiLU", {}),
+    "softplus": ("Softplus", {}),
+    "softsign": ("Softsign", {}),
+    "mish": ("Mish", {}),
+    "hard_sigmoid_keras3": ("Hardsigmoid", {}),
+    "hard_silu": ("Hardswish", {}),
+}
+
+
+def torch_export(module, opset: int, x):
+    import io
+
+    import onnx
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.from_numpy(x),), buf, dynamo=False, opset_version=opset, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "N", 2: "L"}})  # fmt: skip
+    return onnx.load_from_string(buf.getvalue())
+
+
+@pytest.mark.parametrize("opset", [17, 20])
+@pytest.mark.parametrize("activation", list(TORCH_ACTIVATIONS))
+def test_torch_exported_activation_is_read(A, rng, activation, opset):
+    """torch.onnx writes its own spellings (Clip with Constant nodes, x / (1 + |x|) for Softsign, Gelu at 20);
+    the Conv1D read back reproduces PyTorch's own output."""
+    need("torch")
+    import torch
+
+    name, kwargs = TORCH_ACTIVATIONS[activation]
+    module = torch.nn.Sequential(torch.nn.Conv1d(3, 5, 5, stride=2), getattr(torch.nn, name)(**kwargs)).eval()
+    x = (2 * rng.standard_normal((2, 3, 13))).astype(np.float32)
+    conv = A.from_native(torch_export(module, opset, x))
+    assert conv.activation == activation
+    with torch.no_grad():
+        y_torch = module(torch.from_numpy(x)).numpy()
+    assert compare(conv, x, y_torch, "torch").passed
+
+
+def test_torch_default_leaky_relu_is_refused(A, rng):
+    need("torch")
+    import torch
+
+    module = torch.nn.Sequential(torch.nn.Conv1d(3, 5, 5), torch.nn.LeakyReLU()).eval()
+    with pytest.raises(UnsupportedError, match=r"LeakyRelu node .* \(alpha=0.01\)"):
+        A.from_native(torch_export(module, 17, rng.standard_normal((1, 3, 11)).astype(np.float32)))

@@ -26,6 +26,15 @@ For ``channels_first`` the padding layer pads the length axis: Keras 3's
 ``ZeroPadding1D`` takes ``data_format``; tf_keras's does not, so it is wrapped
 in a ``Permute((2, 1))`` pair.
 
+A fused activation travels as the ``Conv1D``'s ``activation=``, named per flavour
+by :data:`layoutconv.activations.KERAS_NAMES` (``hard_sigmoid`` is
+``hard_sigmoid_keras3`` in Keras 3 and ``hard_sigmoid_keras2`` in tf_keras).
+:func:`from_native` recognises the function by identity with what the flavour's
+``activations.get(name)`` returns; softmax, custom functions and non-default
+arguments are refused.  tf_keras has no ``hard_silu`` and no Keras 3
+``hard_sigmoid``, and Keras 3 no Keras 2 ``hard_sigmoid``: :func:`to_native`
+refuses those (naming the targets that have them) rather than substitute.
+
 Facts established by experiment (TensorFlow 2.21, Keras 3.15, tf_keras 2.21, CPU):
 
 - ``Conv1D(data_format="channels_first")`` cannot be called eagerly on CPU in either
@@ -62,7 +71,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .. import layouts, reference
+from .. import activations, layouts, reference
 from ..conv import Conv1D
 from ..errors import ConfigError, UnsupportedError, fail
 
@@ -185,16 +194,82 @@ def _check_layer(flavour: Flavour, layer: Any) -> None:
             "an unbuilt layer",
             "Build it first, e.g. layer.build((None, None, in_channels)) for channels_last, or call it on an input.",
         )
-    activation = getattr(layer.activation, "__name__", repr(layer.activation))
-    if activation != "linear":
-        raise fail(
-            UnsupportedError,
-            f"Conv1D layer {layer.name!r} has activation {activation!r} built in",
-            "activation=None (linear): layoutconv converts the convolution only",
-            f"activation={activation!r}",
-            "Move the activation into its own layer, "
-            "or set layer.activation = keras.activations.linear before converting.",
-        )
+
+
+@functools.lru_cache(maxsize=None)
+def _known_activations(flavour: Flavour) -> tuple[tuple[Any, str], ...]:
+    """(function object, canonical name) for every name in the flavour's table, as Keras resolves it."""
+    get = flavour.keras.activations.get
+    return tuple((get(name), canonical) for name, canonical in activations.KERAS_NAMES[flavour.name].items())
+
+
+def _describe(function: Any) -> str:
+    if isinstance(function, functools.partial):
+        arguments = [repr(a) for a in function.args] + [f"{k}={v!r}" for k, v in function.keywords.items()]
+        return f"{_describe(function.func)}({', '.join(arguments)})"
+    name = getattr(function, "__name__", None)
+    if name is None:
+        return f"a {type(function).__module__}.{type(function).__name__} object"
+    return f"{getattr(function, '__module__', '?')}.{name}"
+
+
+def _changed_defaults(function: Any, keywords: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments whose value differs from ``function``'s default (unknown ones count as changed)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return dict(keywords)
+    return {k: v for k, v in keywords.items() if k not in parameters or parameters[k].default != v}
+
+
+def read_activation(flavour: Flavour, layer: Any) -> str:
+    """The canonical name of ``layer.activation``, recognised by identity with the flavour's named functions.
+
+    A ``functools.partial`` of one of them is accepted when it only repeats default
+    arguments.  Anything else (softmax, a custom function, non-default parameters)
+    is an :class:`UnsupportedError`: a record holds one of :data:`activations.ACTIVATIONS`.
+    """
+    function, keywords, arguments = layer.activation, {}, ()
+    if isinstance(function, functools.partial):
+        function, keywords, arguments = function.func, dict(function.keywords), function.args
+    name = next((canonical for known, canonical in _known_activations(flavour) if known is function), None)
+    changed = _changed_defaults(function, keywords) if name is not None else {}
+    if name is not None and not changed and not arguments:
+        return name
+    described = _describe(layer.activation)
+    if name is not None:
+        why = f"{name} with non-default arguments {changed or arguments}"
+    elif getattr(function, "__name__", None) == "softmax":
+        why = "softmax mixes the channels of each position, so it is not an elementwise activation"
+    else:
+        why = "not one of the named activations a layoutconv record holds"
+    raise fail(
+        UnsupportedError,
+        f"Conv1D layer {layer.name!r} has activation {described} built in: {why}",
+        f"one of {flavour.name}'s {sorted(activations.KERAS_NAMES[flavour.name])} with its default arguments",
+        f"activation={described}",
+        f"Convert the convolution without it (layer.activation = {flavour.keras.__name__}.activations.linear) "
+        "and apply the activation as its own layer after the converted one.",
+    )
+
+
+def keras_activation(flavour: Flavour, conv: Conv1D) -> str:
+    """The flavour's ``activation=`` name for ``conv.activation``, or an UnsupportedError naming who has it."""
+    names = activations.KERAS_NAMES[flavour.name]
+    name = next((keras_name for keras_name, canonical in names.items() if canonical == conv.activation), None)
+    if name is not None:
+        return name
+    # the PyTorch and ONNX adapters write every activation of layoutconv.activations
+    able = [f for f, table in activations.KERAS_NAMES.items() if conv.activation in table.values()] + ["torch", "onnx"]
+    raise fail(
+        UnsupportedError,
+        f"{flavour.name} has no activation computing {conv.activation} "
+        f"({activations.get(conv.activation).formula})",
+        f"one of the activations {flavour.name} has: {sorted(set(names.values()))}",
+        f"activation={conv.activation!r}",
+        f"Convert to {', '.join(able)} instead, which can; or convert conv.replace(activation='linear') "
+        f"and apply {conv.activation} as its own layer. No other {flavour.name} function is silently substituted.",
+    )
 
 
 def from_native(flavour: Flavour, native: Any) -> Conv1D:
@@ -211,6 +286,7 @@ def from_native(flavour: Flavour, native: Any) -> Conv1D:
         dilation=tuple(layer.dilation_rate),
         groups=int(getattr(layer, "groups", 1)),
         padding=TO_CANONICAL_PADDING[layer.padding],
+        activation=read_activation(flavour, layer),
         layout=KERNEL_LAYOUT,
     )
     if parsed.pads == (0, 0):
@@ -291,6 +367,7 @@ def to_native(flavour: Flavour, conv: Conv1D, data_format: str = "channels_last"
     """A built Keras ``Conv1D`` (or padded ``Sequential``) with ``conv``'s weights, in ``data_format``."""
     _check_writable(conv, data_format, length)
     padding, pads = keras_padding(conv, length)
+    activation = keras_activation(flavour, conv)
     dtype = conv.dtype.name
     layer = flavour.keras.layers.Conv1D(
         filters=conv.out_channels,
@@ -301,6 +378,7 @@ def to_native(flavour: Flavour, conv: Conv1D, data_format: str = "channels_last"
         dilation_rate=conv.dilation[0],
         groups=conv.groups,
         use_bias=conv.bias is not None,
+        activation=activation,
         kernel_initializer="zeros",
         dtype=dtype,
     )
@@ -317,6 +395,13 @@ def to_native(flavour: Flavour, conv: Conv1D, data_format: str = "channels_last"
         weights.append(conv.bias)
     layer.set_weights(weights)
     back = from_native(flavour, native)
+    if back.activation != conv.activation:
+        raise fail(
+            UnsupportedError,
+            f"{flavour.name} did not keep the activation",
+            f"activation {conv.activation!r} read back",
+            f"{back.activation!r}",
+        )
     if not back.same_weights(conv):  # the same reload check safetensors' converter makes
         raise fail(
             UnsupportedError,

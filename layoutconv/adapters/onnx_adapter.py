@@ -17,8 +17,16 @@ supported for AutoPadType::SAME_UPPER or AutoPadType::SAME_LOWER".)  The opset
 is the lowest that expresses the model: 17, 19 for ``circular`` (``Pad`` mode
 ``wrap``), 22 for bfloat16 (``Conv`` accepts bfloat16 from opset 22).
 
-``from_native`` reads a ``Conv`` node back, folding a ``Pad`` node that feeds it
-into the padding; pads computed at run time are recognised by evaluating them
+A fused activation follows the ``Conv`` (whose output is then ``y_linear``) and
+writes ``y``; :data:`ACTIVATION_RECIPES` lists the nodes for each: ``Relu``,
+``Clip(0, 6)``, ``LeakyRelu(alpha=0.2)``, ``HardSigmoid(alpha=0.2 | 1/6, beta=0.5)``,
+``HardSwish``, ``x * Sigmoid(x)`` for swish, and ``Gelu`` (opset 20+) or its erf
+formula, ``Mish`` (opset 18+) or ``x * Tanh(Softplus(x))``, so the opset stays 17.
+
+``from_native`` reads a ``Conv`` node back, with the activation whose nodes are
+the only users of its output (an activation operator it cannot record, such as
+``LeakyRelu(alpha=0.01)``, is refused; anything else after the ``Conv`` leaves it
+linear), folding a ``Pad`` node that feeds it into the padding; pads computed at run time are recognised by evaluating them
 for many input lengths.  The padding rule's name (``causal``, ``same_upper``
 ...) travels in the ``Conv`` node's ``doc_string`` and is used only when it
 describes the same computation as the graph.
@@ -26,9 +34,10 @@ describes the same computation as the graph.
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import onnx
@@ -156,6 +165,102 @@ def _dynamic_pads(conv: Conv1D, data: str) -> tuple[list[onnx.NodeProto], list[T
     return nodes, inits, "pads"
 
 
+class _Step(NamedTuple):
+    """One node of an activation's sub-graph.
+
+    ``inputs``: ``"z"`` is the Conv's output, an int the output of that earlier
+    step, a float a scalar constant in the convolution's dtype.
+    """
+
+    op: str
+    inputs: tuple[Any, ...]
+    attrs: dict[str, Any] = {}
+
+
+#: How each activation is written after the Conv, and every spelling :func:`from_native`
+#: recognises.  The writer takes, per activation, the first recipe whose operators all
+#: exist at the model's opset; the reader accepts any of them, with the attributes
+#: checked (ONNX's defaults fill omitted ones: ``Selu``'s are SELU's constants).
+ACTIVATION_RECIPES: dict[str, tuple[tuple[_Step, ...], ...]] = {
+    "relu": ((_Step("Relu", ("z",)),),),
+    "relu6": ((_Step("Clip", ("z", 0.0, 6.0)),),),
+    "leaky_relu": ((_Step("LeakyRelu", ("z",), {"alpha": 0.2}),),),
+    "sigmoid": ((_Step("Sigmoid", ("z",)),),),
+    "tanh": ((_Step("Tanh", ("z",)),),),
+    "elu": ((_Step("Elu", ("z",), {"alpha": 1.0}),),),
+    "selu": ((_Step("Selu", ("z",)),),),
+    "gelu": (
+        (_Step("Gelu", ("z",), {"approximate": "none"}),),  # opset 20
+        # z / sqrt(2) -> Erf -> + 1 -> * z -> * 0.5: what torch.onnx exports before opset 20
+        (
+            _Step("Div", ("z", math.sqrt(2.0))),
+            _Step("Erf", (0,)),
+            _Step("Add", (1, 1.0)),
+            _Step("Mul", ("z", 2)),
+            _Step("Mul", (3, 0.5)),
+        ),
+    ),
+    "swish": (
+        (_Step("Sigmoid", ("z",)), _Step("Mul", ("z", 0))),
+        (_Step("Swish", ("z",), {"alpha": 1.0}),),  # opset 24; read, never written
+    ),
+    "softplus": ((_Step("Softplus", ("z",)),),),
+    "softsign": (
+        (_Step("Softsign", ("z",)),),
+        (_Step("Abs", ("z",)), _Step("Add", (0, 1.0)), _Step("Div", ("z", 1))),  # torch.onnx's spelling; read only
+    ),
+    "mish": (
+        (_Step("Mish", ("z",)),),  # opset 18
+        (_Step("Softplus", ("z",)), _Step("Tanh", (0,)), _Step("Mul", ("z", 1))),
+    ),
+    "hard_sigmoid_keras2": ((_Step("HardSigmoid", ("z",), {"alpha": 0.2, "beta": 0.5}),),),
+    "hard_sigmoid_keras3": ((_Step("HardSigmoid", ("z",), {"alpha": 1 / 6, "beta": 0.5}),),),
+    "hard_silu": ((_Step("HardSwish", ("z",)),),),
+}
+#: Elementwise activation operators: one of them right after the Conv that no recipe
+#: explains is refused rather than left out of the record.
+ACTIVATION_OPS = frozenset(
+    {
+        "Relu", "Clip", "LeakyRelu", "PRelu", "ThresholdedRelu", "Sigmoid", "HardSigmoid", "Tanh", "Elu", "Selu",
+        "Celu", "Gelu", "Softplus", "Softsign", "Mish", "HardSwish", "Swish", "Shrink", "Softmax", "LogSoftmax",
+        "Hardmax",
+    }
+)  # fmt: skip
+_COMMUTATIVE = frozenset({"Add", "Mul"})
+
+
+def _recipe_for(activation: str, opset: int) -> tuple[_Step, ...]:
+    """The first recipe for ``activation`` whose operators all exist at ``opset``."""
+    for steps in ACTIVATION_RECIPES[activation]:
+        if all(onnx.defs.has(step.op, opset) for step in steps):
+            return steps
+    raise fail(  # unreachable with the table above: every activation has an opset-17 recipe
+        UnsupportedError,
+        f"ONNX opset {opset} cannot express activation {activation!r}",
+        "an opset with its operators",
+        f"opset {opset}",
+        "Pass a newer opset.",
+    )
+
+
+def _activation_nodes(conv: Conv1D, opset: int, z: str, out: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """The nodes applying ``conv.activation`` to tensor ``z``, the last one writing ``out``."""
+    steps = _recipe_for(conv.activation, opset)
+    nodes, inits = [], []
+    outputs = [f"act_{i}" for i in range(len(steps) - 1)] + [out]
+    for i, step in enumerate(steps):
+        inputs = []
+        for ref in step.inputs:
+            if isinstance(ref, float):
+                name = f"act_{i}_const{len(inputs)}"
+                inits.append(_tensor(name, np.asarray(ref, dtype=conv.dtype)))
+                inputs.append(name)
+            else:
+                inputs.append(z if ref == "z" else outputs[ref])
+        nodes.append(helper.make_node(step.op, inputs, [outputs[i]], name=f"{conv.activation}_{i}", **step.attrs))
+    return nodes, inits
+
+
 def to_native(conv: Conv1D, opset: int | None = None) -> onnx.ModelProto:
     """An ONNX model computing ``conv`` on ``x`` of shape ``(N, C, L)``; it passes ``check_model(full_check=True)``.
 
@@ -200,7 +305,12 @@ def to_native(conv: Conv1D, opset: int | None = None) -> onnx.ModelProto:
     if isinstance(conv.padding, str):
         hint += f" padding={conv.padding}"
     inputs = [data, "W"] + (["B"] if conv.bias is not None else [])
-    nodes.append(helper.make_node("Conv", inputs, ["y"], name="conv", doc_string=hint, **attrs))
+    conv_out = "y" if conv.activation == "linear" else "y_linear"
+    nodes.append(helper.make_node("Conv", inputs, [conv_out], name="conv", doc_string=hint, **attrs))
+    if conv.activation != "linear":
+        act_nodes, act_inits = _activation_nodes(conv, opset, conv_out, "y")
+        nodes += act_nodes
+        inits += act_inits
     graph = helper.make_graph(
         nodes,
         "layoutconv_conv1d",
@@ -563,6 +673,155 @@ def _apply_hint(conv: Conv1D, node: onnx.NodeProto) -> Conv1D:
     return named
 
 
+def _recipe_text(steps: tuple[_Step, ...]) -> str:
+    """A recipe as text, e.g. ``HardSigmoid(x, alpha=0.2, beta=0.5)``."""
+
+    def show(value: Any) -> str:
+        return f"{value:.6g}" if isinstance(value, float) else repr(value)
+
+    parts = []
+    for step in steps:
+        args = ["x" if r == "z" else show(r) if isinstance(r, float) else f"t{r}" for r in step.inputs]
+        args += [f"{k}={show(v)}" for k, v in step.attrs.items()]
+        parts.append(f"{step.op}({', '.join(args)})")
+    return " -> ".join(parts)
+
+
+def _node_text(g: _Graph, node: onnx.NodeProto) -> str:
+    """A node with its constant scalar inputs and its attributes, e.g. ``Clip node 'c' (inputs x, -1, 1)``."""
+
+    def show(name: str) -> str:
+        value = g.constant(name) if name else None
+        return f"{float(value.ravel()[0]):.6g}" if value is not None and value.size == 1 else "x"
+
+    details = [f"inputs {', '.join(show(i) for i in node.input)}"] if len(node.input) > 1 else []
+    details += [f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in _attrs(node).items()]
+    return f"{node.op_type} node {node.name!r}" + (f" ({', '.join(details)})" if details else "")
+
+
+def _same_constant(value: np.ndarray | None, expected: float) -> bool:
+    """A scalar constant equal to ``expected`` rounded to the constant's own dtype."""
+    if value is None or value.size != 1 or value.dtype.name not in DTYPE_OPSET:
+        return False
+    return bool(value.ravel()[0] == np.asarray(expected).astype(value.dtype))
+
+
+def _same_attribute(actual: Any, expected: Any) -> bool:
+    """Float attributes are stored as float32, so they are compared at that precision."""
+    if isinstance(expected, float):
+        return isinstance(actual, float) and np.float32(actual) == np.float32(expected)
+    return bool(actual == expected)
+
+
+def _schema_defaults(op: str, opset: int) -> dict[str, Any]:
+    """The attribute defaults of ``op`` at ``opset`` (its newest definition if it does not exist there)."""
+    try:
+        schema = onnx.defs.get_schema(op, opset)
+    except onnx.defs.SchemaError:
+        schema = onnx.defs.get_schema(op)
+    out = {name: helper.get_attribute_value(a.default_value) for name, a in schema.attributes.items() if a.default_value.name}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in out.items()}
+
+
+def _attrs_match(node: onnx.NodeProto, step: _Step, opset: int) -> bool:
+    """The node's attributes, with ONNX's defaults for omitted ones, are exactly the step's."""
+    defaults = _schema_defaults(node.op_type, opset)
+    actual, expected = {**defaults, **_attrs(node)}, {**defaults, **step.attrs}
+    return set(actual) == set(expected) and all(_same_attribute(actual[k], v) for k, v in expected.items())
+
+
+def _inputs_match(g: _Graph, node: onnx.NodeProto, step: _Step, tensors: dict[Any, str]) -> bool:
+    """``node``'s inputs are the step's: the named tensors and scalar constants of the given values."""
+    names = list(node.input)
+    if len(names) != len(step.inputs):
+        return False
+    orders = [step.inputs, step.inputs[::-1]] if step.op in _COMMUTATIVE else [step.inputs]
+
+    def fits(name: str, ref: Any) -> bool:
+        if isinstance(ref, float):
+            return _same_constant(g.constant(name), ref)
+        return name == tensors[ref]
+
+    return any(all(fits(name, ref) for name, ref in zip(names, order)) for order in orders)
+
+
+def _match_recipe(
+    g: _Graph, steps: tuple[_Step, ...], z: str, consumers: dict[str, list[onnx.NodeProto]]
+) -> list[onnx.NodeProto] | None:
+    """The nodes that compute ``steps`` from tensor ``z``, or None."""
+    tensors: dict[Any, str] = {"z": z}
+    matched: list[onnx.NodeProto] = []
+    for i, step in enumerate(steps):
+        anchor = tensors[next(r for r in step.inputs if not isinstance(r, float))]
+        found = next(
+            (
+                n
+                for n in consumers.get(anchor, [])
+                if n.op_type == step.op
+                and n.domain in ("", "ai.onnx")
+                and not any(n is m for m in matched)
+                and _inputs_match(g, n, step, tensors)
+                and _attrs_match(n, step, g.opset)
+            ),
+            None,
+        )
+        if found is None:
+            return None
+        matched.append(found)
+        tensors[i] = found.output[0]
+    return matched
+
+
+def _read_activation(g: _Graph, conv_node: onnx.NodeProto) -> str:
+    """The activation applied to the Conv's output: the recipe whose nodes are the only users of it."""
+    z = conv_node.output[0]
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.model.graph.node:
+        for name in dict.fromkeys(n.input):
+            consumers.setdefault(name, []).append(n)
+    graph_outputs = {o.name for o in g.model.graph.output}
+    label = f"Conv node {conv_node.name!r}"
+    partial = None
+    for activation, recipes in ACTIVATION_RECIPES.items():
+        for steps in recipes:
+            matched = _match_recipe(g, steps, z, consumers)
+            if matched is None:
+                continue
+            inner = [z] + [m.output[0] for m in matched[:-1]]
+            others = [n for t in inner for n in consumers.get(t, []) if not any(n is m for m in matched)]
+            if not others and not graph_outputs & set(inner):
+                return activation
+            partial = (activation, others, graph_outputs & set(inner))
+    if partial is not None:
+        activation, others, exposed = partial
+        users = [_node_text(g, n) for n in others] + [f"graph output {t!r}" for t in sorted(exposed)]
+        raise fail(
+            UnsupportedError,
+            f"{label} is followed by {activation}, but its output is also used without it",
+            f"the {activation} nodes as the only users of the Conv's output",
+            f"also used by {', '.join(users)}",
+            "layoutconv records a convolution with its activation applied to every use of its output.",
+        )
+    unknown = [n for n in consumers.get(z, []) if n.op_type in ACTIVATION_OPS]
+    if not unknown:
+        return "linear"  # the Conv's output goes on to something that is not an activation
+    node = unknown[0]
+    alike = [
+        f"{_recipe_text(steps)} ({activation})"
+        for activation, recipes in ACTIVATION_RECIPES.items()
+        for steps in recipes
+        if steps[0].op == node.op_type
+    ]
+    raise fail(
+        UnsupportedError,
+        f"{label} is followed by a {node.op_type} activation that layoutconv cannot record",
+        " or ".join(alike) if alike else f"one of the activations layoutconv records: {', '.join(ACTIVATION_RECIPES)}",
+        _node_text(g, node),
+        "Apply this activation yourself after the converted convolution "
+        "(a graph whose Conv output is the graph output reads as a plain convolution).",
+    )
+
+
 def from_native(model_or_path: Any, node: str | int | None = None) -> Conv1D:
     """The ``Conv`` node of an ONNX model as a :class:`Conv1D` (a ``Pad`` node feeding it becomes its padding).
 
@@ -615,7 +874,8 @@ def from_native(model_or_path: Any, node: str | int | None = None) -> Conv1D:
     except LayoutError as exc:
         raise type(exc)(f"{label}: {exc}") from None
     padding, mode = _padding(g, conv_node, attrs, probe)
-    return _apply_hint(probe.replace(padding=padding, padding_mode=mode), conv_node)
+    activation = _read_activation(g, conv_node)
+    return _apply_hint(probe.replace(padding=padding, padding_mode=mode, activation=activation), conv_node)
 
 
 # ---------------------------------------------------------------------------
