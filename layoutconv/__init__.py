@@ -30,6 +30,7 @@ from ._explain import Explanation, explain
 from .conventions import CONVENTIONS, Convention
 from .transpose import ConvTranspose, ConvTranspose1D, ConvTranspose2D, ConvTranspose3D
 from .frameworks import adapter as _adapter
+from .registry import converter as _converter
 from .verify import Report, Result, verify
 
 __version__ = "0.1.0"
@@ -112,17 +113,17 @@ def to_keras(conv: Conv1D, flavor: str = "keras", data_format: str = "channels_l
     ``length`` (keyword) fixes the input length for ``same_lower`` padding with a
     stride above 1, which Keras cannot express for every length.
     """
-    return _adapter(flavor).to_native(conv, data_format=data_format, **options)
+    return _converter(conv, flavor).to_native(conv, data_format=data_format, **options)
 
 
-def to_torch(conv: Conv1D) -> Any:
-    """A PyTorch module in eval mode that runs on ``(N, C, L)``."""
-    return _adapter("torch").to_native(conv)
+def to_torch(record: Any) -> Any:
+    """A PyTorch module in eval mode that runs on ``(N, C, *spatial)``: any :class:`Conv` or :class:`ConvTranspose`."""
+    return _converter(record, "torch").to_native(record)
 
 
 def to_onnx(conv: Conv1D, **options: Any) -> Any:
     """An ONNX ``ModelProto`` (input ``x`` of shape ``(N, C, L)``, dynamic N and L) that passes the full checker."""
-    return _adapter("onnx").to_native(conv, **options)
+    return _converter(conv, "onnx").to_native(conv, **options)
 
 
 def __getattr__(name: str) -> Any:

@@ -14,11 +14,13 @@ import numpy as np
 
 from . import frameworks as _fw
 from . import reference
-from .conv import Conv1D
+from . import registry as _registry
+from .conv import Conv, Conv1D
 from .errors import ConfigError, LayoutError, UnsupportedError, fail
 from .tolerance import ASSERT_CLOSE_DEFAULTS, tolerance  # noqa: F401  (re-exported: verify's public names)
 
 DEFAULT_FRAMEWORKS = ("keras", "tf_keras", "torch", "onnx")
+_AXES = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class Report:
     def __str__(self) -> str:
         lines = [
             f"{self.conv!r}",
-            f"input (N, C, L) = {self.input_shape}  ->  reference output {self.reference_shape}",
+            f"input (N, C, {_AXES[len(self.input_shape) - 2]}) = {self.input_shape}  ->  reference output {self.reference_shape}",
             f"{'framework':<10} {'status':<12} {'max abs err':>12} {'max rel err':>12} {'err/tol':>8} {'rtol':>9} {'atol':>9}",
         ]
         for r in self.results:
@@ -93,23 +95,35 @@ class Report:
         return "\n".join(lines)
 
 
-def default_input(conv: Conv1D, *, length: int | None = None, batch: int = 2, seed: int = 0) -> np.ndarray:
-    """A symmetry-breaking input ``(N, C, L)``: standard normal values, an odd length that is not a multiple of the stride."""
-    if length is None:
-        (span,), (s,) = conv.receptive_field, conv.stride
-        length = 2 * span + 3 * s + 4
-        # odd, not a multiple of the stride, and (to stay clear of a Keras 3 channels_first
-        # bias bug, see docs/verification.md) an output length different from out_channels
-        while length % 2 == 0 or (s > 1 and length % s == 0) or conv.output_length(length) == conv.out_channels:
-            length += 1
+def default_input(conv: Any, *, length: int | None = None, batch: int = 2, seed: int = 0) -> np.ndarray:
+    """A symmetry-breaking input ``(N, C, *spatial)``: standard normal values, each spatial size odd and not a
+    multiple of its stride (so ``'same'`` pads are asymmetric and the last window partial), sizes differing per axis.
+
+    ``length`` sets every spatial size.
+    """
+    rank = conv.spatial_rank
+    if length is not None:
+        sizes = (int(length),) * rank
+    else:
+        sizes_list = []
+        for axis, (span, s) in enumerate(zip(conv.receptive_field, conv.stride)):
+            size = (2 * span + 3 * s + 4 if isinstance(conv, Conv) else span + 2) + 2 * axis  # axes of different sizes
+            # odd, not a multiple of the stride, and (to stay clear of a Keras 3 channels_first
+            # bias bug, see docs/verification.md) an output length different from out_channels
+            while size % 2 == 0 or (s > 1 and size % s == 0) or (
+                rank == 1 and isinstance(conv, Conv) and conv.output_shape(size)[0] == conv.out_channels
+            ):
+                size += 1
+            sizes_list.append(size)
+        sizes = tuple(sizes_list)
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((batch, conv.in_channels, length)).astype(conv.dtype)
+    return rng.standard_normal((batch, conv.in_channels, *sizes)).astype(conv.dtype)
 
 
 def compare(conv: Conv1D, x: np.ndarray, y: Any, framework: str, expected: np.ndarray | None = None) -> Result:
     """Compare one framework output ``y`` (``(N, O, L_out)``) with the reference, elementwise."""
     if expected is None:
-        expected = reference.conv1d(conv, x)
+        expected = reference.forward(conv, x)
     y = np.asarray(y)
     tol, rtol, atol = tolerance(conv, x, expected)
     common = dict(framework=framework, rtol=rtol, atol=atol, shape=tuple(y.shape), dtype=y.dtype.name)
@@ -193,9 +207,9 @@ def _padding_difference(conv: Conv1D, theirs: Conv1D, length: int) -> str:
     return f"your module pads by {theirs.padding!r}; this layer by {conv.padding!r}"  # pragma: no cover
 
 
-def _other_lengths(conv: Conv1D, length: int) -> list[int]:
+def _other_lengths(conv: Any, length: int) -> list[int]:
     """Lengths that meet every other case of a length-dependent padding (one per residue mod the stride, at most 7)."""
-    if not conv.padding_depends_on_length:
+    if not (isinstance(conv, Conv1D) and conv.padding_depends_on_length):
         return []
     return [length + j for j in range(1, min(conv.stride[0], 8))]
 
@@ -207,7 +221,7 @@ def _verify_native(conv: Conv1D, native: Any, x: np.ndarray, expected: np.ndarra
     inputs = [(x, expected)]
     for n in _other_lengths(conv, x.shape[-1]):
         extra = rng.standard_normal((x.shape[0], x.shape[1], n)).astype(conv.dtype)
-        inputs.append((extra, reference.conv1d(conv, extra)))
+        inputs.append((extra, reference.forward(conv, extra)))
     result = None
     for xi, ei in inputs:
         try:
@@ -232,7 +246,9 @@ def _verify_native(conv: Conv1D, native: Any, x: np.ndarray, expected: np.ndarra
             return result
         return replace(result, message=f"{result.message}; layoutconv cannot read your module's configuration, "
                        f"so only its outputs were compared ({exc})")
-    notes = _differences(conv, theirs, x.shape[-1])
+    notes = _differences(conv, theirs, x.shape[-1]) if isinstance(conv, Conv1D) and isinstance(theirs, Conv1D) else []
+    if type(theirs) is not type(conv):
+        notes = [f"your module is a {type(theirs).__name__}; this layer is a {type(conv).__name__}"]
     if not notes:
         return result
     return replace(result, status="fail", message="; ".join(notes + ([result.message] if result.message else [])))
@@ -290,10 +306,12 @@ def verify(
     names = [_fw.canonical_name(f) for f in (frameworks if explicit else DEFAULT_FRAMEWORKS)]
     if x is None:
         x = default_input(conv, length=length, batch=batch, seed=seed)
-    x, _ = reference.check_input(conv, x)
+    if isinstance(conv, Conv):
+        x, _ = reference.check_input(conv, x)
+    x = np.asarray(x)
     if x.dtype != conv.dtype:
         x = x.astype(conv.dtype)
-    expected = reference.conv1d(conv, x)
+    expected = reference.forward(conv, x)
     shapes = dict(conv=conv, input_shape=tuple(x.shape), reference_shape=tuple(expected.shape))
     if native is not None:
         return Report(results=(_verify_native(conv, native, x, expected, seed),), **shapes)
@@ -304,11 +322,11 @@ def verify(
                 _fw.adapter(name)  # raises FrameworkMissingError with the install hint
             results.append(Result(framework=name, status="missing", message=f"not installed ({_fw.INSTALL_HINT[name]})"))
             continue
-        adapter = _fw.adapter(name)
         options = {"data_format": keras_data_format} if name in ("keras", "tf_keras") else {}
         try:
-            native_made = adapter.to_native(conv, **options)
-            y = adapter.run(native_made, x)
+            converter = _registry.converter(conv, name)
+            native_made = converter.to_native(conv, **options)
+            y = converter.run(native_made, x)
         except UnsupportedError as exc:
             results.append(Result(framework=name, status="unsupported", message=str(exc)))
             continue

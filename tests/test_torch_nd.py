@@ -112,3 +112,24 @@ def test_sequential_2d_padding_module_is_read(ta, torch, rng):
     assert conv.padding == ((0, 1), (1, 2)) and conv.padding_mode == "reflect" and conv.activation == "relu"
     x = rng.standard_normal((1, 3, 6, 7))
     torch.testing.assert_close(torch.from_numpy(reference.forward(conv, x)), seq(torch.from_numpy(x)).detach())
+
+
+def test_verify_nd_runs_torch_and_names_what_others_lack(ta, rng):
+    from layoutconv import registry, verify
+
+    conv = Conv(rng.standard_normal((5, 3, 3, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32),
+                stride=(2, 1), padding="same_upper", activation="relu")
+    report = verify(conv)
+    assert report["torch"].passed and report.input_shape[2] != report.input_shape[3]  # axes of different sizes
+    for name in ("keras", "tf_keras", "onnx"):
+        assert report[name].status == "unsupported" and "cannot write a Conv2D yet" in report[name].message
+    t = ConvTranspose(rng.standard_normal((4, 3, 3)).astype(np.float32), stride=2, padding="same_upper")
+    assert verify(t, frameworks=["torch"]).passed
+    assert ("ConvTranspose", "torch") in registry.registered()
+
+
+def test_registry_refuses_a_second_registration(ta):
+    from layoutconv import registry
+
+    with pytest.raises(RuntimeError, match="registered twice"):
+        registry.register(Conv, "torch", to_native=ta.to_native, run=ta.run)

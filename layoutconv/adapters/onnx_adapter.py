@@ -45,7 +45,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from .. import __version__
+from .. import __version__, registry
 from ..conv import Conv1D
 from ..errors import (
     ConfigError,
@@ -943,3 +943,6 @@ def run(model: Any, x: Any) -> np.ndarray:
             ShapeError,
         ) from None
     return np.asarray(y)
+
+
+registry.register(Conv1D, NAME, to_native=to_native, run=run)

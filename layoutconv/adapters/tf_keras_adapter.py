@@ -16,6 +16,7 @@ from typing import Any
 import tf_keras
 import numpy as np
 
+from .. import registry as _registry
 from ..conv import Conv1D
 from . import _keras_common as _common
 
@@ -53,3 +54,6 @@ def to_native(conv: Conv1D, data_format: str = "channels_last", length: int | No
 def run(native: Any, x: Any) -> np.ndarray:
     """Apply ``native`` to ``x`` given as ``(N, C, L)`` numpy; return ``(N, O, L_out)`` numpy."""
     return _common.run(_FLAVOUR, native, x)
+
+
+_registry.register(Conv1D, NAME, to_native=to_native, run=run)

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import activations, reference
+from .. import activations, reference, registry
 from ..conv import PADDING_MODES, Conv, Conv1D
 from ..transpose import ConvTranspose
 from ..errors import ConfigError, FrameworkMissingError, ShapeError, UnsupportedError, fail
@@ -662,3 +662,7 @@ def run(native: Any, x: Any) -> np.ndarray:
     if not isinstance(y, torch.Tensor):
         raise fail(ConfigError, "The module did not return a tensor", "a torch.Tensor", f"{type(y).__name__}")
     return to_numpy(y)
+
+
+registry.register(Conv, NAME, to_native=to_native, run=run)
+registry.register(ConvTranspose, NAME, to_native=to_native, run=run)
