@@ -27,6 +27,7 @@ from .errors import (
 )
 from ._diagnose import Diagnosis, diagnose
 from ._explain import Explanation, explain
+from .chain import Chain
 from .conventions import CONVENTIONS, Convention
 from .transpose import ConvTranspose, ConvTranspose1D, ConvTranspose2D, ConvTranspose3D
 from .frameworks import adapter as _adapter
@@ -40,6 +41,7 @@ __all__ = [
     "Conv1D",
     "Conv2D",
     "Conv3D",
+    "Chain",
     "ConvTranspose",
     "ConvTranspose1D",
     "ConvTranspose2D",

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import activations
+from .chain import Chain
 from .conv import Conv, Conv1D
 from .transpose import ConvTranspose
 from .errors import ConfigError, ShapeError, UnsupportedError, fail
@@ -202,7 +203,17 @@ def _transpose_forward(t: ConvTranspose, x: Any, dtype: Any) -> np.ndarray:
     return activations.apply(t.activation, y)
 
 
-_FORWARD: dict[type, Callable[[Any, Any, Any], np.ndarray]] = {Conv: _conv_forward, ConvTranspose: _transpose_forward}
+def _chain_forward(chain: Chain, x: Any, dtype: Any) -> np.ndarray:
+    for layer in chain.layers:
+        x = forward(layer, x, dtype=dtype)
+    return x
+
+
+_FORWARD: dict[type, Callable[[Any, Any, Any], np.ndarray]] = {
+    Conv: _conv_forward,
+    ConvTranspose: _transpose_forward,
+    Chain: _chain_forward,
+}
 
 
 def conv1d(conv: Conv1D, x: Any, *, dtype: Any = np.float64) -> np.ndarray:

@@ -51,8 +51,13 @@ def tolerance(conv: Any, x: np.ndarray, expected: np.ndarray | None = None) -> t
     """Elementwise tolerance for comparing a framework's output with the reference (see the module doc).
 
     ``expected`` (the reference output, activation applied) is computed when not given.
-    Returns ``(tol, rtol, atol)``.
+    Returns ``(tol, rtol, atol)``.  For a :class:`~layoutconv.chain.Chain` the tolerance
+    of each layer is carried through the next: ``tol_next = L * (|W| * tol) + tol_own``.
     """
+    from .chain import Chain
+
+    if isinstance(conv, Chain):
+        return _chain_tolerance(conv, x)
     rtol, atol = ASSERT_CLOSE_DEFAULTS[conv.dtype.name]
     magnitude = conv.replace(
         kernel=np.abs(conv.kernel.astype(np.float64)),
@@ -77,3 +82,17 @@ def through_activation(tol: np.ndarray, activation: str, activated: np.ndarray, 
     if activations.canonical(activation) == "linear":
         return tol
     return activations.get(activation).lipschitz * tol + rtol * np.abs(activated)
+
+
+def _chain_tolerance(chain: Any, x: np.ndarray) -> tuple[np.ndarray, float, float]:
+    tol = None
+    for layer in chain.layers:
+        own, rtol, atol = tolerance(layer, x)
+        if tol is not None:
+            carried = layer.replace(kernel=np.abs(layer.kernel.astype(np.float64)), bias=None, activation="linear")
+            tol = activations.get(layer.activation).lipschitz * reference.forward(carried, tol) + own
+        else:
+            tol = own
+        x = reference.forward(layer, x)
+    assert tol is not None
+    return tol, rtol, atol

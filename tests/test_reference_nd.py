@@ -139,3 +139,21 @@ def test_nd_input_errors_name_the_axes(rng):
         reference.forward(conv, rng.standard_normal((1, 9, 9, 3)))
     with pytest.raises(ShapeError, match="receptive field.*= 5.*size 4 on spatial axis 1"):
         reference.forward(conv, rng.standard_normal((1, 3, 9, 4)))
+
+
+def test_chain_is_depthwise_then_pointwise(rng):
+    from layoutconv import Chain, ConfigError
+
+    dw = rng.standard_normal((6, 1, 3, 2))  # 3 channels, depth multiplier 2
+    pw = rng.standard_normal((4, 6, 1, 1))
+    b = rng.standard_normal(4)
+    chain = Chain((Conv(dw, groups=3, stride=(2, 1)), Conv(pw, b, activation="tanh")))
+    x = rng.standard_normal((2, 3, 7, 6))
+    middle = direct_conv_nd(dw, None, x, (2, 1), (1, 1), 3, ((0, 0), (0, 0)), "zeros")
+    expected = np.tanh(direct_conv_nd(pw, b, middle, (1, 1), (1, 1), 1, ((0, 0), (0, 0)), "zeros"))
+    np.testing.assert_allclose(reference.forward(chain, x), expected, rtol=1e-12, atol=1e-12)
+    assert chain.in_channels == 3 and chain.out_channels == 4
+    with pytest.raises(ShapeError, match="do not fit"):
+        Chain((Conv(pw), Conv(dw, groups=3)))
+    with pytest.raises(ConfigError, match="needs records"):
+        Chain(())

@@ -50,6 +50,7 @@ from torch import nn
 
 from .. import activations, reference, registry
 from ..conv import PADDING_MODES, Conv, Conv1D
+from ..chain import Chain
 from ..transpose import ConvTranspose
 from ..errors import ConfigError, FrameworkMissingError, ShapeError, UnsupportedError, fail
 
@@ -568,6 +569,8 @@ def to_native(record: Conv | ConvTranspose) -> nn.Module:
     """
     if isinstance(record, ConvTranspose):
         return _transpose_to_native(record)
+    if isinstance(record, Chain):
+        return nn.Sequential(*(to_native(layer) for layer in record.layers)).eval()
     if not isinstance(record, Conv):
         raise fail(ConfigError, "to_native needs a Conv or ConvTranspose", "a layoutconv.Conv or ConvTranspose", f"{type(record).__name__}")
     conv = record
@@ -666,3 +669,4 @@ def run(native: Any, x: Any) -> np.ndarray:
 
 registry.register(Conv, NAME, to_native=to_native, run=run)
 registry.register(ConvTranspose, NAME, to_native=to_native, run=run)
+registry.register(Chain, NAME, to_native=to_native, run=run)
