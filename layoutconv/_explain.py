@@ -264,7 +264,9 @@ def explain(
         the source convention's data format, or ``channels_first`` without a source.
     """
     if not isinstance(conv, Conv1D):
-        raise fail(ConfigError, "explain needs a Conv1D", "a layoutconv.Conv1D", f"{type(conv).__name__}")
+        from ._explain_nd import explain_nd  # 2-d, 3-d and transposed convolutions
+
+        return explain_nd(conv, x, index, source=source, data_format=data_format)  # type: ignore[return-value]
     src = _convention(source)
     if data_format is None:
         data_format = src.data_format if source is not None else "channels_first"
