@@ -1,23 +1,28 @@
-"""The tf_keras (Keras 2) adapter: ``tf_keras.layers.Conv1D`` <-> :class:`~layoutconv.Conv1D`, bit for bit.
+"""The tf_keras (Keras 2) adapter: tf_keras convolution layers <-> layoutconv records, bit for bit, at every rank.
 
-tf_keras always runs on TensorFlow.  The implementation is shared with the
-Keras 3 adapter; see :mod:`layoutconv.adapters._keras_common` for the padding
-table and the framework facts it relies on.
+``Conv1D/2D/3D`` and ``DepthwiseConv1D/2D`` are :class:`~layoutconv.Conv` records,
+``Conv1D/2D/3DTranspose`` are :class:`~layoutconv.ConvTranspose`, and
+``SeparableConv1D/2D`` are a :class:`~layoutconv.Chain` (depthwise, then
+pointwise).  tf_keras always runs on TensorFlow.  The implementation is shared
+with the Keras 3 adapter; see :mod:`layoutconv.adapters._keras_common` for the
+tables and the framework facts it relies on.
 
->>> conv = from_native(layer)                              # doctest: +SKIP
->>> layer2 = to_native(conv, data_format="channels_first") # doctest: +SKIP
->>> y = run(layer2, x)            # x: (N, C, L) numpy      # doctest: +SKIP
+>>> record = from_native(layer)                               # doctest: +SKIP
+>>> layer2 = to_native(record, data_format="channels_first")  # doctest: +SKIP
+>>> y = run(layer2, x)            # x: (N, C, *spatial) numpy  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import tf_keras
 import numpy as np
+import tf_keras
 
 from .. import registry as _registry
-from ..conv import Conv1D
+from ..chain import Chain
+from ..conv import Conv
+from ..transpose import ConvTranspose
 from . import _keras_common as _common
 
 NAME = "tf_keras"
@@ -25,35 +30,38 @@ REQUIRES = ("tf_keras", "tensorflow")
 _FLAVOUR = _common.Flavour(NAME, tf_keras)
 
 
-def from_native(layer: Any) -> Conv1D:
-    """A built ``tf_keras.layers.Conv1D`` (any data_format, dtype, padding) or a model from :func:`to_native`."""
+def from_native(layer: Any) -> Conv | ConvTranspose | Chain:
+    """A built tf_keras convolution layer (any kind, rank, data_format, dtype, padding) or a model from :func:`to_native`."""
     return _common.from_native(_FLAVOUR, layer)
 
 
-def to_native(conv: Conv1D, data_format: str = "channels_last", length: int | None = None) -> Any:
-    """A built tf_keras ``Conv1D`` (or a ``Sequential`` with ``ZeroPadding1D`` in front) holding ``conv``'s weights.
+def to_native(record: Conv | ConvTranspose | Chain, data_format: str = "channels_last", length: Any = None) -> Any:
+    """A built tf_keras layer (or a small ``Sequential`` with padding or cropping layers) computing ``record``.
 
-    tf_keras's ``ZeroPadding1D`` has no ``data_format``, so for channels_first it
-    sits between two ``Permute((2, 1))`` layers.
+    tf_keras's ``ZeroPadding1D`` and ``Cropping1D`` have no ``data_format``, so for
+    channels_first they sit between two ``Permute((2, 1))`` layers.
 
     Parameters
     ----------
-    conv:
-        The canonical convolution.
+    record:
+        A :class:`~layoutconv.Conv` (a depthwise one, ``groups == in_channels``, becomes a
+        ``DepthwiseConv1D/2D``), a :class:`~layoutconv.ConvTranspose`, or a
+        :class:`~layoutconv.Chain` (depthwise then pointwise becomes a ``SeparableConv1D/2D``).
     data_format:
-        ``"channels_last"`` (input ``(N, L, C)``) or ``"channels_first"`` (``(N, C, L)``).
+        ``"channels_last"`` (input ``(N, *spatial, C)``) or ``"channels_first"`` (``(N, C, *spatial)``).
         On TensorFlow without a GPU, a channels_first layer runs only under
         ``tf.function(..., jit_compile=True)``; :func:`run` does that for you.
     length:
         Only for ``"same_lower"`` with stride > 1, which Keras cannot express: the
-        model gets explicit pads for inputs of exactly this length.
+        model gets explicit pads for inputs of exactly this size (an int, or one per spatial axis).
     """
-    return _common.to_native(_FLAVOUR, conv, data_format, length)
+    return _common.to_native(_FLAVOUR, record, data_format, length)
 
 
 def run(native: Any, x: Any) -> np.ndarray:
-    """Apply ``native`` to ``x`` given as ``(N, C, L)`` numpy; return ``(N, O, L_out)`` numpy."""
+    """Apply ``native`` to ``x`` given as ``(N, C, *spatial)`` numpy; return ``(N, O, *spatial_out)`` numpy."""
     return _common.run(_FLAVOUR, native, x)
 
 
-_registry.register(Conv1D, NAME, to_native=to_native, run=run)
+for _kind in (Conv, ConvTranspose, Chain):
+    _registry.register(_kind, NAME, to_native=to_native, run=run)
