@@ -30,7 +30,8 @@ FRAMEWORKS = {
 def expected_unsupported(conv: Conv1D, framework: str, data_format: str = "channels_last", length: int | None = None) -> str | None:
     """Why a framework cannot run this convolution, or None when it must pass."""
     if framework in ("keras", "tf_keras"):
-        if conv.stride[0] > 1 and conv.dilation[0] > 1:
+        depthwise = 1 < conv.groups == conv.in_channels  # written as DepthwiseConv1D, which Keras 3 lets do both
+        if conv.stride[0] > 1 and conv.dilation[0] > 1 and not (framework == "keras" and depthwise):
             return "Keras refuses strides > 1 together with dilation_rate > 1"
         if (
             framework == "keras"
