@@ -62,7 +62,9 @@ Facts established by experiment (TensorFlow 2.21, Keras 3.15, tf_keras 2.21, CPU
   compiled by XLA (``tf.function(layer, jit_compile=True)``), which is what
   :func:`run` does on a machine without a GPU.  So are dilated transposed
   convolutions, which TensorFlow's CPU kernels refuse in either format ("Current
-  CPU implementations do not yet support dilation rates larger than 1").
+  CPU implementations do not yet support dilation rates larger than 1"), and
+  ``DepthwiseConv2D``/``SeparableConv2D`` with unequal strides ("Current
+  implementation only supports equal length strides in the row and column dimensions").
 - Grouped ``Conv*D``, ``DepthwiseConv*D`` and ``SeparableConv*D`` run in float16,
   bfloat16, float32 and float64 in both data formats.
 - A ``DepthwiseConv*D`` kernel ``(*k, C, M)`` feeds output channel ``c * M + m``
@@ -108,7 +110,6 @@ from ..conv import Conv
 from ..errors import ConfigError, ShapeError, UnsupportedError, fail
 from ..transpose import ConvTranspose
 
-KERNEL_LAYOUT = layouts.LAYOUTS["keras"]  # "K I O": a Conv1D kernel
 DATA_FORMATS = ("channels_last", "channels_first")
 _OTHER_FORMAT = {"channels_last": "channels_first", "channels_first": "channels_last"}
 
@@ -187,11 +188,6 @@ class Flavour:
             "SeparableConv1D/2D), or a Sequential of them with ZeroPadding, Cropping and Permute((2, 1)) layers "
             "around them (what to_native returns)"
         )
-
-    @property
-    def padding_has_data_format(self) -> bool:
-        """Keras 3's ZeroPadding1D takes data_format; tf_keras's does not."""
-        return _takes_data_format(self.keras.layers.ZeroPadding1D)
 
 
 @functools.lru_cache(maxsize=None)
@@ -575,18 +571,21 @@ def _with_crops(record: Any, crops: Pairs) -> Any:
     return _tidy_transpose(record.replace(padding=_add(_transpose_pairs(record), crops)))
 
 
-def segment_record(flavour: Flavour, segment: Segment) -> Any:
-    """The record one segment (pads, convolution layer, crops) computes."""
-    record = read_layer(flavour, segment.layer, segment.kind, segment.rank)
-    return _with_crops(_with_pads(record, segment.pads), segment.crops)
+def _read(flavour: Flavour, parsed: Parsed) -> tuple[list[Any], Any]:
+    """Each convolution layer's own record, and the record the whole native object computes."""
+    own = [read_layer(flavour, s.layer, s.kind, s.rank) for s in parsed.segments]
+    records = [_with_crops(_with_pads(r, s.pads), s.crops) for r, s in zip(own, parsed.segments)]
+    if len(records) == 1:
+        return own, records[0]
+    return own, Chain([layer for r in records for layer in (r.layers if isinstance(r, Chain) else (r,))])
 
 
 def from_native(flavour: Flavour, native: Any) -> Conv | ConvTranspose | Chain:
-    """A built Keras convolution layer (or a model made by :func:`to_native`) as a record, weights bit-exact."""
-    records = [segment_record(flavour, s) for s in parse(flavour, native).segments]
-    if len(records) == 1:
-        return records[0]
-    return Chain([layer for r in records for layer in (r.layers if isinstance(r, Chain) else (r,))])
+    """A built Keras convolution layer (or a model made by :func:`to_native`) as a record, weights bit-exact.
+
+    A ``Sequential`` of several convolutions is a :class:`~layoutconv.Chain` of their records.
+    """
+    return _read(flavour, parse(flavour, native))[1]
 
 
 # -- writing ------------------------------------------------------------------
@@ -628,20 +627,31 @@ def keras_padding(conv: Conv, spatial: tuple[int, ...] | None = None, *, causal:
     return "valid", pads
 
 
+def _keras_output_padding(padding: str, k: int, s: int, d: int, want: tuple[tuple[int, int], int]) -> int | None:
+    """The ``output_padding`` that makes one axis of a Keras transposed layer give ``want`` (crops, output_padding), or None.
+
+    :func:`keras_transpose_axis` inverted (``'same'``: ``T = crop_begin + crop_end - output_padding``,
+    ``a = r - r % 2 - T``), then checked forwards; Keras needs ``a < s``, and TensorFlow ``r % 2 + a >= 1`` with 'same'.
+    """
+    (begin, end), extra = want
+    r = d * (k - 1) + 1
+    a = extra if padding == "valid" else r - r % 2 - (begin + end - extra)
+    if not 0 <= a < s or (padding == "same" and r % 2 + a == 0):
+        return None
+    return a if keras_transpose_axis(k, s, d, padding, a) == want else None
+
+
 def keras_transpose_padding(t: ConvTranspose) -> tuple[str, tuple[int, ...] | None, Pairs]:
     """Keras ``padding`` and ``output_padding`` for ``t``, and the crops a Cropping layer must add behind."""
-    pairs = _transpose_pairs(t)
-    for padding, extra in (("valid", None), ("same", None), ("valid", t.output_padding), ("same", t.output_padding)):
-        if extra is not None and any(a >= s for a, s in zip(extra, t.stride)):
-            continue  # Keras refuses output_padding >= stride
-        if padding == "same" and extra is not None and any(r % 2 + a == 0 for r, a in zip(t.receptive_field, extra)):
-            continue  # TensorFlow fails on it (see the facts above)
-        read = [
-            keras_transpose_axis(k, s, d, padding, None if extra is None else a)
-            for k, s, d, a in zip(t.kernel_shape, t.stride, t.dilation, t.output_padding)
-        ]
-        if tuple(p for p, _ in read) == pairs and tuple(a for _, a in read) == t.output_padding:
-            return padding, extra, _zeros(t.spatial_rank)
+    want = list(zip(_transpose_pairs(t), t.output_padding))
+    axes = list(zip(t.kernel_shape, t.stride, t.dilation))
+    for padding in ("valid", "same"):
+        if all(keras_transpose_axis(k, s, d, padding, None) == w for (k, s, d), w in zip(axes, want)):
+            return padding, None, _zeros(t.spatial_rank)
+    for padding in ("valid", "same"):
+        extra = [_keras_output_padding(padding, k, s, d, w) for (k, s, d), w in zip(axes, want)]
+        if None not in extra:
+            return padding, tuple(int(a) for a in extra), _zeros(t.spatial_rank)
     if any(a >= s for a, s in zip(t.output_padding, t.stride)):
         raise fail(
             UnsupportedError,
@@ -650,7 +660,7 @@ def keras_transpose_padding(t: ConvTranspose) -> tuple[str, tuple[int, ...] | No
             f"output_padding={t.output_padding} with stride {t.stride} (and dilation {t.dilation})",
             ELSEWHERE,
         )
-    return "valid", t.output_padding, pairs
+    return "valid", t.output_padding, _transpose_pairs(t)
 
 
 def _check_stride_with_dilation(flavour: Flavour, kind: Kind, record: Any) -> None:
@@ -888,12 +898,17 @@ def _tensorflow_cpu_only(flavour: Flavour) -> bool:
     return not tf.config.list_physical_devices("GPU")
 
 
+#: layers TensorFlow's CPU kernels refuse and XLA compiles (see the facts in the module documentation)
+_XLA_ONLY: tuple[Callable[[Segment], bool], ...] = (
+    lambda s: s.layer.data_format == "channels_first",
+    lambda s: s.kind is TRANSPOSE and max(s.layer.dilation_rate) > 1,
+    lambda s: s.kind in (DEPTHWISE, SEPARABLE) and len(set(s.layer.strides)) > 1,
+)
+
+
 def _needs_xla(flavour: Flavour, segments: Sequence[Segment]) -> bool:
-    """TensorFlow on CPU runs channels_first and dilated transposed convolutions only when XLA compiles them."""
-    return _tensorflow_cpu_only(flavour) and any(
-        s.layer.data_format == "channels_first" or (s.kind is TRANSPOSE and max(s.layer.dilation_rate) > 1)
-        for s in segments
-    )
+    """True on TensorFlow without a GPU when a layer runs only under XLA (:data:`_XLA_ONLY`)."""
+    return _tensorflow_cpu_only(flavour) and any(rule(s) for s in segments for rule in _XLA_ONLY)
 
 
 def _call(flavour: Flavour, native: Any, x_native: np.ndarray, xla: bool) -> np.ndarray:
@@ -965,14 +980,13 @@ def _refuse_misplaced_bias(flavour: Flavour, segment: Segment, record: Any, out:
 
 def run(flavour: Flavour, native: Any, x: Any) -> np.ndarray:
     """Apply ``native`` to ``x`` given as ``(N, C, *spatial)``; return ``(N, O, *spatial_out)`` as numpy."""
-    record = from_native(flavour, native)  # validates the object and gives the sizes
     parsed = parse(flavour, native)
+    own, record = _read(flavour, parsed)  # validates the object and gives the sizes
     x = _checked_input(record, x)  # (N, C, *spatial): moved to the layer's data_format below
     spatial = tuple(int(n) for n in x.shape[2:])
-    for segment in parsed.segments:
-        own = read_layer(flavour, segment.layer, segment.kind, segment.rank)
-        out = _output_shape(own, tuple(n + b + e for n, (b, e) in zip(spatial, segment.pads)))
-        _refuse_misplaced_bias(flavour, segment, own, out)
+    for segment, layer_record in zip(parsed.segments, own):
+        out = _output_shape(layer_record, tuple(n + b + e for n, (b, e) in zip(spatial, segment.pads)))
+        _refuse_misplaced_bias(flavour, segment, layer_record, out)
         spatial = tuple(n - b - e for n, (b, e) in zip(out, segment.crops))
     channels_last = parsed.data_format == "channels_last"
     x_native = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channels_last else x
