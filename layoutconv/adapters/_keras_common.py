@@ -325,7 +325,7 @@ def parse(flavour: Flavour, native: Any) -> Parsed:
     def state(data_format: str, flipped: int) -> str:
         return data_format if flipped % 2 == 0 else _OTHER_FORMAT[data_format]
 
-    layer0, format0, flips0, _ = next(item for item in formats if not item[3])
+    _, format0, flips0, _ = next(item for item in formats if not item[3])
     input_format = state(format0, flips0)
     for layer, data_format, flipped, padding_layer in formats:
         actual = state(input_format, flipped)
@@ -956,6 +956,14 @@ def _checked_input(record: Any, x: Any) -> np.ndarray:
             "Input does not fit the transposed convolution",
             f"shape (N, {first.in_channels}, {', '.join(layouts.SPATIAL[rank]) if rank > 1 else 'L'}) (channels first)",
             f"shape {tuple(x.shape)}",
+        )
+    out = first.output_shape(x.shape[2:])
+    if min(out) <= 0:
+        raise fail(
+            ShapeError,
+            "The transposed convolution's crops leave no output for this input",
+            "an input large enough for an output of at least 1 on every axis",
+            f"input size {tuple(x.shape[2:])} -> output size {out}",
         )
     return x
 
