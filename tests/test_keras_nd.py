@@ -448,3 +448,19 @@ def test_depthwise_layout_moves_every_element(rng):
     with pytest.raises(ConfigError, match="one input channel per group"):
         layouts.from_canonical(np.zeros((8, 2, 3, 5)), "H W G M", groups=4)
     assert "keras-depthwise1d" not in [name for name, _ in layouts.fitting_layouts((3, 4, 2))]
+
+
+def test_bad_arguments_and_inputs_are_typed_errors(flavour, rng):
+    adapter, _ = flavour
+    conv = Conv(weights(rng, 3, 2, 3, 5), padding="same_lower", stride=2)
+    for length in ((9,), (9, 0), 2.5, True):
+        with pytest.raises(ConfigError, match="Invalid value for argument `length`"):
+            adapter.to_native(conv, length=length)
+    with pytest.raises(ConfigError, match="to_native needs a record"):
+        adapter.to_native(np.zeros((3, 2, 3, 5), "float32"))
+    t = ConvTranspose(weights(rng, 2, 3, 3, 1), stride=1, padding=((2, 2), (0, 0)))
+    native = adapter.to_native(t)
+    with pytest.raises(ShapeError, match="crops leave no output"):
+        adapter.run(native, rng.standard_normal((1, 2, 1, 4)).astype("float32"))
+    with pytest.raises(ShapeError, match=r"shape \(N, 2, H, W\)"):
+        adapter.run(native, rng.standard_normal((1, 4, 4, 2)).astype("float32"))  # channels last by mistake
