@@ -80,6 +80,16 @@ class Chain(Record):
     def stride(self) -> tuple[int, ...]:
         return self.layers[0].stride
 
+    def hyperparameters(self) -> dict[str, Any]:
+        """Each layer's hyperparameters, in order (``Report.to_dict`` and ``--json`` show them)."""
+        return {"layers": [dict(kind=type(layer).__name__, **layer.hyperparameters()) for layer in self.layers]}
+
+    def output_shape(self, spatial: Any) -> tuple[int, ...]:
+        """Spatial size after every layer."""
+        for layer in self.layers:
+            spatial = layer.output_shape(spatial)
+        return tuple(spatial)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Chain):
             return NotImplemented

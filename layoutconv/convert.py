@@ -59,9 +59,10 @@ def _write_keras(conv: Conv1D, path: str) -> None:
 
     from . import to_keras
 
-    native = to_keras(conv, flavor="keras")  # channels_last: inputs (N, L, C)
+    native = to_keras(conv, flavor="keras")  # channels_last: inputs (N, *spatial, C)
     if not isinstance(native, keras.Model):
-        native = keras.Sequential([keras.Input(shape=(None, conv.in_channels), dtype=conv.dtype.name), native])
+        shape = (None,) * conv.spatial_rank + (conv.in_channels,)
+        native = keras.Sequential([keras.Input(shape=shape, dtype=conv.dtype.name), native])
     native.save(path)
 
 

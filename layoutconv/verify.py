@@ -103,21 +103,31 @@ def default_input(conv: Any, *, length: int | None = None, batch: int = 2, seed:
     """
     rank = conv.spatial_rank
     if length is not None:
-        sizes = (int(length),) * rank
-    else:
-        sizes_list = []
-        for axis, (span, s) in enumerate(zip(conv.receptive_field, conv.stride)):
-            size = (2 * span + 3 * s + 4 if isinstance(conv, Conv) else span + 2) + 2 * axis  # axes of different sizes
-            # odd, not a multiple of the stride, and (to stay clear of a Keras 3 channels_first
-            # bias bug, see docs/verification.md) an output length different from out_channels
-            while size % 2 == 0 or (s > 1 and size % s == 0) or (
-                rank == 1 and isinstance(conv, Conv) and conv.output_shape(size)[0] == conv.out_channels
-            ):
-                size += 1
-            sizes_list.append(size)
-        sizes = tuple(sizes_list)
+        return np.random.default_rng(seed).standard_normal((batch, conv.in_channels, *(int(length),) * rank)).astype(conv.dtype)
+    sizes = []
+    for axis, (span, s) in enumerate(zip(conv.receptive_field, conv.stride)):
+        size = (2 * span + 3 * s + 4 if isinstance(conv, Conv) else span + 2) + 2 * axis  # axes of different sizes
+        while size % 2 == 0 or (s > 1 and size % s == 0):  # odd, and not a multiple of the stride
+            size += 1
+        sizes.append(size)
+    # Stay clear of a Keras 3 channels_first bias bug (docs/verification.md): the last output
+    # size must differ from out_channels.
+    while _last_output_size(conv, sizes) == conv.out_channels:
+        sizes[-1] += 2
+    sizes = tuple(sizes)
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch, conv.in_channels, *sizes)).astype(conv.dtype)
+
+
+def _last_output_size(record: Any, sizes: list[int]) -> int | None:
+    """The reference's output size on the last spatial axis (``None`` when the record has no single formula)."""
+    layers = getattr(record, "layers", (record,))
+    for layer in layers:
+        try:
+            sizes = list(layer.output_shape(tuple(sizes)))
+        except (AttributeError, LayoutError):
+            return None
+    return sizes[-1]
 
 
 def compare(conv: Conv1D, x: np.ndarray, y: Any, framework: str, expected: np.ndarray | None = None) -> Result:
