@@ -169,3 +169,24 @@ def test_failed_verification_is_a_named_error_and_exit_status_1(capsys):
     finally:
         del cli.COMMANDS["_fails"]
     assert "does not compute" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".keras"])
+def test_2d_record_is_saved_and_verified(tmp_path, rng, suffix):
+    need(*NEEDS["torch" if suffix == ".pt" else "keras"])
+    conv = layoutconv.Conv(rng.standard_normal((5, 3, 3, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32),
+                           stride=(2, 1), padding="same_upper", activation="relu")
+    out = tmp_path / f"c2d{suffix}"
+    report = layoutconv.save(conv, out)
+    assert report.passed and report.input_shape[2] != report.input_shape[3]
+    assert sorted(os.listdir(tmp_path)) == [out.name]
+
+
+def test_chain_report_is_json(rng):
+    import json
+
+    need("torch")
+    chain = layoutconv.Chain((layoutconv.Conv(rng.standard_normal((6, 1, 3, 3)), groups=3),
+                              layoutconv.Conv(rng.standard_normal((4, 6, 1, 1)))))
+    data = json.loads(json.dumps(layoutconv.verify(chain, frameworks=["torch"]).to_dict()))
+    assert data["passed"] and [layer["kind"] for layer in data["conv"]["layers"]] == ["Conv2D", "Conv2D"]
