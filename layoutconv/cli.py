@@ -218,21 +218,10 @@ def _convention(name: str):
 
 
 def load_npy(path: str | None, what: str):
-    """Read a ``.npy`` array without pickle; a bad file is a FileFormatError naming it."""
-    from .errors import FileFormatError, fail
+    """Read a ``.npy`` array safely (see ``layoutconv/_npy.py``); a bad file is a FileFormatError naming it."""
+    from ._npy import read_npy
 
-    if path is None:
-        return None
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise fail(
-            FileFormatError,
-            f"Cannot read the {what} from {path!r}",
-            "a .npy file written by numpy.save (no pickled objects)",
-            f"{type(exc).__name__}: {exc}",
-            "Save arrays with numpy.save(path, array).",
-        ) from None
+    return None if path is None else read_npy(path, what)
 
 
 def _dtype(name: str):
