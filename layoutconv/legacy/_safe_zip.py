@@ -10,6 +10,7 @@ The rules (documented in ``docs/keras-legacy.md``):
   compression ratio exceeds ``MAX_RATIO`` (a decompression bomb);
 * reads are capped (``MAX_JSON_BYTES`` for JSON members) and a member that
   yields more bytes than it declares is refused;
+* symbolic-link members (Unix mode ``S_IFLNK`` in the external attributes) are refused;
 * encrypted members and archives with more than ``MAX_MEMBERS`` members are refused.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import re
+import stat
 import zipfile
 from typing import Any
 
@@ -154,6 +156,14 @@ def check_members(infos: list[zipfile.ZipInfo], label: str) -> dict[str, zipfile
                 "relative member names without '..'",
                 f"{info.filename!r}",
                 "layoutconv refuses archives that could write outside a directory.",
+            )
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise fail(
+                UnsafeFileError,
+                f"Member {info.filename!r} of {label} is a symbolic link",
+                "regular file members",
+                f"Unix mode {oct(info.external_attr >> 16)} (S_IFLNK)",
+                "layoutconv refuses archives with links (an extracting tool would follow them out of its directory).",
             )
         if info.flag_bits & 0x1:
             raise fail(FileFormatError, f"Member {info.filename!r} of {label} is encrypted", "unencrypted members", "an encrypted member")

@@ -158,11 +158,46 @@ def _head(path: str) -> bytes:
 
 
 # -- configs ---------------------------------------------------------------
+#: Deepest nesting of lists and objects accepted in a config.  Keras 3 and tf_keras write 6 to 10
+#: levels, plus 3 per nested model (measured); the recursive helpers that walk a config (and
+#: ``json.dumps``) stay far from Python's recursion limit at this depth.
+MAX_JSON_DEPTH = 100
+
+
 def _json(text: str | bytes, label: str, what: str) -> Any:
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise fail(FileFormatError, f"The {what} in {label} is not valid JSON", "a JSON document", f"{type(exc).__name__}: {exc}") from None
+    depth = json_depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise fail(
+            FileFormatError,
+            f"The {what} in {label} is nested too deeply",
+            f"lists and objects nested at most {MAX_JSON_DEPTH} levels deep (Keras writes 6 to 10, plus 3 per nested model)",
+            f"more than {MAX_JSON_DEPTH} levels",
+            "The file is corrupt or hostile; it was not read.",
+        )
+    return value
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply lists and dicts nest in ``value`` (a scalar is 0), counted without recursion; stops above ``limit``."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def config_layers(config: Any) -> dict[str, tuple[str, dict]]:
@@ -398,14 +433,16 @@ def _parse_keras3(h5: SafeH5, source: Source, config: Any, version: tuple[str | 
     import h5py
 
     found: list[tuple[str, str | None, tuple[Weight, ...]]] = []
+    visited: set[int] = set()  # each group once: hard and soft links may lead back to a parent or fan out
 
     def walk(group: Any, prefix: str, depth: int = 0) -> None:
         if depth > 32:
             return
         for child in sorted(group.keys(), key=_natural):
             obj = group.get(child)
-            if not isinstance(obj, h5py.Group):
+            if not isinstance(obj, h5py.Group) or hash(obj.id) in visited:
                 continue
+            visited.add(hash(obj.id))
             path = prefix + child
             vars_group = obj.get("vars")
             if isinstance(vars_group, h5py.Group):
@@ -416,7 +453,9 @@ def _parse_keras3(h5: SafeH5, source: Source, config: Any, version: tuple[str | 
             if isinstance(sub, h5py.Group):
                 walk(sub, path + "/", depth + 1)
 
-    walk(h5.group("layers"), "")
+    layers_group = h5.group("layers")
+    visited.add(hash(layers_group.id))
+    walk(layers_group, "")
     cfgs = config_layers(config) if config is not None else {}
     by_path = keras3_paths(config) if config is not None else {}
     order = {name: i for i, name in enumerate(cfgs)}

@@ -506,14 +506,13 @@ def _check_config_sizes(layer: Layer, config: dict[str, Any], size: dict[str, in
 
 
 def _same_padding(a: Any, b: Any, kernel_size: int, stride: int, dilation: int) -> bool:
-    """Whether two canonical paddings give the same pads for every input length."""
+    """Whether two canonical paddings give the same pads for every input length (decided without enumerating lengths)."""
     if a == b:
         return True
-    probe = np.zeros((1, 1, kernel_size), np.float32)
+    probe = np.zeros((1, 1, kernel_size), np.float32)  # validates and normalises the values
     ca = Conv1D(probe, padding=a, stride=stride, dilation=dilation)
     cb = Conv1D(probe, padding=b, stride=stride, dilation=dilation)
-    span = dilation * (kernel_size - 1) + 1
-    return all(ca.pads(n) == cb.pads(n) for n in range(1, 4 * stride * span + 8))
+    return semantics.same_pads_for_every_length(ca.padding, cb.padding, ca.receptive_field[0], ca.stride[0])
 
 
 # -- public functions --------------------------------------------------------
