@@ -26,10 +26,14 @@ formula, ``Mish`` (opset 18+) or ``x * Tanh(Softplus(x))``, so the opset stays 1
 ``from_native`` reads a ``Conv`` node back, with the activation whose nodes are
 the only users of its output (an activation operator it cannot record, such as
 ``LeakyRelu(alpha=0.01)``, is refused; anything else after the ``Conv`` leaves it
-linear), folding a ``Pad`` node that feeds it into the padding; pads computed at run time are recognised by evaluating them
-for many input lengths.  The padding rule's name (``causal``, ``same_upper``
-...) travels in the ``Conv`` node's ``doc_string`` and is used only when it
-describes the same computation as the graph.
+linear), folding a ``Pad`` node that feeds it into the padding.  Pads computed at
+run time are recognised without running the file: the sub-graph ``to_native``
+writes is matched by its structure, and other shape arithmetic is evaluated by a
+small numpy interpreter over a whitelist of ops, with caps on nodes and tensor
+sizes (see ``docs/security.md``); onnxruntime never runs a part of a file that is
+being read.  The padding rule's name (``causal``, ``same_upper`` ...) travels in
+the ``Conv`` node's ``doc_string`` and is used only when it describes the same
+computation as the graph.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from .. import __version__, registry
 from ..conv import Conv1D
+from ..legacy.semantics import fixed_pads, same_pads_for_every_length
 from ..errors import (
     ConfigError,
     FileFormatError,
@@ -90,6 +95,28 @@ _ORT_INPUT_DTYPES = {
     "tensor(double)": "float64",
     "tensor(bfloat16)": "bfloat16",
 }
+
+#: Largest ``.onnx`` file read: protobuf cannot parse a message of 2 GiB or more.
+MAX_ONNX_BYTES = (1 << 31) - 1
+#: Tensor types read from a file (one value per element, fixed size); others are refused.
+_READ_TYPES = frozenset(
+    {
+        TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16,
+        TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
+        TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64, TensorProto.BOOL,
+    }
+)  # fmt: skip
+#: Ops the pads interpreter evaluates: shape arithmetic on tiny tensors.  Anything else is refused.
+PAD_OPS = (
+    "Shape", "Size", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub", "Mul",
+    "Div", "Mod", "Max", "Min", "Neg", "Constant", "Reshape", "Transpose", "ConstantOfShape", "Identity",
+)  # fmt: skip
+#: At most this many nodes may compute one Pad node's pads (``to_native`` writes 11, PyTorch's exporter 15) ...
+MAX_PAD_NODES = 64
+#: ... and every tensor among them holds at most this many elements (pads of a 1-d conv have 6).
+MAX_PAD_ELEMENTS = 64
+#: Input lengths at which computed pads are compared with a rule: all of them up to this bound, samples beyond.
+MAX_PROBE_LENGTHS = 1024
 
 
 # ---------------------------------------------------------------------------
@@ -352,6 +379,15 @@ def _load(model_or_path: Any) -> onnx.ModelProto:
     path = os.fspath(model_or_path)
     if not os.path.isfile(path):
         raise fail(FileFormatError, "ONNX file not found", "an existing .onnx file", f"{path!r}")
+    size = os.path.getsize(path)
+    if size > MAX_ONNX_BYTES:
+        raise fail(
+            UnsafeFileError,
+            "File is too large to be an ONNX model",
+            f"at most {MAX_ONNX_BYTES} bytes (protobuf cannot hold a larger message)",
+            f"{path!r} ({size} bytes)",
+            "Large models keep their weights in external data, which layoutconv does not follow.",
+        )
     try:
         return onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
@@ -414,6 +450,67 @@ _WEIGHT_SOURCES: dict[str, tuple[type[LayoutError], str]] = {
 }
 
 
+def _array(t: TensorProto, what: str, max_elements: int | None = None) -> np.ndarray:
+    """``numpy_helper.to_array`` after checking that the tensor holds exactly the data its dims declare.
+
+    The declared element count is compared with the bytes of ``raw_data`` (or the
+    length of the typed field) before anything is allocated; external data,
+    segments and types other than plain numbers are refused.
+    """
+    if t.data_location == TensorProto.EXTERNAL:
+        raise fail(
+            UnsafeFileError,
+            f"Tensor {what} keeps its data in an external file",
+            "data stored inside the model",
+            "data_location=EXTERNAL",
+            "layoutconv never follows external-data paths.",
+        )
+    if t.HasField("segment") or t.data_type not in _READ_TYPES:
+        kind = "a segment of a tensor" if t.HasField("segment") else f"element type {t.data_type}"
+        raise fail(UnsupportedError, f"Cannot read tensor {what}", "a float or integer tensor stored whole", kind)
+    dims = list(t.dims)
+    if any(d < 0 for d in dims):
+        raise fail(FileFormatError, f"Tensor {what} has a negative dimension", "dims >= 0", f"dims {dims}")
+    count = math.prod(dims)
+    if max_elements is not None and count > max_elements:
+        raise fail(UnsupportedError, f"Tensor {what} is too large here", f"at most {max_elements} elements", f"dims {dims}")
+    itemsize = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    if t.HasField("raw_data"):
+        present, expected, unit = len(t.raw_data), count * itemsize, "bytes of raw_data"
+    else:
+        field = helper.tensor_dtype_to_field(t.data_type)
+        present, expected, unit = len(getattr(t, field)), count, f"values in {field}"
+    if present != expected:
+        raise fail(
+            FileFormatError,
+            f"Tensor {what} does not hold the data its dims declare",
+            f"{expected} {unit} for dims {dims}",
+            f"{present}",
+            "The model is truncated or corrupt; export it again.",
+        )
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError) as exc:
+        raise fail(FileFormatError, f"Cannot read tensor {what}", "a well-formed TensorProto", f"{type(exc).__name__}: {exc}") from None
+
+
+def _constant_value(node: onnx.NodeProto, max_elements: int | None = None) -> np.ndarray | None:
+    """A ``Constant`` node's value (tensor, ints or floats), checked like an initializer; None for other kinds."""
+    for a in node.attribute:
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+            return _array(a.t, f"{a.t.name or node.output[0]!r} of Constant node {node.name!r}", max_elements)
+        if a.name in ("value_ints", "value_int", "value_floats", "value_float"):
+            values = list(a.ints) if a.name == "value_ints" else list(a.floats) if a.name == "value_floats" else None
+            if values is not None and max_elements is not None and len(values) > max_elements:
+                raise fail(UnsupportedError, f"Constant node {node.name!r} is too large here", f"at most {max_elements} values", f"{len(values)}")
+            if a.name == "value_int":
+                return np.array(a.i, dtype=np.int64)
+            if a.name == "value_float":
+                return np.array(a.f, dtype=np.float32)
+            return np.array(values, dtype=np.int64 if a.name == "value_ints" else np.float32)
+    return None
+
+
 class _Graph:
     """Lookups in one graph: constants (initializers and ``Constant`` nodes) and producers."""
 
@@ -424,17 +521,16 @@ class _Graph:
         self.inputs = {i.name for i in model.graph.input} - set(self.initializers)
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
 
-    def constant(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` if it is an initializer or a ``Constant`` node's output, else None."""
+    def constant(self, name: str, max_elements: int | None = None) -> np.ndarray | None:
+        """The value of ``name`` if it is an initializer or a ``Constant`` node's output, else None.
+
+        The tensor is checked first (see :func:`_array`); ``max_elements`` refuses larger ones.
+        """
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return _array(self.initializers[name], f"initializer {name!r}", max_elements)
         node = self.producers.get(name)
         if node is not None and node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-                if a.name in ("value_ints", "value_int"):
-                    return np.array(helper.get_attribute_value(a), dtype=np.int64)
+            return _constant_value(node, max_elements)
         return None
 
     def weight(self, name: str, conv: onnx.NodeProto, role: str) -> np.ndarray:
@@ -459,8 +555,16 @@ class _Graph:
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    out = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return {k: v.decode() if isinstance(v, bytes) else v for k, v in out.items()}
+    try:
+        out = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    except ValueError as exc:
+        raise fail(
+            FileFormatError,
+            f"{node.op_type} node {node.name!r} has an attribute of unknown type",
+            "attributes of the types ONNX defines",
+            f"{exc}"[:200],
+        ) from None
+    return {k: v.decode(errors="replace") if isinstance(v, bytes) else v for k, v in out.items()}
 
 
 def _spatial(node: onnx.NodeProto, attrs: dict[str, Any], name: str, default: list[int], size: int) -> list[int]:
@@ -476,17 +580,43 @@ def _spatial(node: onnx.NodeProto, attrs: dict[str, Any], name: str, default: li
 
 
 def _probe_lengths(stride: int, span: int) -> list[int]:
-    """Input lengths that cover every case of the ``same_*`` formula (periodic in L, period = stride)."""
-    return list(range(1, span + 3 * stride + 3)) + [997, 1024, 4099]
+    """Input lengths at which pads computed at run time are compared with the ``same_*`` rules.
+
+    A rule's pads depend on ``m = (-L) mod s`` only: ``total = max(m + r - s, 0)``.
+    Every length up to ``r + 3 s + 2`` covers each case; when that is more than
+    :data:`MAX_PROBE_LENGTHS` lengths, the residues that matter (0 to 3, ``s - 3`` to
+    ``s - 1``, around the clamp at ``m = s - r``, and 17 spread ones) are each
+    probed at three lengths, together with every length up to 64.
+    """
+    last = span + 3 * stride + 2
+    if last <= MAX_PROBE_LENGTHS:
+        lengths = set(range(1, last + 1))
+    else:
+        s, r = stride, span
+        residues = {0, 1, 2, 3, s - 1, s - 2, s - 3} | {s - r + i for i in range(-2, 3)} | {i * s // 17 for i in range(17)}
+        lengths = set(range(1, 65))
+        for m in {m % s for m in residues}:
+            lengths |= {q * s - m for q in (1, 2, (r + m) // s + 2) if q * s - m >= 1}
+    return sorted(lengths | {997, 1024, 4099})
 
 
-def _pad_function(g: _Graph, pad: onnx.NodeProto) -> Callable[[int], tuple[int, int]] | tuple[int, int]:
-    """A Pad node's (begin, end) on the length axis: a constant pair, or a function of the input length."""
+PadFunction = Callable[[int], tuple[int, int]]
+
+
+def _pad_function(g: _Graph, pad: onnx.NodeProto, probe: Conv1D) -> tuple[int, int] | str | PadFunction:
+    """A Pad node's (begin, end) on the length axis.
+
+    A constant pair; or the name of the ``same_*`` rule when the pads come from the
+    sub-graph :func:`_dynamic_pads` writes, for this stride and receptive field; or
+    else a function of the input length, evaluated by :class:`_PadsProgram`.
+    """
     if g.opset < 11:  # pads were an attribute before opset 11
         return _length_axis_pads(pad, np.array(_attrs(pad).get("pads", [0] * 6)), None)
+    if len(pad.input) < 2 or not pad.input[1]:
+        raise fail(FileFormatError, f"Pad node {pad.name!r} has no pads input", "Pad(data, pads, ...) from opset 11 on", f"inputs {list(pad.input)}")
     axes = None
     if len(pad.input) > 3 and pad.input[3]:
-        axes = g.constant(pad.input[3])
+        axes = g.constant(pad.input[3], max_elements=MAX_PAD_ELEMENTS)
         if axes is None:
             raise fail(
                 UnsupportedError,
@@ -494,15 +624,23 @@ def _pad_function(g: _Graph, pad: onnx.NodeProto) -> Callable[[int], tuple[int, 
                 "constant axes",
                 f"tensor {pad.input[3]!r}",
             )
-    pads = g.constant(pad.input[1])
+    pads = g.constant(pad.input[1], max_elements=MAX_PAD_ELEMENTS)
     if pads is not None:
         return _length_axis_pads(pad, pads, axes)
-    evaluate = _pads_evaluator(g, pad)
-    return lambda length: _length_axis_pads(pad, evaluate(length), axes)
+    written = _written_same_rule(g, pad)
+    if axes is None and written is not None and written[1:] == (probe.stride[0], probe.receptive_field[0]):
+        return written[0]
+    program = _PadsProgram(g, pad, probe.in_channels)
+    if not program.reads_length:
+        return _length_axis_pads(pad, program(1), axes)
+    return lambda length: _length_axis_pads(pad, program(length), axes)
 
 
 def _length_axis_pads(pad: onnx.NodeProto, pads: np.ndarray, axes: np.ndarray | None) -> tuple[int, int]:
-    pads = np.asarray(pads, dtype=np.int64).ravel()
+    pads = np.asarray(pads)
+    if pads.dtype.kind not in "iu":
+        raise fail(UnsupportedError, f"Pad node {pad.name!r}: pads are not integers", "int64 pads", f"dtype {pads.dtype}")
+    pads = pads.astype(np.int64).ravel()
     axes_list = [int(a) % 3 for a in (axes if axes is not None else range(3))]
     if pads.size != 2 * len(axes_list):
         raise fail(
@@ -523,59 +661,306 @@ def _length_axis_pads(pad: onnx.NodeProto, pads: np.ndarray, axes: np.ndarray | 
     return int(begin.get(2, 0)), int(end.get(2, 0))
 
 
-def _pads_evaluator(g: _Graph, pad: onnx.NodeProto) -> Callable[[int], np.ndarray]:
-    """Extract the sub-graph computing ``pad``'s pads from the length of its data input; return it as a function."""
-    data, target = pad.input[0], pad.input[1]
-    nodes: list[onnx.NodeProto] = []
-    inits: list[TensorProto] = []
-    seen: set[str] = set()
+def _written_same_rule(g: _Graph, pad: onnx.NodeProto) -> tuple[str, int, int] | None:
+    """``(rule, stride, receptive field)`` when ``pad``'s pads come from the sub-graph :func:`_dynamic_pads` writes.
 
-    def refuse(what: str, received: str) -> LayoutError:
-        expected = f"pads that are constant or computed from Shape({data})"
-        return fail(UnsupportedError, f"Pad node {pad.name!r}: the pads depend on {what}", expected, received)
+    Matched by structure (ops, wiring and constant values), not by names:
+    ``Concat([0, 0], a, [0, 0], b)`` of ``small = Div(total, 2)`` and
+    ``big = Sub(total, small)``, with ``total = Max(Add(Sub(Mul(Div(Add(L, s - 1), s), s), L), r - s), 0)``
+    and ``L = Shape(data, start=2, end=3)``.  Nothing is evaluated.
+    """
 
-    def visit(name: str) -> None:
-        if not name or name in seen:
-            return
-        seen.add(name)
-        if name in g.initializers:
-            inits.append(g.initializers[name])
-            return
-        node = g.producers.get(name)
-        if node is None or name == data:
-            raise refuse(f"the values of tensor {name!r}", "value-dependent pads")
-        if node.op_type in ("Shape", "Size"):
-            if node.input[0] != data:
-                raise refuse(f"the shape of {node.input[0]!r}", f"{node.op_type}({node.input[0]})")
-        else:
-            for i in node.input:
-                visit(i)
-        nodes.append(node)
+    def node(name: str, op: str, arity: int) -> onnx.NodeProto | None:
+        n = g.producers.get(name)
+        ok = n is not None and n.op_type == op and n.domain in ("", "ai.onnx") and len(n.input) == arity
+        return n if ok else None
 
-    visit(target)
-    # Shape and Size read only the shape, so a float32 stand-in of length L serves every dtype.
-    graph = helper.make_graph(
-        nodes,
-        "pads",
-        [helper.make_tensor_value_info(data, TensorProto.FLOAT, [1, 1, "L"])],
-        [helper.make_tensor_value_info(target, TensorProto.INT64, None)],
-        inits,
-    )
-    sub = helper.make_model(graph, opset_imports=list(g.model.opset_import))
-    sub.ir_version = g.model.ir_version
-    try:
-        session = ort.InferenceSession(sub.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise fail(
-            UnsupportedError,
-            f"Pad node {pad.name!r}: cannot evaluate how its pads are computed",
-            "a pads sub-graph onnxruntime can run",
-            f"{type(exc).__name__}: {exc}",
-        ) from None
-    return lambda length: session.run(None, {data: np.zeros((1, 1, length), np.float32)})[0]
+    def const(name: str) -> list[int] | None:
+        try:
+            value = g.constant(name, max_elements=2)
+        except LayoutError:
+            return None
+        return [int(v) for v in value.ravel()] if value is not None and value.dtype == np.int64 and value.ndim == 1 else None
+
+    concat = node(pad.input[1], "Concat", 4)
+    if concat is None or _attrs(concat).get("axis") != 0:
+        return None
+    zeros_1, first, zeros_2, second = concat.input
+    if const(zeros_1) != [0, 0] or const(zeros_2) != [0, 0]:
+        return None
+    if node(first, "Div", 2) and node(second, "Sub", 2):
+        rule, small, big = "same_upper", node(first, "Div", 2), node(second, "Sub", 2)
+    elif node(first, "Sub", 2) and node(second, "Div", 2):
+        rule, small, big = "same_lower", node(second, "Div", 2), node(first, "Sub", 2)
+    else:
+        return None
+    assert small is not None and big is not None
+    total_name = small.input[0]
+    if const(small.input[1]) != [2] or list(big.input) != [total_name, small.output[0]]:
+        return None
+    total = node(total_name, "Max", 2)
+    need = node(total.input[0], "Add", 2) if total is not None and const(total.input[1]) == [0] else None
+    t3 = node(need.input[0], "Sub", 2) if need is not None else None
+    t2 = node(t3.input[0], "Mul", 2) if t3 is not None else None
+    blocks = node(t2.input[0], "Div", 2) if t2 is not None else None
+    t1 = node(blocks.input[0], "Add", 2) if blocks is not None else None
+    if need is None or t3 is None or t2 is None or blocks is None or t1 is None:
+        return None
+    length = node(t1.input[0], "Shape", 1)
+    r_minus_s, s, s_again, s_minus_1 = const(need.input[1]), const(t2.input[1]), const(blocks.input[1]), const(t1.input[1])
+    if length is None or t3.input[1] != t1.input[0] or length.input[0] != pad.input[0]:
+        return None
+    shape_attrs = _attrs(length)
+    if (shape_attrs.get("start"), shape_attrs.get("end")) != (2, 3) or None in (r_minus_s, s, s_again, s_minus_1):
+        return None
+    assert r_minus_s is not None and s is not None and s_minus_1 is not None
+    if len(s) != 1 or s != s_again or s_minus_1 != [s[0] - 1] or len(r_minus_s) != 1 or s[0] < 1:
+        return None
+    return rule, s[0], r_minus_s[0] + s[0]
 
 
-def _rule_from_function(pads_of: Callable[[int], tuple[int, int]], probe: Conv1D, pad: onnx.NodeProto) -> Any:
+class _PadsProgram:
+    """The nodes that compute a Pad node's pads from its input's length, evaluated with numpy.
+
+    Only the ops in :data:`PAD_OPS` are accepted, at most :data:`MAX_PAD_NODES`
+    of them, reading only constants and ``Shape`` (or ``Size``) of the Pad's data
+    input; every tensor is checked against :data:`MAX_PAD_ELEMENTS` before it is
+    made.  Nothing else from the file is executed.
+
+    >>> program = _PadsProgram(graph, pad_node, channels=8)      # doctest: +SKIP
+    >>> program(123)                                             # pads for an input of length 123  # doctest: +SKIP
+    """
+
+    def __init__(self, g: _Graph, pad: onnx.NodeProto, channels: int) -> None:
+        self.g, self.pad, self.channels = g, pad, channels
+        self.data, self.target = pad.input[0], pad.input[1]
+        self.nodes: list[onnx.NodeProto] = []
+        self.constants: dict[str, np.ndarray] = {}
+        self.reads_length = False
+        self._collect()
+
+    def _refuse(self, what: str, received: str, cls: type[LayoutError] = UnsupportedError) -> LayoutError:
+        return fail(
+            cls,
+            f"Pad node {self.pad.name!r}: the pads depend on {what}",
+            f"pads that are constant or computed from Shape({self.data}) with at most {MAX_PAD_NODES} nodes of {', '.join(PAD_OPS)}",
+            received,
+        )
+
+    def _collect(self) -> None:
+        """Find the nodes the pads depend on, in evaluation order; each is checked before its inputs are followed.
+
+        An iterative depth-first walk: a tensor is pushed once, then its node is
+        pushed again as "ready" above its inputs, so it is listed after them.
+        """
+        seen: set[str] = set()
+        stack: list[tuple[str, bool]] = [(self.target, False)]
+        accepted = 0
+        while stack:
+            name, ready = stack.pop()
+            if ready:
+                self.nodes.append(self.g.producers[name])
+                continue
+            if not name or name in seen:
+                continue
+            seen.add(name)
+            if name in self.g.initializers:
+                self.constants[name] = self._constant(name)
+                continue
+            node = self.g.producers.get(name)
+            if node is None or name == self.data:
+                raise self._refuse(f"the values of tensor {name!r}", "value-dependent pads")
+            if node.domain not in ("", "ai.onnx") or node.op_type not in PAD_OPS:
+                op = f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+                raise self._refuse(f"a {op} node ({node.name!r}), which layoutconv does not evaluate", f"op {op}")
+            accepted += 1
+            if accepted > MAX_PAD_NODES or len(node.input) > MAX_PAD_ELEMENTS:
+                raise self._refuse(f"more than {MAX_PAD_NODES} nodes (or a node with more than {MAX_PAD_ELEMENTS} inputs)", "a larger sub-graph")
+            stack.append((name, True))
+            if node.op_type in ("Shape", "Size"):
+                if list(node.input) != [self.data]:
+                    raise self._refuse(f"the shape of {list(node.input)}", f"{node.op_type}({', '.join(node.input)})")
+                self.reads_length = True
+                continue
+            stack.extend((i, False) for i in reversed(node.input) if i not in seen)
+
+    def _constant(self, name: str) -> np.ndarray:
+        value = self.g.constant(name, max_elements=MAX_PAD_ELEMENTS)
+        assert value is not None
+        return value
+
+    def __call__(self, length: int) -> np.ndarray:
+        """The pads tensor for an input of shape ``(1, channels, length)``."""
+        env: dict[str, np.ndarray] = dict(self.constants)
+        for node in self.nodes:
+            reads_shape = node.op_type in ("Shape", "Size")  # of the data input, whose values are never read
+            args = [] if reads_shape else [env.get(i) if i else None for i in node.input]
+            if any(a is None for a, i in zip(args, node.input) if i):
+                raise self._refuse("tensors computed out of order", f"node {node.name!r}", FileFormatError)
+            try:
+                with np.errstate(all="ignore"):
+                    outputs = _PAD_OP_IMPLS[node.op_type](self, node, args, length)
+            except LayoutError:
+                raise
+            except (ValueError, TypeError, IndexError, OverflowError, ZeroDivisionError) as exc:
+                raise self._refuse(f"a {node.op_type} node ({node.name!r}) that cannot be evaluated", f"{type(exc).__name__}: {exc}") from None
+            for out in node.output[:1]:
+                env[out] = self._checked(np.asarray(outputs), node)
+        result = env[self.target]
+        return result
+
+    def _checked(self, value: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+        if value.size > MAX_PAD_ELEMENTS or value.dtype.kind not in "iuf":
+            raise self._refuse(f"a {node.op_type} node ({node.name!r}) making a large or non-numeric tensor", f"shape {value.shape}, dtype {value.dtype}")
+        return value
+
+    # -- the ops -------------------------------------------------------------
+    def size_check(self, shape: tuple[int, ...], node: onnx.NodeProto) -> tuple[int, ...]:
+        """Refuse a result shape above the element cap before it is allocated."""
+        if any(d < 0 for d in shape) or math.prod(shape) > MAX_PAD_ELEMENTS:
+            raise self._refuse(f"a {node.op_type} node ({node.name!r}) making a tensor of shape {tuple(shape)}", f"more than {MAX_PAD_ELEMENTS} elements")
+        return tuple(shape)
+
+
+def _int_list(value: Any) -> list[int]:
+    return [int(v) for v in np.asarray(value).ravel()]
+
+
+def _op_shape(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
+    dims = np.array([1, p.channels, length], dtype=np.int64)
+    if node.op_type == "Size":
+        return np.array(p.channels * length, dtype=np.int64)
+    a = _attrs(node)
+    return dims[a.get("start", 0) : a.get("end", 3)]
+
+
+def _op_binary(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
+    a, b = args[0], args[1]
+    p.size_check(np.broadcast_shapes(a.shape, b.shape), node)
+    op = node.op_type
+    if op in ("Div", "Mod") and a.dtype.kind in "iu" and np.any(b == 0):
+        raise ZeroDivisionError(f"{op} by zero")
+    if op == "Add":
+        return a + b
+    if op == "Sub":
+        return a - b
+    if op == "Mul":
+        return a * b
+    if op == "Div":
+        if a.dtype.kind in "iu":  # ONNX integer division truncates toward zero
+            q = np.abs(a) // np.abs(b)
+            return np.where((a < 0) != (b < 0), -q, q).astype(np.result_type(a, b))
+        return a / b
+    return np.fmod(a, b) if _attrs(node).get("fmod", 0) else np.mod(a, b)
+
+
+def _op_variadic(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
+    p.size_check(np.broadcast_shapes(*(a.shape for a in args)), node)
+    return (np.maximum if node.op_type == "Max" else np.minimum).reduce(np.broadcast_arrays(*args))
+
+
+def _op_gather(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
+    data, indices = args[0], args[1].astype(np.int64)
+    axis = _attrs(node).get("axis", 0)
+    return np.take(data, indices, axis=axis, mode="raise")
+
+
+def _op_slice(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
+    data = args[0]
+    starts, ends = _int_list(args[1]), _int_list(args[2])
+    axes = _int_list(args[3]) if len(args) > 3 and args[3] is not None else list(range(len(starts)))
+    steps = _int_list(args[4]) if len(args) > 4 and args[4] is not None else [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps) or 0 in steps:
+        raise ValueError("starts, ends, axes and steps must have one entry per axis, and no step may be 0")
+    index = [slice(None)] * data.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        index[axis] = slice(start, end, step)
+    return data[tuple(index)]
+
+
+def _op_concat(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
+    p.size_check((sum(a.size for a in args),), node)
+    return np.concatenate([np.atleast_1d(a) for a in args], axis=_attrs(node).get("axis", 0))
+
+
+def _op_axes(node: onnx.NodeProto, args: list[Any]) -> list[int] | None:
+    if len(args) > 1 and args[1] is not None:
+        return _int_list(args[1])
+    axes = _attrs(node).get("axes")
+    return None if axes is None else [int(a) for a in axes]
+
+
+def _op_unsqueeze(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
+    axes = _op_axes(node, args) or []
+    out = args[0]
+    rank = out.ndim + len(axes)
+    for axis in sorted(a % rank if -rank <= a < rank else rank for a in axes):
+        out = np.expand_dims(out, axis)
+    return out
+
+
+def _op_squeeze(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
+    axes = _op_axes(node, args)
+    return np.squeeze(args[0], axis=None if axes is None else tuple(axes))
+
+
+def _op_cast(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
+    to = _attrs(node).get("to")
+    if to not in _READ_TYPES:
+        raise ValueError(f"Cast to element type {to}")
+    return args[0].astype(helper.tensor_dtype_to_np_dtype(to))
+
+
+def _op_reshape(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
+    data, shape = args[0], _int_list(args[1])
+    if len(shape) > 8:
+        raise ValueError(f"a shape of rank {len(shape)}")
+    if not _attrs(node).get("allowzero", 0):
+        shape = [data.shape[i] if d == 0 and i < data.ndim else d for i, d in enumerate(shape)]
+    return data.reshape(shape)
+
+
+def _op_constant_of_shape(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
+    shape = p.size_check(tuple(_int_list(args[0])), node)  # refused before anything is allocated
+    value = _attrs(node).get("value")
+    fill = _array(value, f"value of ConstantOfShape node {node.name!r}", 1) if value is not None else np.zeros(1, np.float32)
+    return np.full(shape, fill.ravel()[0] if fill.size else 0, dtype=fill.dtype)
+
+
+def _op_constant(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
+    value = _constant_value(node, MAX_PAD_ELEMENTS)
+    if value is None:
+        raise ValueError("a Constant node without a numeric value")
+    return value
+
+
+_PAD_OP_IMPLS: dict[str, Callable[[_PadsProgram, onnx.NodeProto, list[Any], int], np.ndarray]] = {
+    "Shape": _op_shape,
+    "Size": _op_shape,
+    "Add": _op_binary,
+    "Sub": _op_binary,
+    "Mul": _op_binary,
+    "Div": _op_binary,
+    "Mod": _op_binary,
+    "Max": _op_variadic,
+    "Min": _op_variadic,
+    "Neg": lambda p, node, args, length: -args[0],
+    "Identity": lambda p, node, args, length: args[0],
+    "Gather": _op_gather,
+    "Slice": _op_slice,
+    "Concat": _op_concat,
+    "Unsqueeze": _op_unsqueeze,
+    "Squeeze": _op_squeeze,
+    "Cast": _op_cast,
+    "Reshape": _op_reshape,
+    "Transpose": lambda p, node, args, length: np.transpose(args[0], _attrs(node).get("perm")),
+    "ConstantOfShape": _op_constant_of_shape,
+    "Constant": _op_constant,
+}
+assert set(_PAD_OP_IMPLS) == set(PAD_OPS)
+
+
+def _rule_from_function(pads_of: PadFunction, probe: Conv1D, pad: onnx.NodeProto) -> Any:
     """Constant pads, or the ``same_*`` rule the pads follow for every probed length."""
     seen = {n: pads_of(n) for n in _probe_lengths(probe.stride[0], probe.receptive_field[0])}
     if len(set(seen.values())) == 1:
@@ -636,8 +1021,13 @@ def _padding(g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], probe: Conv
                 "constant_value 0",
                 f"constant_value={value!r}",
             )
-    function = _pad_function(g, pad)
-    outer = (function,) if isinstance(function, tuple) else _rule_from_function(function, probe, pad)
+    found = _pad_function(g, pad, probe)
+    if isinstance(found, tuple):
+        outer: Any = (found,)
+    elif isinstance(found, str):
+        outer = found
+    else:
+        outer = _rule_from_function(found, probe, pad)
     if outer == ((0, 0),):
         return own, "zeros"  # a Pad that adds nothing; the hint may still name the mode
     if own_zero:
@@ -665,10 +1055,10 @@ def _apply_hint(conv: Conv1D, node: onnx.NodeProto) -> Conv1D:
         )
     except LayoutError:
         return conv
-    lengths = _probe_lengths(conv.stride[0], conv.receptive_field[0])
-    if any(named.pads(n) != conv.pads(n) for n in lengths):
+    r, s = conv.receptive_field[0], conv.stride[0]
+    if not same_pads_for_every_length(named.padding, conv.padding, r, s):
         return conv
-    if named.padding_mode != conv.padding_mode and any(conv.pads(n) != ((0, 0),) for n in lengths):
+    if named.padding_mode != conv.padding_mode and fixed_pads(conv.padding, r, s) != (0, 0):
         return conv
     return named
 
