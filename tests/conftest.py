@@ -27,7 +27,7 @@ def need(*modules: str) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped:
+    if report.skipped and not hasattr(report, "wasxfail"):  # an expected failure is not a skip
         _skipped.append(report.nodeid)
 
 

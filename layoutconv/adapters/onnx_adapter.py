@@ -1228,6 +1228,8 @@ def from_native(model_or_path: Any, node: str | int | None = None) -> Conv1D:
     convs = [n for n in model.graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
     conv_node = _pick(convs, node)
     label = f"Conv node {conv_node.name!r}"
+    if len(conv_node.input) < 2 or not conv_node.input[0] or not conv_node.input[1]:
+        raise fail(FileFormatError, f"{label} lacks its data or weight input", "Conv(X, W) or Conv(X, W, B)", f"inputs {list(conv_node.input)}")
     g = _Graph(model)
     kernel = g.weight(conv_node.input[1], conv_node, "weight W")
     has_bias = len(conv_node.input) > 2 and conv_node.input[2]

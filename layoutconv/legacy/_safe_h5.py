@@ -11,6 +11,8 @@ The rules (documented in ``docs/keras-legacy.md``):
   ``64 * file_size + 1 MiB`` bytes is refused (weights are stored at most
   moderately compressed, so a larger declaration is a decompression bomb or a
   corrupt header);
+* a group linked twice by hard links (a cycle, or a group reachable by two
+  paths) is refused; datasets may be linked more than once;
 * at most ``MAX_LINKS`` links are visited.
 
 Any other failure of h5py (truncated file, wrong file type, corrupt header)
@@ -255,7 +257,8 @@ def check_tree(f: Any, label: str, file_size: int) -> None:
 
     limit = size_limit(file_size)
     stack: list[tuple[str, Any]] = [("/", f)]
-    seen: set[int] = set()
+    seen: set[int] = {hash(f["/"].id)}
+    group_paths: dict[int, str] = {hash(f["/"].id): "/"}
     count = 0
     with guard(label, "the HDF5 structure"):
         while stack:
@@ -293,9 +296,18 @@ def check_tree(f: Any, label: str, file_size: int) -> None:
                 obj = group[name]
                 key = hash(obj.id)
                 if key in seen:
+                    if isinstance(obj, h5py.Group):
+                        raise fail(
+                            UnsafeFileError,
+                            f"{label} links the HDF5 group {group_paths.get(key, '?')!r} a second time, at {full!r}",
+                            "each group linked once (a tree, as Keras writes it)",
+                            "a group reachable by two paths (a hard-link cycle when it contains itself)",
+                            "A reader walking the file would visit it again and again; it was not read.",
+                        )
                     continue
                 seen.add(key)
                 if isinstance(obj, h5py.Group):
+                    group_paths[key] = full
                     stack.append((full, obj))
                 elif isinstance(obj, h5py.Dataset):
                     check_dataset(obj, label, limit)
