@@ -51,7 +51,6 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from .. import __version__, registry
 from ..conv import Conv1D
-from ..legacy.semantics import fixed_pads, same_pads_for_every_length
 from ..errors import (
     ConfigError,
     FileFormatError,
@@ -450,7 +449,7 @@ _WEIGHT_SOURCES: dict[str, tuple[type[LayoutError], str]] = {
 }
 
 
-def _array(t: TensorProto, what: str, max_elements: int | None = None) -> np.ndarray:
+def checked_array(t: TensorProto, what: str, max_elements: int | None = None) -> np.ndarray:
     """``numpy_helper.to_array`` after checking that the tensor holds exactly the data its dims declare.
 
     The declared element count is compared with the bytes of ``raw_data`` (or the
@@ -498,7 +497,7 @@ def _constant_value(node: onnx.NodeProto, max_elements: int | None = None) -> np
     """A ``Constant`` node's value (tensor, ints or floats), checked like an initializer; None for other kinds."""
     for a in node.attribute:
         if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-            return _array(a.t, f"{a.t.name or node.output[0]!r} of Constant node {node.name!r}", max_elements)
+            return checked_array(a.t, f"{a.t.name or node.output[0]!r} of Constant node {node.name!r}", max_elements)
         if a.name in ("value_ints", "value_int", "value_floats", "value_float"):
             values = list(a.ints) if a.name == "value_ints" else list(a.floats) if a.name == "value_floats" else None
             if values is not None and max_elements is not None and len(values) > max_elements:
@@ -527,7 +526,7 @@ class _Graph:
         The tensor is checked first (see :func:`_array`); ``max_elements`` refuses larger ones.
         """
         if name in self.initializers:
-            return _array(self.initializers[name], f"initializer {name!r}", max_elements)
+            return checked_array(self.initializers[name], f"initializer {name!r}", max_elements)
         node = self.producers.get(name)
         if node is not None and node.op_type == "Constant":
             return _constant_value(node, max_elements)
@@ -923,7 +922,7 @@ def _op_reshape(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: 
 def _op_constant_of_shape(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
     shape = p.size_check(tuple(_int_list(args[0])), node)  # refused before anything is allocated
     value = _attrs(node).get("value")
-    fill = _array(value, f"value of ConstantOfShape node {node.name!r}", 1) if value is not None else np.zeros(1, np.float32)
+    fill = checked_array(value, f"value of ConstantOfShape node {node.name!r}", 1) if value is not None else np.zeros(1, np.float32)
     return np.full(shape, fill.ravel()[0] if fill.size else 0, dtype=fill.dtype)
 
 
@@ -1055,10 +1054,9 @@ def _apply_hint(conv: Conv1D, node: onnx.NodeProto) -> Conv1D:
         )
     except LayoutError:
         return conv
-    r, s = conv.receptive_field[0], conv.stride[0]
-    if not same_pads_for_every_length(named.padding, conv.padding, r, s):
+    if not conv.same_pads_for_every_size(named.padding):  # closed form: no input length is enumerated
         return conv
-    if named.padding_mode != conv.padding_mode and fixed_pads(conv.padding, r, s) != (0, 0):
+    if named.padding_mode != conv.padding_mode and not conv.same_pads_for_every_size(((0, 0),)):
         return conv
     return named
 

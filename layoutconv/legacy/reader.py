@@ -439,6 +439,7 @@ class KerasFile:
             name, source = self._layout(layer, None)
             self._check_backend()
             resolved, sources = self._resolve(layer, name, {})
+            _check_geometry(layer, name, resolved)
             convention = semantics.convention_for(name, self.backend, self._config(layer).get("data_format", "channels_last"))
         except LayoutError as exc:
             info["error"] = str(exc)
@@ -462,6 +463,17 @@ class KerasFile:
             },
         )
         return info
+
+
+def _check_geometry(layer: Layer, layout_name: str, resolved: dict[str, Any]) -> None:
+    """Validate the resolved stride, dilation and padding (layoutconv's caps included) on a stand-in kernel.
+
+    Lets ``inspect`` report an absurd configuration without reading the weights;
+    groups are checked against the real weights by :meth:`KerasFile.conv1d`.
+    """
+    assert layer.kernel is not None
+    k = layer.kernel.shape[layouts.parse(layout_name).names.index("K")]
+    Conv1D(np.zeros((1, 1, k), np.float32), stride=resolved["stride"], dilation=resolved["dilation"], padding=resolved["padding"])
 
 
 def _is_float(dtype: str) -> bool:
@@ -512,7 +524,7 @@ def _same_padding(a: Any, b: Any, kernel_size: int, stride: int, dilation: int) 
     probe = np.zeros((1, 1, kernel_size), np.float32)  # validates and normalises the values
     ca = Conv1D(probe, padding=a, stride=stride, dilation=dilation)
     cb = Conv1D(probe, padding=b, stride=stride, dilation=dilation)
-    return semantics.same_pads_for_every_length(ca.padding, cb.padding, ca.receptive_field[0], ca.stride[0])
+    return ca.same_pads_for_every_size(cb.padding)
 
 
 # -- public functions --------------------------------------------------------

@@ -182,47 +182,6 @@ def canonical_padding(padding: Any, backend: str | None, kernel_size: int, dilat
     )
 
 
-def fixed_pads(padding: Any, receptive_field: int, stride: int) -> tuple[int, int] | None:
-    """The ``(begin, end)`` a canonical 1-d padding gives every input length, or ``None`` when they vary.
-
-    A ``same_*`` rule pads ``total(L) = max(((-L) mod s) + r - s, 0)`` in all (the ONNX
-    formula ``(ceil(L / s) - 1) * s + r - L``): constant when ``s == 1`` (``r - 1``) or
-    ``r == 1`` (0), otherwise it takes both ``r - 1`` and ``r - 2`` (``L mod s`` = 1 and 2,
-    or 1 and 0 for ``s == 2``) and so varies with the length.
-    """
-    r, s = receptive_field, stride
-    if isinstance(padding, tuple):
-        return padding[0]
-    if padding == "valid":
-        return (0, 0)
-    if padding == "causal":
-        return (r - 1, 0)
-    if s > 1 and r > 1:
-        return None
-    total = r - 1 if s == 1 else 0
-    small, big = total // 2, total - total // 2
-    return (small, big) if padding == "same_upper" else (big, small)
-
-
-def same_pads_for_every_length(a: Any, b: Any, receptive_field: int, stride: int) -> bool:
-    """Whether two canonical 1-d paddings give the same pads for every input length (decided, not enumerated).
-
-    >>> same_pads_for_every_length("same_upper", ((1, 1),), 3, 1), same_pads_for_every_length("same_upper", "same_lower", 4, 10**12)
-    (True, False)
-
-    Two ``same_*`` rules whose pads vary (stride and receptive field above 1)
-    total ``r - 1`` and ``r - 2`` for some lengths; one of these is odd, and
-    ``same_upper`` puts the odd pad at the end where ``same_lower`` puts it at the
-    beginning, so they agree only when they are the same rule.
-    """
-    if a == b:
-        return True
-    fa, fb = fixed_pads(a, receptive_field, stride), fixed_pads(b, receptive_field, stride)
-    if fa is None and fb is None:
-        return False  # a != b: one same_upper, one same_lower
-    return fa == fb
-
-
 def convention_for(layout: str, backend: str | None, data_format: str = "channels_last") -> Convention:
     """The :class:`Convention` a legacy layer's kernel follows."""
     flipped = BACKEND_FLIPS.get(backend or "", False)
