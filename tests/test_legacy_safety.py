@@ -225,3 +225,98 @@ def test_hostile_weights_member_refused(tmp_path):
     with pytest.raises(UnsafeFileError, match="external link") as info:
         layoutconv.open(path)
     assert f"{path}!model.weights.h5" in str(info.value)
+
+
+# -- bounded work on hostile structure ----------------------------------------------------------
+def keras3_weights_file(path: Path, extra) -> Path:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f["layers/conv1d/vars/0"] = np.zeros((3, 2, 4), np.float32)
+        f["layers/conv1d/vars/1"] = np.zeros(4, np.float32)
+        extra(f)
+    return path
+
+
+def test_group_linked_twice_is_refused(tmp_path):
+    """Hard links from two children back to /layers: 2**32 paths for a walk that does not remember where it was."""
+
+    def cycle(f):
+        for child in ("a", "b"):
+            f[f"layers/{child}/layers"] = f["layers"]
+
+    path = keras3_weights_file(tmp_path / "cycle.weights.h5", cycle)
+    with pytest.raises(UnsafeFileError, match="links the HDF5 group '/layers' a second time") as info:
+        layoutconv.open(path)
+    assert str(path) in str(info.value)
+
+
+def test_soft_links_fanning_out_are_walked_once(tmp_path):
+    import h5py
+
+    def fan_out(f):
+        for child in ("a", "b"):
+            f[f"layers/{child}/layers"] = h5py.SoftLink("/layers")
+
+    kf = layoutconv.open(keras3_weights_file(tmp_path / "fan.weights.h5", fan_out))
+    assert len(kf.layers) == 1 and kf.conv1d().kernel.shape == (4, 2, 3)
+
+
+def test_symlink_member_is_refused(tmp_path):
+    members = valid_members()
+    link = zipfile.ZipInfo("model.weights.h5")
+    link.create_system = 3
+    link.external_attr = 0o120777 << 16
+    path = tmp_path / "link.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        for name in ("metadata.json", "config.json"):
+            z.writestr(name, members[name])
+        z.writestr(link, "/etc/passwd")
+    with pytest.raises(UnsafeFileError, match="'model.weights.h5' .* is a symbolic link"):
+        layoutconv.open(path)
+
+
+def model_file(path: Path, layers: list) -> Path:
+    import h5py
+
+    keras2_file(path)
+    with h5py.File(path, "a") as f:
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {"name": "s", "layers": layers}})
+        f.attrs["layer_names"] = np.array([b"conv1d_1"])
+    return path
+
+
+def conv_layer(**config) -> dict:
+    return {"class_name": "Conv1D", "config": {"name": "conv1d_1", "filters": 4, "kernel_size": [3], "use_bias": True, **config}}
+
+
+def test_config_nesting_is_capped(tmp_path):
+    from layoutconv.legacy.formats import MAX_JSON_DEPTH, json_depth
+
+    deep: list = []
+    for _ in range(600):
+        deep = [deep]
+    assert json_depth(deep) == MAX_JSON_DEPTH + 1  # counting stops above the cap
+    assert json_depth({"a": [1, {"b": []}]}) == 4 and json_depth(7) == 0
+    dense = {"class_name": "Dense", "config": {"name": "d", "kernel_regularizer": deep}}
+    with pytest.raises(FileFormatError, match=f"nested too deeply. Expected lists and objects nested at most {MAX_JSON_DEPTH}"):
+        layoutconv.open(model_file(tmp_path / "deep.h5", [conv_layer(), dense]))
+
+
+def test_padding_rules_compared_without_enumerating_lengths(tmp_path):
+    """The largest stride layoutconv accepts: comparing 'same' with the config used to try 4 * s * r lengths."""
+    import time
+
+    kf = layoutconv.open(model_file(tmp_path / "wide.h5", [conv_layer(strides=[1 << 24], padding="same")]))
+    start = time.perf_counter()
+    assert kf.conv1d(padding="same_upper").stride == (1 << 24,)
+    with pytest.raises(layoutconv.ConfigError, match="contradicts the file's config"):
+        kf.conv1d(padding="same_lower")
+    assert time.perf_counter() - start < 1
+
+
+def test_inspect_reports_an_absurd_dilation(tmp_path):
+    kf = layoutconv.open(model_file(tmp_path / "absurd.h5", [conv_layer(dilation_rate=[10**9], padding="same")]))
+    assert "conv1d_1: Invalid value for argument `dilation`" in kf.summary()
+    with pytest.raises(layoutconv.ConfigError, match="dilation"):
+        kf.conv1d()
