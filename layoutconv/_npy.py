@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import tokenize
 import warnings
 from typing import Any, BinaryIO
 
@@ -97,7 +98,7 @@ def _header(fh: BinaryIO, label: str) -> tuple[tuple[int, ...], bool, np.dtype]:
             warnings.simplefilter("ignore")  # numpy warns about headers written by Python 2
             reader = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
             shape, fortran, dtype = reader(fh, max_header_size=MAX_HEADER_BYTES)
-    except (ValueError, TypeError, SyntaxError, EOFError, OverflowError, RecursionError) as exc:
+    except (ValueError, TypeError, SyntaxError, EOFError, OverflowError, RecursionError, tokenize.TokenError) as exc:
         raise fail(
             FileFormatError,
             f"Cannot read {label}: its .npy header is invalid",

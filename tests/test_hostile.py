@@ -224,6 +224,28 @@ def h5_pickle_attribute(work: Path, marker: Path) -> str:
     return keras2_file(work / "model.h5", config=False, extra=extra)
 
 
+def h5_global_heap_loop(work: Path, marker: Path) -> str:
+    """The free-space object of the global heap (where the string attributes live) made to take 0 bytes.
+
+    HDF5 steps through a collection object by object; this object does not move
+    it, so reading any string attribute spins forever in C (found by fuzzing).
+    """
+    keras2_file(work / "model.h5")
+    data = bytearray((work / "model.h5").read_bytes())
+    start = data.find(b"GCOL")
+    end, p = start + int.from_bytes(data[start + 8 : start + 16], "little"), start + 16
+    while p + 16 <= end:
+        index, size = int.from_bytes(data[p : p + 2], "little"), int.from_bytes(data[p + 8 : p + 16], "little")
+        if index == 0:
+            data[p + 8 : p + 16] = bytes(8)
+            break
+        p += 16 + -(-size // 8) * 8
+    else:
+        raise AssertionError("no free-space object in the global heap")
+    (work / "model.h5").write_bytes(bytes(data))
+    return "model.h5"
+
+
 def h5_truncated(work: Path, marker: Path) -> str:
     keras2_file(work / "full.h5")
     (work / "model.h5").write_bytes(cut((work / "full.h5").read_bytes()))
@@ -589,9 +611,11 @@ ENTRIES: dict[str, tuple[Entry, ...]] = {
         Entry("inspect", ("inspect", "{file}")),
         Entry("convert", ("convert", "{file}", "out.onnx")),
     ),
-    "output": (
+    "output": (  # without and then with permission to replace an existing output
         Entry("convert", ("convert", "model.h5", "{file}")),
         Entry("save()", api="save"),
+        Entry("convert --force", ("convert", "model.h5", "{file}", "--force"), output="{file}"),
+        Entry("save(overwrite=True)", api="save_overwrite", output="{file}"),
     ),
 }
 
@@ -676,6 +700,7 @@ CASES = [
     Case("h5-virtual-dataset", "keras", h5_virtual_dataset, ("virtual dataset",)),
     Case("h5-gzip-bomb", "keras", h5_gzip_bomb, ("absurd size",)),
     Case("h5-pickle-attribute", "keras", h5_pickle_attribute, ("model_config", "not valid JSON"), trigger=unpickle_attr),
+    Case("h5-global-heap-loop", "keras", h5_global_heap_loop, ("corrupt global heap collection",)),
     Case("h5-truncated", "keras", h5_truncated, ("model.h5",)),
     Case("h5-random-bytes", "keras", h5_random, ("model.h5",)),
     Case("keras3-hard-link-cycle", "keras", keras3_hard_link_cycle, ("second time",)),
@@ -727,10 +752,10 @@ CASES = [
     # safetensors (read by inspect)
     *[Case(name, "safetensors", st_writer(make), ("model.safetensors",)) for name, make in ST_CASES.items()],
     # output paths
-    Case("out-symlink-to-elsewhere", "output", out_symlink),
-    Case("out-read-only-file", "output", out_read_only_file),
-    Case("out-existing-directory", "output", out_directory),
-    Case("out-read-only-directory", "output", out_read_only_dir),
+    Case("out-symlink-to-elsewhere", "output", out_symlink, reads=("convert --force", "save(overwrite=True)")),
+    Case("out-read-only-file", "output", out_read_only_file, ("out.onnx",)),
+    Case("out-existing-directory", "output", out_directory, ("out.onnx",)),
+    Case("out-read-only-directory", "output", out_read_only_dir, ("'ro' is not writable",)),
 ]
 
 
@@ -749,8 +774,9 @@ def call(api, path):
         return repr(layoutconv.open(path).conv1d())
     if api == "from_onnx":
         return repr(layoutconv.from_onnx(path))
-    if api == "save":
-        return str(layoutconv.save(layoutconv.Conv1D(np.arange(6, dtype=np.float32).reshape(2, 1, 3)), path).passed)
+    if api in ("save", "save_overwrite"):
+        conv = layoutconv.Conv1D(np.arange(6, dtype=np.float32).reshape(2, 1, 3))
+        return str(layoutconv.save(conv, path, overwrite=api == "save_overwrite").passed)
     raise ValueError(api)
 
 
@@ -919,7 +945,7 @@ def problems_of(run: Run) -> list[tuple[str, str]]:
             problem(f"the message names the hidden temporary file: {message}")
     if run.marker.exists():
         problems.append(("*", f"{case.id}: THE PAYLOAD RAN: {run.marker} exists"))
-    allowed = {str(Path("work") / e.output) for e in run.entries if e.name in case.reads and e.output}
+    allowed = {str(Path("work") / e.output.replace("{file}", run.file)) for e in run.entries if e.name in case.reads and e.output}
     changed = sorted(p for p in set(run.before) | set(run.after) if run.before.get(p) != run.after.get(p) and p not in allowed)
     if changed:
         problems.append(("*", f"{case.id}: created or changed outside the requested output: {changed}"))
@@ -951,6 +977,15 @@ def test_payloads_are_live(case, tmp_path):
     except Exception:
         pass  # the payload ran (or not) before whatever the careless reader did next failed
     assert marker.exists(), f"{case.id}: the payload did not run, so its test proves nothing"
+
+
+def test_the_global_heap_case_hangs_h5py_alone(tmp_path):
+    """Without layoutconv's check, h5py never returns from reading a string attribute of that file."""
+    need("h5py")
+    name = h5_global_heap_loop(tmp_path, tmp_path / MARKER)
+    code = f"import h5py; h5py.File({str(tmp_path / name)!r}, 'r').attrs['backend']"
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run([sys.executable, "-c", code], timeout=3, capture_output=True, preexec_fn=_limit)
 
 
 def test_corpus_covers_every_kind():

@@ -553,6 +553,11 @@ class _Graph:
         )
 
 
+def _text(value: str | bytes) -> str:
+    """A protobuf string field as text: protobuf returns bytes when a file stores invalid UTF-8 there."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     try:
         out = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -567,7 +572,14 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
 
 
 def _spatial(node: onnx.NodeProto, attrs: dict[str, Any], name: str, default: list[int], size: int) -> list[int]:
-    value = list(attrs.get(name, default))
+    value = attrs.get(name, default)
+    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+        raise fail(
+            FileFormatError,
+            f"Conv node {node.name!r}: attribute `{name}` has the wrong type",
+            "a list of integers (an INTS attribute)",
+            f"{name}={str(value)[:80]}",
+        )
     if len(value) != size:
         raise fail(
             UnsupportedError,
@@ -778,7 +790,7 @@ class _PadsProgram:
             stack.append((name, True))
             if node.op_type in ("Shape", "Size"):
                 if list(node.input) != [self.data]:
-                    raise self._refuse(f"the shape of {list(node.input)}", f"{node.op_type}({', '.join(node.input)})")
+                    raise self._refuse(f"the shape of {list(node.input)}", f"{node.op_type} of {list(node.input)}")
                 self.reads_length = True
                 continue
             stack.extend((i, False) for i in reversed(node.input) if i not in seen)
@@ -1000,7 +1012,7 @@ def _padding(g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], probe: Conv
         return own, "zeros"
     pad_attrs = _attrs(pad)
     mode_name = pad_attrs.get("mode", "constant")
-    if mode_name not in _FROM_PAD_MODE:
+    if not isinstance(mode_name, str) or mode_name not in _FROM_PAD_MODE:
         raise fail(
             UnsupportedError,
             f"Pad node {pad.name!r} feeding Conv {node.name!r} has an unknown mode",
@@ -1044,9 +1056,10 @@ def _padding(g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], probe: Conv
 
 def _apply_hint(conv: Conv1D, node: onnx.NodeProto) -> Conv1D:
     """Take the padding rule's name and the mode from the node's hint when they describe the same computation."""
-    if not node.doc_string.startswith(_HINT):
+    doc = _text(node.doc_string)
+    if not doc.startswith(_HINT):
         return conv
-    hint = dict(_HINT_FIELD.findall(node.doc_string))
+    hint = dict(_HINT_FIELD.findall(doc))
     try:
         named = conv.replace(
             padding=hint.get("padding", conv.padding),

@@ -13,7 +13,12 @@ The rules (documented in ``docs/keras-legacy.md``):
   corrupt header);
 * a group linked twice by hard links (a cycle, or a group reachable by two
   paths) is refused; datasets may be linked more than once;
-* at most ``MAX_LINKS`` links are visited.
+* at most ``MAX_LINKS`` links are visited;
+* before h5py opens the file, every global heap collection (where HDF5 keeps
+  variable-length strings) must decode the way HDF5 decodes it, each object
+  advancing within its collection: HDF5 1.14 loops forever on a free-space
+  object of size 0 (``H5HG__cache_heap_deserialize``), in C, where no timeout
+  reaches it.
 
 Any other failure of h5py (truncated file, wrong file type, corrupt header)
 becomes a :class:`~layoutconv.errors.FileFormatError` naming the file.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import mmap
 import os
 import posixpath
 from typing import Any, Iterator
@@ -101,6 +107,11 @@ class SafeH5:
                 f"{head!r}",
                 "Check the file name; Keras weight files end in .h5, .hdf5 or .keras.",
             )
+        if isinstance(self._source, (bytes, bytearray)):
+            check_global_heaps(self._source, self.label)
+        else:
+            with open(self._source, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                check_global_heaps(data, self.label)
         with guard(self.label, "the HDF5 superblock"):
             if isinstance(self._source, (bytes, bytearray)):
                 self.file = h5py.File(io.BytesIO(bytes(self._source)), "r")
@@ -257,10 +268,10 @@ def check_tree(f: Any, label: str, file_size: int) -> None:
 
     limit = size_limit(file_size)
     stack: list[tuple[str, Any]] = [("/", f)]
-    seen: set[int] = {hash(f["/"].id)}
-    group_paths: dict[int, str] = {hash(f["/"].id): "/"}
     count = 0
     with guard(label, "the HDF5 structure"):
+        seen: set[int] = {hash(f["/"].id)}
+        group_paths: dict[int, str] = {hash(f["/"].id): "/"}
         while stack:
             path, group = stack.pop()
             for name in group:
@@ -311,6 +322,53 @@ def check_tree(f: Any, label: str, file_size: int) -> None:
                     stack.append((full, obj))
                 elif isinstance(obj, h5py.Dataset):
                     check_dataset(obj, label, limit)
+
+
+def check_global_heaps(data: bytes | bytearray | mmap.mmap, label: str) -> None:
+    """Refuse a global heap collection that HDF5 would decode forever (or past its end).
+
+    A collection is ``GCOL``, version 1, 3 reserved bytes and its size, then
+    objects: index (2 bytes), reference count (2), reserved (4), size; an object
+    with index > 0 takes ``16 + size`` rounded up to 8 bytes, the free-space
+    object (index 0) takes ``size`` bytes.  HDF5 steps from object to object
+    until the end of the collection, so an object that takes 0 bytes makes it
+    loop forever.  Every ``GCOL`` signature in the file is checked: a collection
+    HDF5 could load has one.  Signatures with another version, or a size that does
+    not fit the file, are skipped: HDF5 refuses to load those itself.
+    """
+    lengths = _size_of_lengths(data)
+    if lengths is None:
+        return  # a superblock h5py will refuse
+    header = 8 + lengths  # the collection's header; an object's header has the same size
+    start = data.find(b"GCOL")
+    while start >= 0:
+        size = int.from_bytes(data[start + 8 : start + 8 + lengths], "little")
+        if data[start + 4 : start + 5] == b"\x01" and header <= size <= len(data) - start:
+            end, p = start + size, start + header
+            while p + header <= end:
+                index = int.from_bytes(data[p : p + 2], "little")
+                declared = int.from_bytes(data[p + 8 : p + 8 + lengths], "little")
+                step = header + -(-declared // 8) * 8 if index else declared
+                if step <= 0 or p + step > end:
+                    raise fail(
+                        UnsafeFileError,
+                        f"{label} has a corrupt global heap collection at byte {start}",
+                        "heap objects that each take at least one byte and end inside their collection",
+                        f"object {index} at byte {p} taking {step} bytes of the {end - p} left",
+                        "HDF5 would loop forever or read past the collection; the file was not opened.",
+                    )
+                p += step
+        start = data.find(b"GCOL", start + 1)
+
+
+def _size_of_lengths(data: bytes | bytearray | mmap.mmap) -> int | None:
+    """The superblock's "size of lengths" (8 in practice), or None for a superblock HDF5 would refuse."""
+    version = data[8] if len(data) > 8 else None
+    at = {0: 14, 1: 14, 2: 10, 3: 10}.get(version) if version is not None else None
+    if at is None or len(data) <= at:
+        return None
+    lengths = data[at]
+    return lengths if lengths in (2, 4, 8) else None
 
 
 def check_dataset(dset: Any, label: str, limit: int) -> None:

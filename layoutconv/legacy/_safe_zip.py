@@ -53,7 +53,7 @@ class SafeZip:
         try:
             self._zip = zipfile.ZipFile(self.path, "r")
             infos = self._zip.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
             raise fail(
                 FileFormatError,
                 f"Cannot read the zip archive {self.label}",

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import FileFormatError, UnsupportedError, fail
 from . import semantics
-from ._safe_h5 import HDF5_SIGNATURE, SafeH5, file_size
+from ._safe_h5 import HDF5_SIGNATURE, SafeH5, file_size, guard
 from ._safe_zip import MAX_JSON_BYTES, ZIP_SIGNATURE, SafeZip
 
 #: format -> one-line description (shown by ``layoutconv inspect``)
@@ -124,7 +124,7 @@ def parse(path: str) -> Parsed:
     if head.startswith(ZIP_SIGNATURE):
         return _parse_archive(path)
     if head == HDF5_SIGNATURE:
-        with SafeH5(path) as h5:
+        with SafeH5(path) as h5, guard(h5.label, "the HDF5 structure"):  # h5py raises on corrupt attribute messages
             return _parse_h5(h5, Source("hdf5"))
     raise fail(
         FileFormatError,
@@ -501,7 +501,7 @@ def _parse_archive(path: str) -> Parsed:
             if isinstance(meta, dict) and meta.get("keras_version"):
                 version = (str(meta["keras_version"]), "metadata.json 'keras_version'")
         data = z.read(WEIGHTS_MEMBER)
-    with SafeH5(data, label=f"{path}!{WEIGHTS_MEMBER}") as h5:
+    with SafeH5(data, label=f"{path}!{WEIGHTS_MEMBER}") as h5, guard(h5.label, "the HDF5 structure"):
         if "layers" not in h5.file:
             raise fail(
                 FileFormatError,
