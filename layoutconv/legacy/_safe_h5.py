@@ -1,6 +1,6 @@
 """Open HDF5 weight files defensively: check every link and dataset before reading anything.
 
-The rules (documented in ``docs/keras-legacy.md``):
+The rules (documented in ``docs/security.md`` and ``docs/keras-legacy.md``):
 
 * external links are refused (they name another file);
 * soft links must resolve, inside the file, through hard links to an existing

@@ -1,6 +1,6 @@
 """Read members of a Keras 3 ``.keras`` archive by name, with limits; never extract.
 
-The rules (documented in ``docs/keras-legacy.md``):
+The rules (documented in ``docs/security.md`` and ``docs/keras-legacy.md``):
 
 * members are read by name into memory; nothing is written to disk;
 * an archive with two members of the same name, an absolute member name
