@@ -110,7 +110,7 @@ PAD_OPS = (
     "Shape", "Size", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub", "Mul",
     "Div", "Mod", "Max", "Min", "Neg", "Constant", "Reshape", "Transpose", "ConstantOfShape", "Identity",
 )  # fmt: skip
-#: At most this many nodes may compute one Pad node's pads (``to_native`` writes 11, PyTorch's exporter 15) ...
+#: At most this many nodes may compute one Pad node's pads (``to_native`` writes 10, PyTorch's exporter 15) ...
 MAX_PAD_NODES = 64
 #: ... and every tensor among them holds at most this many elements (pads of a 1-d conv have 6).
 MAX_PAD_ELEMENTS = 64
