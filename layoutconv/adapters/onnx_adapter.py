@@ -1160,6 +1160,7 @@ def _match_recipe(
                 for n in consumers.get(anchor, [])
                 if n.op_type == step.op
                 and n.domain in ("", "ai.onnx")
+                and len(n.output) > 0
                 and not any(n is m for m in matched)
                 and _inputs_match(g, n, step, tensors)
                 and _attrs_match(n, step, g.opset)
@@ -1239,8 +1240,13 @@ def from_native(model_or_path: Any, node: str | int | None = None) -> Conv1D:
     convs = [n for n in model.graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
     conv_node = _pick(convs, node)
     label = f"Conv node {conv_node.name!r}"
-    if len(conv_node.input) < 2 or not conv_node.input[0] or not conv_node.input[1]:
-        raise fail(FileFormatError, f"{label} lacks its data or weight input", "Conv(X, W) or Conv(X, W, B)", f"inputs {list(conv_node.input)}")
+    if len(conv_node.input) < 2 or not conv_node.input[0] or not conv_node.input[1] or not conv_node.output or not conv_node.output[0]:
+        raise fail(
+            FileFormatError,
+            f"{label} lacks its data or weight input, or its output",
+            "Conv(X, W) or Conv(X, W, B) with one output",
+            f"inputs {list(conv_node.input)}, outputs {list(conv_node.output)}",
+        )
     g = _Graph(model)
     kernel = g.weight(conv_node.input[1], conv_node, "weight W")
     has_bias = len(conv_node.input) > 2 and conv_node.input[2]
