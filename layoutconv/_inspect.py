@@ -233,7 +233,7 @@ class Probe:
         try:
             with zipfile.ZipFile(self.path) as z:
                 return z.namelist()[: MAX_ZIP_MEMBERS + 1]
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError):
             return None
 
     @property
@@ -798,21 +798,26 @@ def _is_onnx(p: Probe) -> bool:
     return p.suffix == ".onnx"
 
 
+def _text(value: Any) -> str:
+    """A protobuf string field: protobuf hands invalid UTF-8 over as bytes."""
+    return value.decode("utf8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _dtype_name(tensor_proto: Any, data_type: int) -> str:
+    try:
+        return tensor_proto.DataType.Name(data_type).lower()
+    except ValueError:
+        return f"unknown element type {data_type}"
+
+
 @reader("onnx", "an ONNX model (.onnx: a serialized ModelProto; recognised by its suffix and a successful parse)", _is_onnx)
 def _read_onnx(path: str) -> FileReport:
     onnx = _framework("onnx", "onnx")
-    from onnx import TensorProto, numpy_helper
+    from onnx import TensorProto
 
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise fail(
-            FileFormatError,
-            f"{path} is not an ONNX model",
-            "a serialized onnx.ModelProto (protobuf)",
-            f"{type(exc).__name__}: {str(exc)[:200]}",
-            "Check that the download completed and that this is the .onnx file.",
-        ) from None
+    from .adapters.onnx_adapter import _load, checked_array
+
+    model = _load(path)  # size cap, typed error for anything protobuf cannot parse
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise fail(
             FileFormatError,
@@ -841,7 +846,7 @@ def _read_onnx(path: str) -> FileReport:
     dims = {name: tuple(int(d) for d in t.dims) for name, t in stored}
     roles: dict[str, tuple[str, str | None]] = {}
     for i, node in enumerate(conv_nodes):
-        label = node.name or f"Conv #{i}"
+        label = _text(node.name) or f"Conv #{i}"
         kernel = node.input[1] if len(node.input) > 1 else "?"
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         roles[kernel] = ("kernel", TORCH_LAYOUT)
@@ -880,15 +885,15 @@ def _read_onnx(path: str) -> FileReport:
             continue
         checked += 1
         role, layout = roles.get(name, ("tensor", None))
-        record = find_nonfinite(numpy_helper.to_array(t), name, role=role, layout=layout if len(t.dims) == 3 else None)
+        record = find_nonfinite(checked_array(t, repr(name)), name, role=role, layout=layout if len(t.dims) == 3 else None)
         if record is not None:
             found.append(record)
     tensors = tuple(
-        TensorEntry(name, dims[name], TensorProto.DataType.Name(t.data_type).lower()) for name, t in stored if name not in roles
+        TensorEntry(_text(name), dims[name], _dtype_name(TensorProto, t.data_type)) for name, t in stored if name not in roles
     )
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
     ops = Counter(n.op_type for n in graph.node)
-    producer = " ".join(x for x in (model.producer_name, model.producer_version) if x) or "not recorded"
+    producer = " ".join(_text(x) for x in (model.producer_name, model.producer_version) if x) or "not recorded"
     facts = [
         ("Opset", f"{opsets or 'not recorded'} (IR version {model.ir_version}; producer {producer})"),
         ("Graph", f"{len(graph.node)} node{'s' if len(graph.node) != 1 else ''}: " + ", ".join(f"{op} x{c}" for op, c in ops.most_common())),

@@ -113,7 +113,7 @@ def default_input(conv: Any, *, length: int | None = None, batch: int = 2, seed:
     # Stay clear of a Keras 3 channels_first bias bug (docs/verification.md): the last output
     # size must differ from out_channels.
     while _last_output_size(conv, sizes) == conv.out_channels:
-        sizes[-1] += 2
+        sizes[-1] += 2 * conv.stride[-1]  # stays odd and off the stride; the output moves by 2
     sizes = tuple(sizes)
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch, conv.in_channels, *sizes)).astype(conv.dtype)

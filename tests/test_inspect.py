@@ -137,7 +137,7 @@ def test_onnx_garbage_is_a_clear_error(tmp_path, capsys):
     need("onnx")
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"\xff\xff\xff\xff not protobuf \x00" * 3)
-    assert_one_line_error(*run(capsys, bad), "model.onnx is not an ONNX model", "ModelProto")
+    assert_one_line_error(*run(capsys, bad), "is not an ONNX model", "model.onnx", "ModelProto")
 
 
 def test_onnx_external_data_is_refused(tmp_path, rng, capsys):
