@@ -97,7 +97,86 @@ def _normalise_padding(padding: Any, rank: int) -> Padding:
     return pairs
 
 
-class Conv(Record):
+class KernelRecord(Record):
+    """What every convolution-like record shares: a kernel whose axes 2.. are spatial, chosen by rank.
+
+    ``Family(kernel, ...)`` on the rank-generic class returns the subclass for the
+    kernel's number of spatial axes (from ``layout`` when one is given), looked up
+    in the family's ``BY_RANK``.
+    """
+
+    __slots__ = ()
+    spatial_rank: ClassVar[int] = 0  # 0: pick the class from the kernel
+    BY_RANK: ClassVar[dict[int, type]] = {}
+    #: how the family's kernel axes read, for error messages
+    AXES_TEXT: ClassVar[str] = ""
+
+    def __new__(cls, kernel: Any = None, *args: Any, layout: str | None = None, **kwargs: Any) -> Any:
+        if cls.spatial_rank:
+            return super().__new__(cls)
+        rank = layouts.parse(layout).rank if layout is not None else np.ndim(kernel) - 2
+        if rank not in cls.BY_RANK:
+            raise fail(
+                ShapeError,
+                f"Kernel has the wrong rank for a {cls.__name__}",
+                f"3, 4 or 5 axes: ({cls.AXES_TEXT}...) for 1, 2 or 3 spatial axes",
+                f"shape {tuple(np.shape(kernel))}" + (f" in layout {layout!r}" if layout else ""),
+            )
+        return super().__new__(cls.BY_RANK[rank])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.kernel.dtype  # type: ignore[attr-defined]
+
+    @property
+    def kernel_shape(self) -> tuple[int, ...]:
+        return tuple(int(k) for k in self.kernel.shape[2:])  # type: ignore[attr-defined]
+
+    @property
+    def receptive_field(self) -> tuple[int, ...]:
+        """Input (or, transposed, output) span of one kernel: ``dilation * (kernel - 1) + 1`` per axis."""
+        return tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_shape))  # type: ignore[attr-defined]
+
+    def _sizes(self, spatial: int | Sequence[int]) -> tuple[int, ...]:
+        """A spatial size as one integer per axis (an integer is used for every axis)."""
+        if isinstance(spatial, (int, np.integer)):
+            return (int(spatial),) * self.spatial_rank
+        return tuple(int(n) for n in spatial)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KernelRecord):
+            return NotImplemented
+        return type(self) is type(other) and self.same_weights(other) and self.hyperparameters() == other.hyperparameters()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def hyperparameters(self) -> dict[str, Any]:  # pragma: no cover - every family defines it
+        raise NotImplementedError
+
+    def _describe(self, middle: list[str]) -> str:
+        """``Name(in_channels=.., out_channels=.., kernel_size=.., stride.., dilation.., groups.., <middle>, activation.., bias=.., dtype=..)``."""
+        one = (lambda v: v[0]) if self.spatial_rank == 1 else (lambda v: v)
+        parts = [
+            f"in_channels={self.in_channels}",  # type: ignore[attr-defined]
+            f"out_channels={self.out_channels}",  # type: ignore[attr-defined]
+            f"kernel_size={one(self.kernel_shape)}",
+        ]
+        for name in ("stride", "dilation"):
+            if any(v != 1 for v in getattr(self, name)):
+                parts.append(f"{name}={one(getattr(self, name))}")
+        if self.groups != 1:  # type: ignore[attr-defined]
+            parts.append(f"groups={self.groups}")  # type: ignore[attr-defined]
+        padding = self.padding  # type: ignore[attr-defined]
+        parts.append(f"padding={one(padding) if isinstance(padding, tuple) else repr(padding)}")
+        parts += middle
+        if self.activation != "linear":  # type: ignore[attr-defined]
+            parts.append(f"activation={self.activation!r}")  # type: ignore[attr-defined]
+        parts.append(f"bias={self.bias is not None}")  # type: ignore[attr-defined]
+        parts.append(f"dtype={self.dtype.name}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class Conv(KernelRecord):
     """A convolution (cross-correlation) of spatial rank 1, 2 or 3 with ONNX ``Conv`` semantics.
 
     ``Conv(kernel, ...)`` returns a :class:`Conv1D`, :class:`Conv2D` or
@@ -113,8 +192,8 @@ class Conv(Record):
     (3, 5)
     """
 
-    spatial_rank: ClassVar[int] = 0  # 0: pick the class from the kernel
     __slots__ = ("kernel", "bias", "stride", "dilation", "groups", "padding", "padding_mode", "activation")
+    AXES_TEXT = "out_channels, in_channels // groups, kernel"
     ARRAYS = ("kernel", "bias")
     FIELDS = ("stride", "dilation", "groups", "padding", "padding_mode", "activation")
 
@@ -126,19 +205,6 @@ class Conv(Record):
     padding: Padding
     padding_mode: str
     activation: str
-
-    def __new__(cls, kernel: Any = None, *args: Any, layout: str | None = None, **kwargs: Any) -> "Conv":
-        if cls.spatial_rank:
-            return super().__new__(cls)
-        rank = layouts.parse(layout).rank if layout is not None else np.ndim(kernel) - 2
-        if rank not in _BY_RANK:
-            raise fail(
-                ShapeError,
-                "Kernel has the wrong rank for a convolution",
-                "3, 4 or 5 axes: (out_channels, in_channels // groups, kernel...) for a 1-, 2- or 3-d convolution",
-                f"shape {tuple(np.shape(kernel))}" + (f" in layout {layout!r}" if layout else ""),
-            )
-        return super().__new__(_BY_RANK[rank])
 
     def __init__(
         self,
@@ -219,10 +285,6 @@ class Conv(Record):
 
     # -- derived sizes ----------------------------------------------------
     @property
-    def dtype(self) -> np.dtype:
-        return self.kernel.dtype
-
-    @property
     def out_channels(self) -> int:
         return int(self.kernel.shape[0])
 
@@ -231,18 +293,9 @@ class Conv(Record):
         return int(self.kernel.shape[1]) * self.groups
 
     @property
-    def kernel_shape(self) -> tuple[int, ...]:
-        return tuple(int(k) for k in self.kernel.shape[2:])
-
-    @property
     def fan_in(self) -> int:
         """Number of products summed into one output: ``(in_channels // groups) * prod(kernel)``."""
         return int(np.prod(self.kernel.shape[1:]))
-
-    @property
-    def receptive_field(self) -> tuple[int, ...]:
-        """Input span one output sees: ``dilation * (kernel - 1) + 1`` per axis."""
-        return tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_shape))
 
     @property
     def padding_depends_on_length(self) -> bool:
@@ -271,8 +324,7 @@ class Conv(Record):
                     "Pass the length, e.g. conv.pads(123).",
                 )
             spatial = (1,) * self.spatial_rank  # with stride 1 every length gives the same pads
-        if isinstance(spatial, (int, np.integer)):
-            spatial = (int(spatial),) * self.spatial_rank
+        spatial = self._sizes(spatial)
         out = []
         for size, s, r in zip(spatial, self.stride, self.receptive_field):
             total = max((math.ceil(size / s) - 1) * s + r - size, 0)
@@ -282,8 +334,7 @@ class Conv(Record):
 
     def output_shape(self, spatial: int | Sequence[int]) -> tuple[int, ...]:
         """Output spatial size for an input of spatial size ``spatial`` (ONNX ``Conv`` formula)."""
-        if isinstance(spatial, (int, np.integer)):
-            spatial = (int(spatial),) * self.spatial_rank
+        spatial = self._sizes(spatial)
         return tuple(
             (size + b + e - r) // s + 1
             for size, (b, e), r, s in zip(spatial, self.pads(spatial), self.receptive_field, self.stride)
@@ -358,35 +409,8 @@ class Conv(Record):
         """
         return self._pads_over_sizes() == self.replace(padding=padding)._pads_over_sizes()
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Conv):
-            return NotImplemented
-        return type(self) is type(other) and self.same_weights(other) and self.hyperparameters() == other.hyperparameters()
-
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
-        h = self.hyperparameters()
-        parts = [
-            f"in_channels={h['in_channels']}",
-            f"out_channels={h['out_channels']}",
-            f"kernel_size={h['kernel_shape'] if self.spatial_rank > 1 else h['kernel_shape'][0]}",
-        ]
-        one = (lambda v: v[0]) if self.spatial_rank == 1 else (lambda v: v)
-        if any(s != 1 for s in self.stride):
-            parts.append(f"stride={one(self.stride)}")
-        if any(d != 1 for d in self.dilation):
-            parts.append(f"dilation={one(self.dilation)}")
-        if self.groups != 1:
-            parts.append(f"groups={self.groups}")
-        parts.append(f"padding={one(self.padding) if isinstance(self.padding, tuple) else repr(self.padding)}")
-        if self.padding_mode != "zeros":
-            parts.append(f"padding_mode={self.padding_mode!r}")
-        if self.activation != "linear":
-            parts.append(f"activation={self.activation!r}")
-        parts.append(f"bias={self.bias is not None}")
-        parts.append(f"dtype={self.dtype.name}")
-        return f"{type(self).__name__}({', '.join(parts)})"
+        return self._describe([f"padding_mode={self.padding_mode!r}"] if self.padding_mode != "zeros" else [])
 
 
 class Conv1D(Conv):
@@ -449,7 +473,7 @@ class Conv3D(Conv):
     __slots__ = ()
 
 
-_BY_RANK: dict[int, type[Conv]] = {1: Conv1D, 2: Conv2D, 3: Conv3D}
+Conv.BY_RANK = {1: Conv1D, 2: Conv2D, 3: Conv3D}
 
 #: The 0.1 name of the rank-generic base.
 ConvND = Conv

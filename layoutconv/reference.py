@@ -133,8 +133,8 @@ def forward(record: Any, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
     >>> from layoutconv import Conv
     >>> conv = Conv(np.array([[[[1.0, 2.0], [3.0, 4.0]]]]))          # a 2x2 kernel, one channel
     >>> forward(conv, np.arange(9.0).reshape(1, 1, 3, 3))
-    array([[[[37., 47.],
-             [67., 77.]]]])
+    array([[[[27., 37.],
+             [57., 67.]]]])
     """
     for cls in type(record).__mro__:
         if cls in _FORWARD:

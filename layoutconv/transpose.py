@@ -30,20 +30,20 @@ ConvTranspose1D(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from . import activations, layouts
-from .conv import MAX_EXTENT, Padding, _normalise_padding, _positive_tuple
+from .conv import MAX_EXTENT, KernelRecord, Padding, _normalise_padding, _positive_tuple
 from .errors import ConfigError, ShapeError, fail
-from .record import Record, frozen_array
+from .record import frozen_array
 
 #: Padding rules of a transposed convolution (no ``causal``: ONNX ``ConvTranspose`` has none).
 TRANSPOSE_PADDING_RULES = ("valid", "same_upper", "same_lower")
 
 
-class ConvTranspose(Record):
+class ConvTranspose(KernelRecord):
     """A transposed convolution of spatial rank 1, 2 or 3 (see the module documentation for the formula).
 
     ``ConvTranspose(kernel, ...)`` returns a :class:`ConvTranspose1D`, ``2D`` or ``3D``
@@ -71,8 +71,8 @@ class ConvTranspose(Record):
         A fused activation (:mod:`layoutconv.activations`).
     """
 
-    spatial_rank: ClassVar[int] = 0
     __slots__ = ("kernel", "bias", "stride", "dilation", "groups", "padding", "output_padding", "output_shape_", "activation")
+    AXES_TEXT = "in_channels, out_channels // groups, kernel"
     ARRAYS = ("kernel", "bias")
     FIELDS = ("stride", "dilation", "groups", "padding", "output_padding", "output_shape", "activation")
 
@@ -84,19 +84,6 @@ class ConvTranspose(Record):
     padding: Padding
     output_padding: tuple[int, ...]
     activation: str
-
-    def __new__(cls, kernel: Any = None, *args: Any, layout: str | None = None, **kwargs: Any) -> "ConvTranspose":
-        if cls.spatial_rank:
-            return super().__new__(cls)
-        rank = layouts.parse(layout).rank if layout is not None else np.ndim(kernel) - 2
-        if rank not in _BY_RANK:
-            raise fail(
-                ShapeError,
-                "Kernel has the wrong rank for a transposed convolution",
-                "3, 4 or 5 axes: (in_channels, out_channels // groups, kernel...)",
-                f"shape {tuple(np.shape(kernel))}" + (f" in layout {layout!r}" if layout else ""),
-            )
-        return super().__new__(_BY_RANK[rank])
 
     def __init__(
         self,
@@ -188,10 +175,6 @@ class ConvTranspose(Record):
         return out
 
     @property
-    def dtype(self) -> np.dtype:
-        return self.kernel.dtype
-
-    @property
     def in_channels(self) -> int:
         return int(self.kernel.shape[0])
 
@@ -200,22 +183,8 @@ class ConvTranspose(Record):
         return int(self.kernel.shape[1]) * self.groups
 
     @property
-    def kernel_shape(self) -> tuple[int, ...]:
-        return tuple(int(k) for k in self.kernel.shape[2:])
-
-    @property
-    def receptive_field(self) -> tuple[int, ...]:
-        """Output span one input position reaches: ``dilation * (kernel - 1) + 1`` per axis."""
-        return tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_shape))
-
-    @property
     def padding_depends_on_length(self) -> bool:
         return isinstance(self.padding, str) and self.padding.startswith("same")
-
-    def _sizes(self, spatial: int | Sequence[int]) -> tuple[int, ...]:
-        if isinstance(spatial, (int, np.integer)):
-            return (int(spatial),) * self.spatial_rank
-        return tuple(int(n) for n in spatial)
 
     def pads(self, spatial: int | Sequence[int] | None = None) -> tuple[tuple[int, int], ...]:
         """``(begin, end)`` output crops per axis for an input of the given spatial size."""
@@ -283,35 +252,12 @@ class ConvTranspose(Record):
             return (self.padding, self.output_shape_) == (other.padding, other.output_shape_)
         return self.pads(spatial) == other.pads(spatial)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ConvTranspose):
-            return NotImplemented
-        return type(self) is type(other) and self.same_weights(other) and self.hyperparameters() == other.hyperparameters()
-
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
         one = (lambda v: v[0]) if self.spatial_rank == 1 else (lambda v: v)
-        parts = [
-            f"in_channels={self.in_channels}",
-            f"out_channels={self.out_channels}",
-            f"kernel_size={one(self.kernel_shape)}",
-        ]
-        for name in ("stride", "dilation"):
-            if any(v != 1 for v in getattr(self, name)):
-                parts.append(f"{name}={one(getattr(self, name))}")
-        if self.groups != 1:
-            parts.append(f"groups={self.groups}")
-        parts.append(f"padding={one(self.padding) if isinstance(self.padding, tuple) else repr(self.padding)}")
-        if any(self.output_padding):
-            parts.append(f"output_padding={one(self.output_padding)}")
+        middle = [f"output_padding={one(self.output_padding)}"] if any(self.output_padding) else []
         if self.output_shape_ is not None:
-            parts.append(f"output_shape={one(self.output_shape_)}")
-        if self.activation != "linear":
-            parts.append(f"activation={self.activation!r}")
-        parts.append(f"bias={self.bias is not None}")
-        parts.append(f"dtype={self.dtype.name}")
-        return f"{type(self).__name__}({', '.join(parts)})"
+            middle.append(f"output_shape={one(self.output_shape_)}")
+        return self._describe(middle)
 
 
 def _non_negative_tuple(name: str, value: Any, rank: int) -> tuple[int, ...]:
@@ -351,4 +297,4 @@ class ConvTranspose3D(ConvTranspose):
     __slots__ = ()
 
 
-_BY_RANK: dict[int, type[ConvTranspose]] = {1: ConvTranspose1D, 2: ConvTranspose2D, 3: ConvTranspose3D}
+ConvTranspose.BY_RANK = {1: ConvTranspose1D, 2: ConvTranspose2D, 3: ConvTranspose3D}

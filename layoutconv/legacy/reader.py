@@ -588,7 +588,7 @@ def from_keras1(
     >>> import numpy as np
     >>> w = np.arange(2 * 1 * 3 * 4, dtype="float32").reshape(2, 1, 3, 4)   # (filter_length, 1, input_dim, nb_filter)
     >>> from_keras1(w, backend="theano", padding="same")
-    Conv1D(in_channels=3, out_channels=4, kernel_size=2, padding=((1, 0),), bias=False, dtype=float32)
+    Conv1D(in_channels=3, out_channels=4, kernel_size=2, padding=(1, 0), bias=False, dtype=float32)
 
     Parameters
     ----------
