@@ -150,8 +150,25 @@ class KernelRecord(Record):
 
     __hash__ = None  # type: ignore[assignment]
 
-    def hyperparameters(self) -> dict[str, Any]:  # pragma: no cover - every family defines it
-        raise NotImplementedError
+    def _own_hyperparameters(self) -> dict[str, Any]:
+        """The family's own hyperparameters (padding mode; output padding ...), for :meth:`hyperparameters`."""
+        return {}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Everything but the weights, as plain Python values."""
+        return dict(
+            in_channels=self.in_channels,  # type: ignore[attr-defined]
+            out_channels=self.out_channels,  # type: ignore[attr-defined]
+            kernel_shape=self.kernel_shape,
+            stride=self.stride,  # type: ignore[attr-defined]
+            dilation=self.dilation,  # type: ignore[attr-defined]
+            groups=self.groups,  # type: ignore[attr-defined]
+            padding=self.padding,  # type: ignore[attr-defined]
+            **self._own_hyperparameters(),
+            activation=self.activation,  # type: ignore[attr-defined]
+            bias=self.bias is not None,  # type: ignore[attr-defined]
+            dtype=self.dtype.name,
+        )
 
     def _describe(self, middle: list[str]) -> str:
         """``Name(in_channels=.., out_channels=.., kernel_size=.., stride.., dilation.., groups.., <middle>, activation.., bias=.., dtype=..)``."""
@@ -345,21 +362,8 @@ class Conv(KernelRecord):
         return self.replace(padding=self.pads(spatial))
 
     # -- comparison and display ------------------------------------------
-    def hyperparameters(self) -> dict[str, Any]:
-        """Everything but the weights, as plain Python values."""
-        return dict(
-            in_channels=self.in_channels,
-            out_channels=self.out_channels,
-            kernel_shape=self.kernel_shape,
-            stride=self.stride,
-            dilation=self.dilation,
-            groups=self.groups,
-            padding=self.padding,
-            padding_mode=self.padding_mode,
-            activation=self.activation,
-            bias=self.bias is not None,
-            dtype=self.dtype.name,
-        )
+    def _own_hyperparameters(self) -> dict[str, Any]:
+        return {"padding_mode": self.padding_mode}
 
     def equivalent(self, other: "Conv", spatial: int | Sequence[int] | None = None) -> bool:
         """Bit-identical weights and the same computation (padding compared after resolution)."""

@@ -222,22 +222,8 @@ class ConvTranspose(KernelRecord):
         )
 
     # -- comparison and display ---------------------------------------------
-    def hyperparameters(self) -> dict[str, Any]:
-        """Everything but the weights, as plain Python values."""
-        return dict(
-            in_channels=self.in_channels,
-            out_channels=self.out_channels,
-            kernel_shape=self.kernel_shape,
-            stride=self.stride,
-            dilation=self.dilation,
-            groups=self.groups,
-            padding=self.padding,
-            output_padding=self.output_padding,
-            output_shape=self.output_shape_,
-            activation=self.activation,
-            bias=self.bias is not None,
-            dtype=self.dtype.name,
-        )
+    def _own_hyperparameters(self) -> dict[str, Any]:
+        return {"output_padding": self.output_padding, "output_shape": self.output_shape_}
 
     def equivalent(self, other: "ConvTranspose", spatial: int | Sequence[int] | None = None) -> bool:
         """Bit-identical weights and the same computation (pads compared for ``spatial`` when given)."""
