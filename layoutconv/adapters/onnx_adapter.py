@@ -50,7 +50,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from .. import __version__, registry
-from ..conv import Conv1D
+from ..chain import Chain
+from ..conv import Conv, Conv1D
+from ..transpose import ConvTranspose
 from ..errors import (
     ConfigError,
     FileFormatError,
@@ -119,14 +121,15 @@ MAX_PROBE_LENGTHS = 1024
 
 
 # ---------------------------------------------------------------------------
-# Conv1D -> ONNX
+# Conv, ConvTranspose -> ONNX
 # ---------------------------------------------------------------------------
-def required_opset(conv: Conv1D) -> int:
+def required_opset(conv: Conv | ConvTranspose) -> int:
     """The lowest opset that expresses ``conv`` (17; 19 for ``circular``; 22 for bfloat16)."""
-    return max(MIN_OPSET, PAD_MODES[conv.padding_mode][1], DTYPE_OPSET[conv.dtype.name])
+    mode = getattr(conv, "padding_mode", "zeros")  # a ConvTranspose has none
+    return max(MIN_OPSET, PAD_MODES[mode][1], DTYPE_OPSET[conv.dtype.name])
 
 
-def _choose_opset(conv: Conv1D, opset: int | None) -> int:
+def _choose_opset(conv: Conv | ConvTranspose, opset: int | None) -> int:
     need, latest = required_opset(conv), onnx.defs.onnx_opset_version()
     if opset is None:
         return need
@@ -160,23 +163,25 @@ def _int64(name: str, *values: int) -> TensorProto:
     return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
 
 
-def _dynamic_pads(conv: Conv1D, data: str) -> tuple[list[onnx.NodeProto], list[TensorProto], str]:
-    """Nodes computing ``[0, 0, begin, 0, 0, end]`` from ``Shape(data)`` for a ``same_*`` rule.
+def _dynamic_pads(conv: Conv, data: str) -> tuple[list[onnx.NodeProto], list[TensorProto], str]:
+    """Nodes computing ``[0, 0, *begins, 0, 0, *ends]`` from ``Shape(data)`` for a ``same_*`` rule, every axis at once.
 
+    The arithmetic runs on vectors of one value per spatial axis:
     total = max((ceil(L / s) - 1) * s + r - L, 0); the odd pad goes at the end (upper) or the begin (lower).
     """
-    (s,), (r,) = conv.stride, conv.receptive_field
+    rank = conv.spatial_rank
+    s, r = np.array(conv.stride), np.array(conv.receptive_field)
     inits = [
-        _int64("pad_s_minus_1", s - 1),
-        _int64("pad_s", s),
-        _int64("pad_r_minus_s", r - s),
-        _int64("pad_zero", 0),
-        _int64("pad_two", 2),
+        _int64("pad_s_minus_1", *(s - 1)),
+        _int64("pad_s", *s),
+        _int64("pad_r_minus_s", *(r - s)),
+        _int64("pad_zero", *[0] * rank),
+        _int64("pad_two", *[2] * rank),
         _int64("pad_zeros_nc", 0, 0),
     ]
     mk = helper.make_node
     nodes = [
-        mk("Shape", [data], ["pad_L"], start=2, end=3, name="pad_length"),
+        mk("Shape", [data], ["pad_L"], start=2, end=2 + rank, name="pad_length"),
         mk("Add", ["pad_L", "pad_s_minus_1"], ["pad_t1"], name="pad_ceil_add"),
         mk("Div", ["pad_t1", "pad_s"], ["pad_blocks"], name="pad_ceil_div"),
         mk("Mul", ["pad_blocks", "pad_s"], ["pad_t2"], name="pad_span_mul"),
@@ -269,7 +274,7 @@ def _recipe_for(activation: str, opset: int) -> tuple[_Step, ...]:
     )
 
 
-def _activation_nodes(conv: Conv1D, opset: int, z: str, out: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+def _activation_nodes(conv: Conv | ConvTranspose, opset: int, z: str, out: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """The nodes applying ``conv.activation`` to tensor ``z``, the last one writing ``out``."""
     steps = _recipe_for(conv.activation, opset)
     nodes, inits = [], []
@@ -287,8 +292,52 @@ def _activation_nodes(conv: Conv1D, opset: int, z: str, out: str) -> tuple[list[
     return nodes, inits
 
 
-def to_native(conv: Conv1D, opset: int | None = None) -> onnx.ModelProto:
-    """An ONNX model computing ``conv`` on ``x`` of shape ``(N, C, L)``; it passes ``check_model(full_check=True)``.
+#: spatial rank -> names of the input's dynamic spatial dims
+SPATIAL_DIMS: dict[int, tuple[str, ...]] = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+
+def _flat(pairs: tuple[tuple[int, int], ...]) -> list[int]:
+    """``((b1, e1), (b2, e2), ...)`` as ONNX orders pads: ``[b1, b2, ..., e1, e2, ...]``."""
+    return [b for b, _ in pairs] + [e for _, e in pairs]
+
+
+def _conv_nodes(conv: Conv, attrs: dict[str, Any]) -> tuple[list[onnx.NodeProto], list[TensorProto], str]:
+    """The padding of ``conv``: ``attrs`` gets ``auto_pad`` or ``pads``; returns the Pad nodes before the Conv and its data input."""
+    rank = conv.spatial_rank
+    static = None if conv.padding_depends_on_length else conv.pads()
+    zero = ((0, 0),) * rank
+    if conv.padding_mode == "zeros" or static == zero:
+        auto = _TO_AUTO_PAD.get(conv.padding) if isinstance(conv.padding, str) else None
+        if auto and (all(d == 1 for d in conv.dilation) or auto == "VALID"):
+            attrs["auto_pad"] = auto  # onnxruntime refuses SAME_* with a dilation > 1
+            return [], [], "x"
+        if static is not None:
+            attrs["pads"] = _flat(static)
+            return [], [], "x"
+    if static is None:
+        nodes, inits, pads = _dynamic_pads(conv, "x")
+    else:
+        nodes, inits, pads = [], [_int64("pads", *_flat(((0, 0), (0, 0)) + static))], "pads"
+    mode = PAD_MODES[conv.padding_mode][0]
+    nodes.append(helper.make_node("Pad", ["x", pads], ["x_padded"], mode=mode, name="pad"))
+    attrs["auto_pad"] = "VALID"
+    return nodes, inits, "x_padded"
+
+
+def _transpose_attrs(t: ConvTranspose, attrs: dict[str, Any]) -> None:
+    """``ConvTranspose``'s own attributes: ``output_padding``, ``pads`` or ``auto_pad``, ``output_shape``."""
+    if any(t.output_padding):
+        attrs["output_padding"] = list(t.output_padding)
+    if isinstance(t.padding, tuple):
+        attrs["pads"] = _flat(t.padding)
+    else:
+        attrs["auto_pad"] = _TO_AUTO_PAD[t.padding]
+    if t.output_shape_ is not None:
+        attrs["output_shape"] = list(t.output_shape_)
+
+
+def to_native(conv: Conv | ConvTranspose, opset: int | None = None) -> onnx.ModelProto:
+    """An ONNX model computing ``conv`` on ``x`` of shape ``(N, C, *spatial)``; it passes ``check_model(full_check=True)``.
 
     >>> model = to_native(conv)        # doctest: +SKIP
     >>> y = run(model, x)              # doctest: +SKIP
@@ -296,52 +345,47 @@ def to_native(conv: Conv1D, opset: int | None = None) -> onnx.ModelProto:
     Parameters
     ----------
     conv:
-        The convolution.  Weights are stored bit-exactly in the ``O I K`` layout.
+        A :class:`~layoutconv.Conv` (an ONNX ``Conv`` node, with a ``Pad`` node when
+        needed) or a :class:`~layoutconv.ConvTranspose` (a ``ConvTranspose`` node), at
+        spatial rank 1, 2 or 3.  Weights are stored bit-exactly in the canonical layout.
     opset:
         Default: :func:`required_opset` (17, 19 for ``circular``, 22 for bfloat16).
     """
-    if not isinstance(conv, Conv1D):
-        raise fail(ConfigError, "onnx.to_native needs a Conv1D", "a layoutconv.Conv1D", f"{type(conv).__name__}")
+    if not isinstance(conv, (Conv, ConvTranspose)):
+        raise fail(
+            ConfigError, "onnx.to_native needs a convolution record", "a layoutconv.Conv or ConvTranspose",
+            f"{type(conv).__name__}",
+        )
     opset = _choose_opset(conv, opset)
+    rank = conv.spatial_rank
     elem = helper.np_dtype_to_tensor_dtype(conv.dtype)
     inits = [_tensor("W", conv.kernel)] + ([] if conv.bias is None else [_tensor("B", conv.bias)])
-    nodes: list[onnx.NodeProto] = []
     attrs: dict[str, Any] = dict(
         kernel_shape=list(conv.kernel_shape), strides=list(conv.stride), dilations=list(conv.dilation), group=conv.groups
     )
-    data = "x"
-    static = None if conv.padding_depends_on_length else conv.pads()[0]
-    if conv.padding_mode == "zeros" or static == (0, 0):
-        auto = _TO_AUTO_PAD.get(conv.padding) if isinstance(conv.padding, str) else None
-        if auto and (conv.dilation == (1,) or auto == "VALID"):
-            attrs["auto_pad"] = auto  # onnxruntime refuses SAME_* with a dilation > 1
-        elif static is not None:
-            attrs["pads"] = list(static)
-    if "auto_pad" not in attrs and "pads" not in attrs:
-        if static is None:
-            pad_nodes, pad_inits, pads = _dynamic_pads(conv, "x")
-        else:
-            pad_nodes, pad_inits, pads = [], [_int64("pads", 0, 0, static[0], 0, 0, static[1])], "pads"
-        mode = PAD_MODES[conv.padding_mode][0]
-        nodes += pad_nodes + [helper.make_node("Pad", ["x", pads], ["x_padded"], mode=mode, name="pad")]
+    if isinstance(conv, ConvTranspose):
+        op, nodes, data, hint = "ConvTranspose", [], "x", ""
+        _transpose_attrs(conv, attrs)
+    else:
+        op = "Conv"
+        nodes, pad_inits, data = _conv_nodes(conv, attrs)
         inits += pad_inits
-        data = "x_padded"
-        attrs["auto_pad"] = "VALID"
-    hint = f"{_HINT} padding_mode={conv.padding_mode}"
-    if isinstance(conv.padding, str):
-        hint += f" padding={conv.padding}"
+        hint = f"{_HINT} padding_mode={conv.padding_mode}"
+        if isinstance(conv.padding, str):
+            hint += f" padding={conv.padding}"
     inputs = [data, "W"] + (["B"] if conv.bias is not None else [])
     conv_out = "y" if conv.activation == "linear" else "y_linear"
-    nodes.append(helper.make_node("Conv", inputs, [conv_out], name="conv", doc_string=hint, **attrs))
+    nodes.append(helper.make_node(op, inputs, [conv_out], name="conv", doc_string=hint, **attrs))
     if conv.activation != "linear":
         act_nodes, act_inits = _activation_nodes(conv, opset, conv_out, "y")
         nodes += act_nodes
         inits += act_inits
+    dims = SPATIAL_DIMS[rank]
     graph = helper.make_graph(
         nodes,
-        "layoutconv_conv1d",
-        [helper.make_tensor_value_info("x", elem, ["N", conv.in_channels, "L"])],
-        [helper.make_tensor_value_info("y", elem, ["N", conv.out_channels, "L_out"])],
+        f"layoutconv_{op.lower()}{rank}d",
+        [helper.make_tensor_value_info("x", elem, ["N", conv.in_channels, *dims])],
+        [helper.make_tensor_value_info("y", elem, ["N", conv.out_channels, *(f"{d}_out" for d in dims)])],
         inits,
         doc_string=repr(conv),
     )
@@ -1305,15 +1349,18 @@ def _ort_error(exc: Exception, what: str, remedy: str, default: type[LayoutError
 
 
 def run(model: Any, x: Any) -> np.ndarray:
-    """Run an ONNX model (``ModelProto`` or path) on ``x`` of shape ``(N, C, L)`` with onnxruntime's CPU provider.
+    """Run an ONNX model (``ModelProto`` or path) on ``x`` of shape ``(N, C, *spatial)`` with onnxruntime's CPU provider.
 
-    Returns the first output, ``(N, O, L_out)``.  onnxruntime's CPU ``Conv`` has
+    Returns the first output, ``(N, O, *spatial_out)``.  onnxruntime's CPU ``Conv`` has
     float32 and float16 kernels only: float64 and bfloat16 raise
     :class:`~layoutconv.UnsupportedError`.
     """
     x = np.asarray(x)
-    if x.ndim != 3:
-        raise fail(ShapeError, "Input has the wrong rank", "shape (N, C, L), channels first", f"shape {tuple(x.shape)}")
+    if not 3 <= x.ndim <= 5:
+        raise fail(
+            ShapeError, "Input has the wrong rank", "shape (N, C, *spatial) with 1 to 3 spatial axes, channels first",
+            f"shape {tuple(x.shape)}",
+        )
     if x.dtype.name == "bfloat16":
         raise fail(
             UnsupportedError,
@@ -1333,6 +1380,11 @@ def run(model: Any, x: Any) -> np.ndarray:
             FileFormatError,
         ) from None
     first = session.get_inputs()[0]
+    if first.shape is not None and len(first.shape) != x.ndim:
+        raise fail(
+            ShapeError, "Input has the wrong rank", f"{len(first.shape)} axes, as the model's input {first.name!r}",
+            f"shape {tuple(x.shape)}",
+        )
     wanted = _ORT_INPUT_DTYPES.get(first.type, first.type)
     if wanted != x.dtype.name:
         raise fail(
@@ -1354,4 +1406,5 @@ def run(model: Any, x: Any) -> np.ndarray:
     return np.asarray(y)
 
 
-registry.register(Conv1D, NAME, to_native=to_native, run=run)
+registry.register(Conv, NAME, to_native=to_native, run=run)
+registry.register(ConvTranspose, NAME, to_native=to_native, run=run)
