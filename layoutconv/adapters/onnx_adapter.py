@@ -51,7 +51,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from .. import __version__, registry
 from ..chain import Chain
-from ..conv import Conv, Conv1D
+from ..conv import Conv
 from ..transpose import ConvTranspose
 from ..errors import (
     ConfigError,
@@ -407,7 +407,7 @@ def to_native(conv: Conv | ConvTranspose, opset: int | None = None) -> onnx.Mode
 
 
 # ---------------------------------------------------------------------------
-# ONNX -> Conv1D
+# ONNX -> Conv, ConvTranspose
 # ---------------------------------------------------------------------------
 def _load(model_or_path: Any) -> onnx.ModelProto:
     if isinstance(model_or_path, onnx.ModelProto):
@@ -474,14 +474,14 @@ def _pick(convs: list[onnx.NodeProto], node: str | int | None) -> onnx.NodeProto
     labels = [repr(n.name) if n.name else f"#{i} (unnamed)" for i, n in enumerate(convs)]
     what = "No Conv node matches `node`"
     if not convs:
-        what = "Model has no Conv node"
+        what = "Model has no Conv node (nor ConvTranspose node)"
     elif node is None:
         what = "Model has several Conv nodes"
     raise fail(
         ConfigError,
         what,
-        "node=<name> or node=<index among the Conv nodes>, picking exactly one",
-        f"node={node!r}; the model's Conv nodes: [{', '.join(labels)}]",
+        "node=<name> or node=<index among the Conv and ConvTranspose nodes>, picking exactly one",
+        f"node={node!r}; the model's Conv and ConvTranspose nodes: [{', '.join(labels)}]",
     )
 
 
@@ -620,15 +620,15 @@ def _spatial(node: onnx.NodeProto, attrs: dict[str, Any], name: str, default: li
     if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
         raise fail(
             FileFormatError,
-            f"Conv node {node.name!r}: attribute `{name}` has the wrong type",
+            f"{node.op_type} node {node.name!r}: attribute `{name}` has the wrong type",
             "a list of integers (an INTS attribute)",
             f"{name}={str(value)[:80]}",
         )
     if len(value) != size:
         raise fail(
             UnsupportedError,
-            f"Conv node {node.name!r}: attribute `{name}` is not one-dimensional",
-            f"{size} value(s) for a 1-d convolution",
+            f"{node.op_type} node {node.name!r}: attribute `{name}` has the wrong number of values",
+            f"{size} value(s), as the weight's spatial rank says",
             f"{name}={value}",
         )
     return value
@@ -655,18 +655,20 @@ def _probe_lengths(stride: int, span: int) -> list[int]:
     return sorted(lengths | {997, 1024, 4099})
 
 
-PadFunction = Callable[[int], tuple[int, int]]
+Pairs = tuple[tuple[int, int], ...]
+PadFunction = Callable[[tuple[int, ...]], Pairs]
 
 
-def _pad_function(g: _Graph, pad: onnx.NodeProto, probe: Conv1D) -> tuple[int, int] | str | PadFunction:
-    """A Pad node's (begin, end) on the length axis.
+def _pad_function(g: _Graph, pad: onnx.NodeProto, probe: Conv) -> Pairs | str | PadFunction:
+    """A Pad node's ``(begin, end)`` pairs on the spatial axes.
 
-    A constant pair; or the name of the ``same_*`` rule when the pads come from the
+    Constant pairs; or the name of the ``same_*`` rule when the pads come from the
     sub-graph :func:`_dynamic_pads` writes, for this stride and receptive field; or
-    else a function of the input length, evaluated by :class:`_PadsProgram`.
+    else a function of the input's spatial size, evaluated by :class:`_PadsProgram`.
     """
+    rank = probe.spatial_rank
     if g.opset < 11:  # pads were an attribute before opset 11
-        return _length_axis_pads(pad, np.array(_attrs(pad).get("pads", [0] * 6)), None)
+        return _spatial_pads(pad, np.array(_attrs(pad).get("pads", [0] * 2 * (2 + rank))), None, rank)
     if len(pad.input) < 2 or not pad.input[1]:
         raise fail(FileFormatError, f"Pad node {pad.name!r} has no pads input", "Pad(data, pads, ...) from opset 11 on", f"inputs {list(pad.input)}")
     axes = None
@@ -681,48 +683,54 @@ def _pad_function(g: _Graph, pad: onnx.NodeProto, probe: Conv1D) -> tuple[int, i
             )
     pads = g.constant(pad.input[1], max_elements=MAX_PAD_ELEMENTS)
     if pads is not None:
-        return _length_axis_pads(pad, pads, axes)
+        return _spatial_pads(pad, pads, axes, rank)
     written = _written_same_rule(g, pad)
-    if axes is None and written is not None and written[1:] == (probe.stride[0], probe.receptive_field[0]):
+    if axes is None and written is not None and written[1:] == (probe.stride, probe.receptive_field):
         return written[0]
-    program = _PadsProgram(g, pad, probe.in_channels)
+    program = _PadsProgram(g, pad, probe.in_channels, rank)
     if not program.reads_length:
-        return _length_axis_pads(pad, program(1), axes)
-    return lambda length: _length_axis_pads(pad, program(length), axes)
+        return _spatial_pads(pad, program(1), axes, rank)
+    return lambda sizes: _spatial_pads(pad, program(sizes), axes, rank)
 
 
-def _length_axis_pads(pad: onnx.NodeProto, pads: np.ndarray, axes: np.ndarray | None) -> tuple[int, int]:
+def _spatial_pads(pad: onnx.NodeProto, pads: np.ndarray, axes: np.ndarray | None, rank: int) -> Pairs:
+    """The spatial ``(begin, end)`` pairs of a Pad node's pads on an ``(N, C, *spatial)`` tensor."""
     pads = np.asarray(pads)
     if pads.dtype.kind not in "iu":
         raise fail(UnsupportedError, f"Pad node {pad.name!r}: pads are not integers", "int64 pads", f"dtype {pads.dtype}")
     pads = pads.astype(np.int64).ravel()
-    axes_list = [int(a) % 3 for a in (axes if axes is not None else range(3))]
+    ndim = 2 + rank
+    if axes is not None and any(not -ndim <= int(a) < ndim for a in np.asarray(axes).ravel()):
+        raise fail(UnsupportedError, f"Pad node {pad.name!r}: `axes` out of range", f"axes in [-{ndim}, {ndim})", f"axes={np.asarray(axes).tolist()}")
+    axes_list = [int(a) % ndim for a in (np.asarray(axes).ravel() if axes is not None else range(ndim))]
     if pads.size != 2 * len(axes_list):
         raise fail(
             UnsupportedError,
-            f"Pad node {pad.name!r} does not pad a (N, C, L) tensor",
+            f"Pad node {pad.name!r} does not pad an (N, C, {', '.join(SPATIAL_DIMS[rank])}) tensor",
             f"{2 * len(axes_list)} pads",
             f"pads={pads.tolist()}",
         )
     begin = dict(zip(axes_list, pads[: len(axes_list)]))
     end = dict(zip(axes_list, pads[len(axes_list) :]))
-    if any(begin.get(a, 0) or end.get(a, 0) for a in (0, 1)) or begin.get(2, 0) < 0 or end.get(2, 0) < 0:
+    spatial = range(2, ndim)
+    if any(begin.get(a, 0) or end.get(a, 0) for a in (0, 1)) or any(begin.get(a, 0) < 0 or end.get(a, 0) < 0 for a in spatial):
         raise fail(
             UnsupportedError,
-            f"Pad node {pad.name!r} pads something other than the length axis",
-            "non-negative pads on axis 2 only",
+            f"Pad node {pad.name!r} pads something other than the spatial axes",
+            f"non-negative pads on axes 2 to {ndim - 1} only",
             f"pads={pads.tolist()} on axes {axes_list}",
         )
-    return int(begin.get(2, 0)), int(end.get(2, 0))
+    return tuple((int(begin.get(a, 0)), int(end.get(a, 0))) for a in spatial)
 
 
-def _written_same_rule(g: _Graph, pad: onnx.NodeProto) -> tuple[str, int, int] | None:
-    """``(rule, stride, receptive field)`` when ``pad``'s pads come from the sub-graph :func:`_dynamic_pads` writes.
+def _written_same_rule(g: _Graph, pad: onnx.NodeProto) -> tuple[str, tuple[int, ...], tuple[int, ...]] | None:
+    """``(rule, strides, receptive fields)`` when ``pad``'s pads come from the sub-graph :func:`_dynamic_pads` writes.
 
     Matched by structure (ops, wiring and constant values), not by names:
     ``Concat([0, 0], a, [0, 0], b)`` of ``small = Div(total, 2)`` and
     ``big = Sub(total, small)``, with ``total = Max(Add(Sub(Mul(Div(Add(L, s - 1), s), s), L), r - s), 0)``
-    and ``L = Shape(data, start=2, end=3)``.  Nothing is evaluated.
+    and ``L = Shape(data, start=2, end=2 + rank)``, every constant a vector of one value per
+    spatial axis.  Nothing is evaluated.
     """
 
     def node(name: str, op: str, arity: int) -> onnx.NodeProto | None:
@@ -732,7 +740,7 @@ def _written_same_rule(g: _Graph, pad: onnx.NodeProto) -> tuple[str, int, int] |
 
     def const(name: str) -> list[int] | None:
         try:
-            value = g.constant(name, max_elements=2)
+            value = g.constant(name, max_elements=3)
         except LayoutError:
             return None
         return [int(v) for v in value.ravel()] if value is not None and value.dtype == np.int64 and value.ndim == 1 else None
@@ -751,10 +759,12 @@ def _written_same_rule(g: _Graph, pad: onnx.NodeProto) -> tuple[str, int, int] |
         return None
     assert small is not None and big is not None
     total_name = small.input[0]
-    if const(small.input[1]) != [2] or list(big.input) != [total_name, small.output[0]]:
+    twos = const(small.input[1])
+    if not twos or set(twos) != {2} or list(big.input) != [total_name, small.output[0]]:
         return None
+    rank = len(twos)
     total = node(total_name, "Max", 2)
-    need = node(total.input[0], "Add", 2) if total is not None and const(total.input[1]) == [0] else None
+    need = node(total.input[0], "Add", 2) if total is not None and const(total.input[1]) == [0] * rank else None
     t3 = node(need.input[0], "Sub", 2) if need is not None else None
     t2 = node(t3.input[0], "Mul", 2) if t3 is not None else None
     blocks = node(t2.input[0], "Div", 2) if t2 is not None else None
@@ -766,12 +776,12 @@ def _written_same_rule(g: _Graph, pad: onnx.NodeProto) -> tuple[str, int, int] |
     if length is None or t3.input[1] != t1.input[0] or length.input[0] != pad.input[0]:
         return None
     shape_attrs = _attrs(length)
-    if (shape_attrs.get("start"), shape_attrs.get("end")) != (2, 3) or None in (r_minus_s, s, s_again, s_minus_1):
+    if (shape_attrs.get("start"), shape_attrs.get("end")) != (2, 2 + rank) or None in (r_minus_s, s, s_again, s_minus_1):
         return None
     assert r_minus_s is not None and s is not None and s_minus_1 is not None
-    if len(s) != 1 or s != s_again or s_minus_1 != [s[0] - 1] or len(r_minus_s) != 1 or s[0] < 1:
+    if len(s) != rank or s != s_again or s_minus_1 != [v - 1 for v in s] or len(r_minus_s) != rank or min(s) < 1:
         return None
-    return rule, s[0], r_minus_s[0] + s[0]
+    return rule, tuple(s), tuple(d + v for d, v in zip(r_minus_s, s))
 
 
 class _PadsProgram:
@@ -786,8 +796,8 @@ class _PadsProgram:
     >>> program(123)                                             # pads for an input of length 123  # doctest: +SKIP
     """
 
-    def __init__(self, g: _Graph, pad: onnx.NodeProto, channels: int) -> None:
-        self.g, self.pad, self.channels = g, pad, channels
+    def __init__(self, g: _Graph, pad: onnx.NodeProto, channels: int, rank: int = 1) -> None:
+        self.g, self.pad, self.channels, self.rank = g, pad, channels, rank
         self.data, self.target = pad.input[0], pad.input[1]
         self.nodes: list[onnx.NodeProto] = []
         self.constants: dict[str, np.ndarray] = {}
@@ -844,8 +854,9 @@ class _PadsProgram:
         assert value is not None
         return value
 
-    def __call__(self, length: int) -> np.ndarray:
-        """The pads tensor for an input of shape ``(1, channels, length)``."""
+    def __call__(self, sizes: int | tuple[int, ...]) -> np.ndarray:
+        """The pads tensor for an input of shape ``(1, channels, *sizes)`` (one int: that size on every axis)."""
+        length = (int(sizes),) * self.rank if isinstance(sizes, (int, np.integer)) else tuple(sizes)
         env: dict[str, np.ndarray] = dict(self.constants)
         for node in self.nodes:
             reads_shape = node.op_type in ("Shape", "Size")  # of the data input, whose values are never read
@@ -881,12 +892,12 @@ def _int_list(value: Any) -> list[int]:
     return [int(v) for v in np.asarray(value).ravel()]
 
 
-def _op_shape(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
-    dims = np.array([1, p.channels, length], dtype=np.int64)
+def _op_shape(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: tuple[int, ...]) -> np.ndarray:
+    dims = np.array([1, p.channels, *length], dtype=np.int64)
     if node.op_type == "Size":
-        return np.array(p.channels * length, dtype=np.int64)
+        return np.array(math.prod(dims), dtype=np.int64)
     a = _attrs(node)
-    return dims[a.get("start", 0) : a.get("end", 3)]
+    return dims[a.get("start", 0) : a.get("end", len(dims))]
 
 
 def _op_binary(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
@@ -1015,42 +1026,62 @@ _PAD_OP_IMPLS: dict[str, Callable[[_PadsProgram, onnx.NodeProto, list[Any], int]
 assert set(_PAD_OP_IMPLS) == set(PAD_OPS)
 
 
-def _rule_from_function(pads_of: PadFunction, probe: Conv1D, pad: onnx.NodeProto) -> Any:
-    """Constant pads, or the ``same_*`` rule the pads follow for every probed length."""
-    seen = {n: pads_of(n) for n in _probe_lengths(probe.stride[0], probe.receptive_field[0])}
+def _probe_sizes(probe: Conv) -> list[tuple[int, ...]]:
+    """Spatial sizes at which computed pads are compared with a rule: every probe length on every axis.
+
+    Axis ``i`` walks its own :func:`_probe_lengths` while the other axes walk theirs at
+    other offsets, so that pads which read the wrong axis, or several axes, disagree.
+    """
+    lists = [_probe_lengths(s, r) for s, r in zip(probe.stride, probe.receptive_field)]
+    count = max(len(lengths) for lengths in lists)
+    return sorted({tuple(lengths[(k * (i + 1) + 3 * i) % len(lengths)] for i, lengths in enumerate(lists)) for k in range(count)})
+
+
+def _rule_from_function(pads_of: PadFunction, probe: Conv, pad: onnx.NodeProto) -> Any:
+    """Constant pads, or the ``same_*`` rule the pads follow for every probed size."""
+    seen = {n: pads_of(n) for n in _probe_sizes(probe)}
     if len(set(seen.values())) == 1:
-        return (next(iter(seen.values())),)
+        return next(iter(seen.values()))
     for rule in ("same_upper", "same_lower"):
-        if all(probe.replace(padding=rule).pads(n)[0] == p for n, p in seen.items()):
+        if all(probe.replace(padding=rule).pads(n) == p for n, p in seen.items()):
             return rule
     raise fail(
         UnsupportedError,
-        f"Pad node {pad.name!r} computes its pads from the input length in an unknown way",
+        f"Pad node {pad.name!r} computes its pads from the input size in an unknown way",
         "constant pads or the 'same_upper' / 'same_lower' rule for this stride and dilation",
-        ", ".join(f"L={n}: {p}" for n, p in list(seen.items())[:6]),
+        ", ".join(f"size {n[0] if len(n) == 1 else n}: {p[0] if len(p) == 1 else p}" for n, p in list(seen.items())[:6]),
     )
 
 
-def _padding(g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], probe: Conv1D) -> tuple[Any, str]:
-    """(padding, padding_mode) of the Conv node, with a feeding Pad node folded in."""
+def _own_padding(node: onnx.NodeProto, attrs: dict[str, Any], rank: int) -> tuple[str, Any]:
+    """``(auto_pad, padding)`` of a Conv or ConvTranspose node: a rule's name or ``(begin, end)`` pairs."""
     auto = attrs.get("auto_pad", "NOTSET")
-    pads = _spatial(node, attrs, "pads", [0, 0], 2)
+    pads = _spatial(node, attrs, "pads", [0] * 2 * rank, 2 * rank)
     if auto not in ("NOTSET", *_AUTO_PAD):
         raise fail(
             ConfigError,
-            f"Conv node {node.name!r}: invalid attribute `auto_pad`",
+            f"{node.op_type} node {node.name!r}: invalid attribute `auto_pad`",
             "NOTSET, VALID, SAME_UPPER or SAME_LOWER",
             f"auto_pad={auto!r}",
         )
     if auto != "NOTSET" and any(pads):
         raise fail(
             ConfigError,
-            f"Conv node {node.name!r}: both `auto_pad` and `pads` are set",
+            f"{node.op_type} node {node.name!r}: both `auto_pad` and `pads` are set",
             "one of them",
             f"auto_pad={auto!r}, pads={pads}",
         )
-    own: Any = _AUTO_PAD[auto] if auto != "NOTSET" else ((pads[0], pads[1]),)
-    own_zero = own in ("valid", ((0, 0),)) or (own in ("same_upper", "same_lower") and probe.receptive_field == (1,))
+    if auto != "NOTSET":
+        return auto, _AUTO_PAD[auto]
+    return auto, tuple(zip(pads[:rank], pads[rank:]))
+
+
+def _padding(g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], probe: Conv) -> tuple[Any, str]:
+    """(padding, padding_mode) of the Conv node, with a feeding Pad node folded in."""
+    rank = probe.spatial_rank
+    zero = ((0, 0),) * rank
+    own: Any = _own_padding(node, attrs, rank)[1]
+    own_zero = own in ("valid", zero) or (own in ("same_upper", "same_lower") and all(r == 1 for r in probe.receptive_field))
     pad = g.producers.get(node.input[0])
     if pad is None or pad.op_type != "Pad":
         return own, "zeros"
@@ -1077,19 +1108,16 @@ def _padding(g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], probe: Conv
                 f"constant_value={value!r}",
             )
     found = _pad_function(g, pad, probe)
-    if isinstance(found, tuple):
-        outer: Any = (found,)
-    elif isinstance(found, str):
+    if isinstance(found, (tuple, str)):
         outer = found
     else:
         outer = _rule_from_function(found, probe, pad)
-    if outer == ((0, 0),):
+    if outer == zero:
         return own, "zeros"  # a Pad that adds nothing; the hint may still name the mode
     if own_zero:
         return outer, mode
     if mode == "zeros" and isinstance(outer, tuple) and isinstance(own, tuple):
-        ((pb, pe),), ((cb, ce),) = outer, own
-        return ((pb + cb, pe + ce),), mode
+        return tuple((pb + cb, pe + ce) for (pb, pe), (cb, ce) in zip(outer, own)), mode
     raise fail(
         UnsupportedError,
         f"Pad node {pad.name!r} and Conv node {node.name!r} both pad",
@@ -1098,7 +1126,7 @@ def _padding(g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], probe: Conv
     )
 
 
-def _apply_hint(conv: Conv1D, node: onnx.NodeProto) -> Conv1D:
+def _apply_hint(conv: Conv, node: onnx.NodeProto) -> Conv:
     """Take the padding rule's name and the mode from the node's hint when they describe the same computation."""
     doc = _text(node.doc_string)
     if not doc.startswith(_HINT):
@@ -1113,7 +1141,7 @@ def _apply_hint(conv: Conv1D, node: onnx.NodeProto) -> Conv1D:
         return conv
     if not conv.same_pads_for_every_size(named.padding):  # closed form: no input length is enumerated
         return conv
-    if named.padding_mode != conv.padding_mode and not conv.same_pads_for_every_size(((0, 0),)):
+    if named.padding_mode != conv.padding_mode and not conv.same_pads_for_every_size(((0, 0),) * conv.spatial_rank):
         return conv
     return named
 
@@ -1226,7 +1254,7 @@ def _read_activation(g: _Graph, conv_node: onnx.NodeProto) -> str:
         for name in dict.fromkeys(n.input):
             consumers.setdefault(name, []).append(n)
     graph_outputs = {o.name for o in g.model.graph.output}
-    label = f"Conv node {conv_node.name!r}"
+    label = f"{conv_node.op_type} node {conv_node.name!r}"
     partial = None
     for activation, recipes in ACTIVATION_RECIPES.items():
         for steps in recipes:
@@ -1244,7 +1272,7 @@ def _read_activation(g: _Graph, conv_node: onnx.NodeProto) -> str:
         raise fail(
             UnsupportedError,
             f"{label} is followed by {activation}, but its output is also used without it",
-            f"the {activation} nodes as the only users of the Conv's output",
+            f"the {activation} nodes as the only users of the {conv_node.op_type}'s output",
             f"also used by {', '.join(users)}",
             "layoutconv records a convolution with its activation applied to every use of its output.",
         )
@@ -1268,40 +1296,48 @@ def _read_activation(g: _Graph, conv_node: onnx.NodeProto) -> str:
     )
 
 
-def from_native(model_or_path: Any, node: str | int | None = None) -> Conv1D:
-    """The ``Conv`` node of an ONNX model as a :class:`Conv1D` (a ``Pad`` node feeding it becomes its padding).
+#: The node types read as convolutions; ``node=`` counts among these, in graph order.
+CONV_OPS = ("Conv", "ConvTranspose")
+
+
+def from_native(model_or_path: Any, node: str | int | None = None) -> Conv | ConvTranspose:
+    """A ``Conv`` or ``ConvTranspose`` node of an ONNX model as a :class:`~layoutconv.Conv` or :class:`~layoutconv.ConvTranspose`.
+
+    Any spatial rank from 1 to 3 (the weight's rank says which).  A ``Pad`` node
+    feeding a ``Conv`` becomes its padding; an activation after either node is read.
 
     Parameters
     ----------
     model_or_path:
         An ``onnx.ModelProto`` or a path to a ``.onnx`` file.  External data is refused.
     node:
-        Name of the ``Conv`` node, or its index among the ``Conv`` nodes; may be
-        omitted when the graph has exactly one.
+        Name of the node, or its index among the ``Conv`` and ``ConvTranspose`` nodes
+        in graph order; may be omitted when the graph has exactly one.
     """
     model = _load(model_or_path)
     _refuse_external_data(model)
-    convs = [n for n in model.graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
+    convs = [n for n in model.graph.node if n.op_type in CONV_OPS and n.domain in ("", "ai.onnx")]
     conv_node = _pick(convs, node)
-    label = f"Conv node {conv_node.name!r}"
+    op = conv_node.op_type
+    label = f"{op} node {conv_node.name!r}"
     if len(conv_node.input) < 2 or not conv_node.input[0] or not conv_node.input[1] or not conv_node.output or not conv_node.output[0]:
         raise fail(
             FileFormatError,
             f"{label} lacks its data or weight input, or its output",
-            "Conv(X, W) or Conv(X, W, B) with one output",
+            f"{op}(X, W) or {op}(X, W, B) with one output",
             f"inputs {list(conv_node.input)}, outputs {list(conv_node.output)}",
         )
     g = _Graph(model)
     kernel = g.weight(conv_node.input[1], conv_node, "weight W")
     has_bias = len(conv_node.input) > 2 and conv_node.input[2]
     bias = g.weight(conv_node.input[2], conv_node, "bias B") if has_bias else None
-    if kernel.ndim != 3:
+    if not 3 <= kernel.ndim <= 5:
         raise fail(
             UnsupportedError,
-            f"{label} is not a 1-d convolution",
-            "a weight of rank 3 (out_channels, in_channels // group, kernel)",
+            f"{label} is not a 1-d, 2-d or 3-d convolution",
+            "a weight of rank 3 to 5 (out_channels, in_channels // group, *kernel)"
+            if op == "Conv" else "a weight of rank 3 to 5 (in_channels, out_channels // group, *kernel)",
             f"weight shape {kernel.shape}",
-            "layoutconv reads Conv1D only.",
         )
     if kernel.dtype.name not in DTYPE_OPSET:
         raise fail(
@@ -1311,24 +1347,72 @@ def from_native(model_or_path: Any, node: str | int | None = None) -> Conv1D:
             f"{kernel.dtype}",
             "Quantized convolutions are not supported.",
         )
+    rank = kernel.ndim - 2
     attrs = _attrs(conv_node)
-    declared = _spatial(conv_node, attrs, "kernel_shape", [kernel.shape[2]], 1)
-    if declared[0] != kernel.shape[2]:
+    shape = list(kernel.shape[2:])
+    declared = _spatial(conv_node, attrs, "kernel_shape", shape, rank)
+    if declared != shape:
         raise fail(
             ShapeError,
             f"{label}: `kernel_shape` disagrees with the weight",
-            f"kernel_shape=[{kernel.shape[2]}] (weight shape {kernel.shape})",
+            f"kernel_shape={shape} (weight shape {kernel.shape})",
             f"kernel_shape={declared}",
         )
-    stride = _spatial(conv_node, attrs, "strides", [1], 1)
-    dilation = _spatial(conv_node, attrs, "dilations", [1], 1)
+    stride = _spatial(conv_node, attrs, "strides", [1] * rank, rank)
+    dilation = _spatial(conv_node, attrs, "dilations", [1] * rank, rank)
+    group = attrs.get("group", 1)
+    if op == "ConvTranspose":
+        return _read_transpose(g, conv_node, attrs, kernel, bias, stride, dilation, group)
     try:
-        probe = Conv1D(kernel, bias, stride=stride, dilation=dilation, groups=attrs.get("group", 1))
+        probe = Conv(kernel, bias, stride=stride, dilation=dilation, groups=group)
     except LayoutError as exc:
         raise type(exc)(f"{label}: {exc}") from None
     padding, mode = _padding(g, conv_node, attrs, probe)
     activation = _read_activation(g, conv_node)
     return _apply_hint(probe.replace(padding=padding, padding_mode=mode, activation=activation), conv_node)
+
+
+def _read_transpose(
+    g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], kernel: np.ndarray, bias: np.ndarray | None,
+    stride: list[int], dilation: list[int], group: Any,
+) -> ConvTranspose:
+    """A ``ConvTranspose`` node: ``pads`` or ``auto_pad``, ``output_padding`` and ``output_shape``.
+
+    ``output_shape`` without ``auto_pad`` splits its pads like ``SAME_LOWER`` (the
+    operator's definition), so it reads as ``padding='same_lower'``.
+    """
+    rank = kernel.ndim - 2
+    label = f"ConvTranspose node {node.name!r}"
+    pad = g.producers.get(node.input[0])
+    if pad is not None and pad.op_type == "Pad":
+        raise fail(
+            UnsupportedError,
+            f"{label} is fed by Pad node {pad.name!r}",
+            "a ConvTranspose reading its input unpadded",
+            f"Pad node {pad.name!r} before it",
+            "A transposed convolution's pads crop its output; padding its input is another layer (not recorded here).",
+        )
+    output_padding = _spatial(node, attrs, "output_padding", [0] * rank, rank)
+    output_shape = _spatial(node, attrs, "output_shape", [], rank) if "output_shape" in attrs else None
+    auto, padding = _own_padding(node, attrs, rank)
+    if output_shape is not None:
+        if auto == "VALID" or (auto == "NOTSET" and any(v for pair in padding for v in pair)):
+            raise fail(
+                UnsupportedError,
+                f"{label} sets `output_shape` together with {'auto_pad=VALID' if auto == 'VALID' else 'explicit pads'}",
+                "output_shape with auto_pad NOTSET (no pads), SAME_UPPER or SAME_LOWER",
+                f"auto_pad={auto!r}, pads={_flat(padding) if isinstance(padding, tuple) else []}, output_shape={output_shape}",
+                "ONNX computes the pads from output_shape; drop the pads (or output_shape).",
+            )
+        padding = "same_upper" if auto == "SAME_UPPER" else "same_lower"
+    try:
+        record = ConvTranspose(
+            kernel, bias, stride=stride, dilation=dilation, groups=group, padding=padding,
+            output_padding=output_padding, output_shape=output_shape,
+        )
+    except LayoutError as exc:
+        raise type(exc)(f"{label}: {exc}") from None
+    return record.replace(activation=_read_activation(g, node))
 
 
 # ---------------------------------------------------------------------------
