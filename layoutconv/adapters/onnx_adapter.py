@@ -1,8 +1,12 @@
-"""ONNX adapter: a :class:`~layoutconv.Conv1D` as an ONNX ``Conv`` node (with a ``Pad`` node when needed).
+"""ONNX adapter: a :class:`~layoutconv.Conv` as an ONNX ``Conv`` node (with a ``Pad`` node when needed),
+a :class:`~layoutconv.ConvTranspose` as a ``ConvTranspose`` node, at spatial rank 1, 2 or 3.
 
-``to_native`` writes a self-contained model: input ``x`` of shape ``(N, C, L)``
-with dynamic ``N`` and ``L``, output ``y``, kernel ``W`` (``O I K``, the
-canonical layout, same bytes) and bias ``B`` as initializers.  Padding becomes:
+``to_native`` writes a self-contained model: input ``x`` of shape ``(N, C, *spatial)``
+with dynamic ``N`` and spatial sizes, output ``y``, kernel ``W`` (``O I *K``, the
+canonical layout, same bytes) and bias ``B`` as initializers.  ``pads`` are ordered
+``[x1_begin, x2_begin, ..., x1_end, x2_end, ...]``.  A ``ConvTranspose`` keeps
+``pads`` / ``auto_pad``, ``output_padding`` and ``output_shape`` as attributes.
+A ``Conv``'s padding becomes (per axis where it says so):
 
 - zeros, ``valid``: ``Conv(auto_pad=VALID)``;
 - zeros, explicit pads or ``causal``: ``Conv(pads=[b, e])``;
