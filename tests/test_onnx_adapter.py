@@ -473,9 +473,9 @@ def test_weight_fed_at_run_time(A, onnx, rng):
         A.from_native(model)
 
 
-def test_two_dimensional_conv(A, onnx, rng):
-    model = hand_model(onnx, rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
-    with pytest.raises(UnsupportedError, match="not a 1-d convolution"):
+def test_four_dimensional_conv_is_refused(A, onnx, rng):
+    model = hand_model(onnx, rng.standard_normal((4, 3, 3, 3, 3, 3)).astype(np.float32))
+    with pytest.raises(UnsupportedError, match="not a 1-d, 2-d or 3-d convolution"):
         A.from_native(model)
 
 

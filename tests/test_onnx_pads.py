@@ -114,7 +114,7 @@ def ort_pads(onnx, model, lengths):
 def test_own_subgraph_is_matched_by_structure(A, rng, rule, stride, dilation, k):
     c = conv(rng, rule, stride, dilation, k)
     model = A.to_native(c)
-    assert A._written_same_rule(A._Graph(model), pad_node(model)) == (rule, stride, c.receptive_field[0])
+    assert A._written_same_rule(A._Graph(model), pad_node(model)) == (rule, (stride,), c.receptive_field)
     assert A.from_native(model) == c
 
 

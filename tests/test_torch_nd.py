@@ -122,8 +122,7 @@ def test_verify_nd_runs_torch_and_names_what_others_lack(ta, rng):
     report = verify(conv)
     assert report["torch"].passed and report.input_shape[2] != report.input_shape[3]  # axes of different sizes
     assert report["keras"].passed and report["tf_keras"].passed, str(report)  # every rank: tests/test_keras_nd.py
-    for name in ("onnx",):
-        assert report[name].status == "unsupported" and "cannot write a Conv2D yet" in report[name].message
+    assert report["onnx"].passed, str(report)  # every rank since onnx-nd: tests/test_onnx_nd.py
     t = ConvTranspose(rng.standard_normal((4, 3, 3)).astype(np.float32), stride=2, padding="same_upper")
     assert verify(t, frameworks=["torch"]).passed
     assert ("ConvTranspose", "torch") in registry.registered()

@@ -1,8 +1,12 @@
-"""ONNX adapter: a :class:`~layoutconv.Conv1D` as an ONNX ``Conv`` node (with a ``Pad`` node when needed).
+"""ONNX adapter: a :class:`~layoutconv.Conv` as an ONNX ``Conv`` node (with a ``Pad`` node when needed),
+a :class:`~layoutconv.ConvTranspose` as a ``ConvTranspose`` node, at spatial rank 1, 2 or 3.
 
-``to_native`` writes a self-contained model: input ``x`` of shape ``(N, C, L)``
-with dynamic ``N`` and ``L``, output ``y``, kernel ``W`` (``O I K``, the
-canonical layout, same bytes) and bias ``B`` as initializers.  Padding becomes:
+``to_native`` writes a self-contained model: input ``x`` of shape ``(N, C, *spatial)``
+with dynamic ``N`` and spatial sizes, output ``y``, kernel ``W`` (``O I *K``, the
+canonical layout, same bytes) and bias ``B`` as initializers.  ``pads`` are ordered
+``[x1_begin, x2_begin, ..., x1_end, x2_end, ...]``.  A ``ConvTranspose`` keeps
+``pads`` / ``auto_pad``, ``output_padding`` and ``output_shape`` as attributes.
+A ``Conv``'s padding becomes (per axis where it says so):
 
 - zeros, ``valid``: ``Conv(auto_pad=VALID)``;
 - zeros, explicit pads or ``causal``: ``Conv(pads=[b, e])``;
@@ -50,7 +54,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from .. import __version__, registry
-from ..conv import Conv1D
+from ..chain import Chain
+from ..conv import Conv
+from ..transpose import ConvTranspose
 from ..errors import (
     ConfigError,
     FileFormatError,
@@ -119,14 +125,15 @@ MAX_PROBE_LENGTHS = 1024
 
 
 # ---------------------------------------------------------------------------
-# Conv1D -> ONNX
+# Conv, ConvTranspose -> ONNX
 # ---------------------------------------------------------------------------
-def required_opset(conv: Conv1D) -> int:
+def required_opset(conv: Conv | ConvTranspose) -> int:
     """The lowest opset that expresses ``conv`` (17; 19 for ``circular``; 22 for bfloat16)."""
-    return max(MIN_OPSET, PAD_MODES[conv.padding_mode][1], DTYPE_OPSET[conv.dtype.name])
+    mode = getattr(conv, "padding_mode", "zeros")  # a ConvTranspose has none
+    return max(MIN_OPSET, PAD_MODES[mode][1], DTYPE_OPSET[conv.dtype.name])
 
 
-def _choose_opset(conv: Conv1D, opset: int | None) -> int:
+def _choose_opset(conv: Conv | ConvTranspose, opset: int | None) -> int:
     need, latest = required_opset(conv), onnx.defs.onnx_opset_version()
     if opset is None:
         return need
@@ -160,23 +167,25 @@ def _int64(name: str, *values: int) -> TensorProto:
     return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
 
 
-def _dynamic_pads(conv: Conv1D, data: str) -> tuple[list[onnx.NodeProto], list[TensorProto], str]:
-    """Nodes computing ``[0, 0, begin, 0, 0, end]`` from ``Shape(data)`` for a ``same_*`` rule.
+def _dynamic_pads(conv: Conv, data: str) -> tuple[list[onnx.NodeProto], list[TensorProto], str]:
+    """Nodes computing ``[0, 0, *begins, 0, 0, *ends]`` from ``Shape(data)`` for a ``same_*`` rule, every axis at once.
 
+    The arithmetic runs on vectors of one value per spatial axis:
     total = max((ceil(L / s) - 1) * s + r - L, 0); the odd pad goes at the end (upper) or the begin (lower).
     """
-    (s,), (r,) = conv.stride, conv.receptive_field
+    rank = conv.spatial_rank
+    s, r = np.array(conv.stride), np.array(conv.receptive_field)
     inits = [
-        _int64("pad_s_minus_1", s - 1),
-        _int64("pad_s", s),
-        _int64("pad_r_minus_s", r - s),
-        _int64("pad_zero", 0),
-        _int64("pad_two", 2),
+        _int64("pad_s_minus_1", *(s - 1)),
+        _int64("pad_s", *s),
+        _int64("pad_r_minus_s", *(r - s)),
+        _int64("pad_zero", *[0] * rank),
+        _int64("pad_two", *[2] * rank),
         _int64("pad_zeros_nc", 0, 0),
     ]
     mk = helper.make_node
     nodes = [
-        mk("Shape", [data], ["pad_L"], start=2, end=3, name="pad_length"),
+        mk("Shape", [data], ["pad_L"], start=2, end=2 + rank, name="pad_length"),
         mk("Add", ["pad_L", "pad_s_minus_1"], ["pad_t1"], name="pad_ceil_add"),
         mk("Div", ["pad_t1", "pad_s"], ["pad_blocks"], name="pad_ceil_div"),
         mk("Mul", ["pad_blocks", "pad_s"], ["pad_t2"], name="pad_span_mul"),
@@ -269,7 +278,7 @@ def _recipe_for(activation: str, opset: int) -> tuple[_Step, ...]:
     )
 
 
-def _activation_nodes(conv: Conv1D, opset: int, z: str, out: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+def _activation_nodes(conv: Conv | ConvTranspose, opset: int, z: str, out: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """The nodes applying ``conv.activation`` to tensor ``z``, the last one writing ``out``."""
     steps = _recipe_for(conv.activation, opset)
     nodes, inits = [], []
@@ -287,8 +296,52 @@ def _activation_nodes(conv: Conv1D, opset: int, z: str, out: str) -> tuple[list[
     return nodes, inits
 
 
-def to_native(conv: Conv1D, opset: int | None = None) -> onnx.ModelProto:
-    """An ONNX model computing ``conv`` on ``x`` of shape ``(N, C, L)``; it passes ``check_model(full_check=True)``.
+#: spatial rank -> names of the input's dynamic spatial dims
+SPATIAL_DIMS: dict[int, tuple[str, ...]] = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+
+def _flat(pairs: tuple[tuple[int, int], ...]) -> list[int]:
+    """``((b1, e1), (b2, e2), ...)`` as ONNX orders pads: ``[b1, b2, ..., e1, e2, ...]``."""
+    return [b for b, _ in pairs] + [e for _, e in pairs]
+
+
+def _conv_nodes(conv: Conv, attrs: dict[str, Any]) -> tuple[list[onnx.NodeProto], list[TensorProto], str]:
+    """The padding of ``conv``: ``attrs`` gets ``auto_pad`` or ``pads``; returns the Pad nodes before the Conv and its data input."""
+    rank = conv.spatial_rank
+    static = None if conv.padding_depends_on_length else conv.pads()
+    zero = ((0, 0),) * rank
+    if conv.padding_mode == "zeros" or static == zero:
+        auto = _TO_AUTO_PAD.get(conv.padding) if isinstance(conv.padding, str) else None
+        if auto and (all(d == 1 for d in conv.dilation) or auto == "VALID"):
+            attrs["auto_pad"] = auto  # onnxruntime refuses SAME_* with a dilation > 1
+            return [], [], "x"
+        if static is not None:
+            attrs["pads"] = _flat(static)
+            return [], [], "x"
+    if static is None:
+        nodes, inits, pads = _dynamic_pads(conv, "x")
+    else:
+        nodes, inits, pads = [], [_int64("pads", *_flat(((0, 0), (0, 0)) + static))], "pads"
+    mode = PAD_MODES[conv.padding_mode][0]
+    nodes.append(helper.make_node("Pad", ["x", pads], ["x_padded"], mode=mode, name="pad"))
+    attrs["auto_pad"] = "VALID"
+    return nodes, inits, "x_padded"
+
+
+def _transpose_attrs(t: ConvTranspose, attrs: dict[str, Any]) -> None:
+    """``ConvTranspose``'s own attributes: ``output_padding``, ``pads`` or ``auto_pad``, ``output_shape``."""
+    if any(t.output_padding):
+        attrs["output_padding"] = list(t.output_padding)
+    if isinstance(t.padding, tuple):
+        attrs["pads"] = _flat(t.padding)
+    else:
+        attrs["auto_pad"] = _TO_AUTO_PAD[t.padding]
+    if t.output_shape_ is not None:
+        attrs["output_shape"] = list(t.output_shape_)
+
+
+def to_native(conv: Conv | ConvTranspose, opset: int | None = None) -> onnx.ModelProto:
+    """An ONNX model computing ``conv`` on ``x`` of shape ``(N, C, *spatial)``; it passes ``check_model(full_check=True)``.
 
     >>> model = to_native(conv)        # doctest: +SKIP
     >>> y = run(model, x)              # doctest: +SKIP
@@ -296,52 +349,47 @@ def to_native(conv: Conv1D, opset: int | None = None) -> onnx.ModelProto:
     Parameters
     ----------
     conv:
-        The convolution.  Weights are stored bit-exactly in the ``O I K`` layout.
+        A :class:`~layoutconv.Conv` (an ONNX ``Conv`` node, with a ``Pad`` node when
+        needed) or a :class:`~layoutconv.ConvTranspose` (a ``ConvTranspose`` node), at
+        spatial rank 1, 2 or 3.  Weights are stored bit-exactly in the canonical layout.
     opset:
         Default: :func:`required_opset` (17, 19 for ``circular``, 22 for bfloat16).
     """
-    if not isinstance(conv, Conv1D):
-        raise fail(ConfigError, "onnx.to_native needs a Conv1D", "a layoutconv.Conv1D", f"{type(conv).__name__}")
+    if not isinstance(conv, (Conv, ConvTranspose)):
+        raise fail(
+            ConfigError, "onnx.to_native needs a convolution record", "a layoutconv.Conv or ConvTranspose",
+            f"{type(conv).__name__}",
+        )
     opset = _choose_opset(conv, opset)
+    rank = conv.spatial_rank
     elem = helper.np_dtype_to_tensor_dtype(conv.dtype)
     inits = [_tensor("W", conv.kernel)] + ([] if conv.bias is None else [_tensor("B", conv.bias)])
-    nodes: list[onnx.NodeProto] = []
     attrs: dict[str, Any] = dict(
         kernel_shape=list(conv.kernel_shape), strides=list(conv.stride), dilations=list(conv.dilation), group=conv.groups
     )
-    data = "x"
-    static = None if conv.padding_depends_on_length else conv.pads()[0]
-    if conv.padding_mode == "zeros" or static == (0, 0):
-        auto = _TO_AUTO_PAD.get(conv.padding) if isinstance(conv.padding, str) else None
-        if auto and (conv.dilation == (1,) or auto == "VALID"):
-            attrs["auto_pad"] = auto  # onnxruntime refuses SAME_* with a dilation > 1
-        elif static is not None:
-            attrs["pads"] = list(static)
-    if "auto_pad" not in attrs and "pads" not in attrs:
-        if static is None:
-            pad_nodes, pad_inits, pads = _dynamic_pads(conv, "x")
-        else:
-            pad_nodes, pad_inits, pads = [], [_int64("pads", 0, 0, static[0], 0, 0, static[1])], "pads"
-        mode = PAD_MODES[conv.padding_mode][0]
-        nodes += pad_nodes + [helper.make_node("Pad", ["x", pads], ["x_padded"], mode=mode, name="pad")]
+    if isinstance(conv, ConvTranspose):
+        op, nodes, data, hint = "ConvTranspose", [], "x", ""
+        _transpose_attrs(conv, attrs)
+    else:
+        op = "Conv"
+        nodes, pad_inits, data = _conv_nodes(conv, attrs)
         inits += pad_inits
-        data = "x_padded"
-        attrs["auto_pad"] = "VALID"
-    hint = f"{_HINT} padding_mode={conv.padding_mode}"
-    if isinstance(conv.padding, str):
-        hint += f" padding={conv.padding}"
+        hint = f"{_HINT} padding_mode={conv.padding_mode}"
+        if isinstance(conv.padding, str):
+            hint += f" padding={conv.padding}"
     inputs = [data, "W"] + (["B"] if conv.bias is not None else [])
     conv_out = "y" if conv.activation == "linear" else "y_linear"
-    nodes.append(helper.make_node("Conv", inputs, [conv_out], name="conv", doc_string=hint, **attrs))
+    nodes.append(helper.make_node(op, inputs, [conv_out], name="conv", doc_string=hint, **attrs))
     if conv.activation != "linear":
         act_nodes, act_inits = _activation_nodes(conv, opset, conv_out, "y")
         nodes += act_nodes
         inits += act_inits
+    dims = SPATIAL_DIMS[rank]
     graph = helper.make_graph(
         nodes,
-        "layoutconv_conv1d",
-        [helper.make_tensor_value_info("x", elem, ["N", conv.in_channels, "L"])],
-        [helper.make_tensor_value_info("y", elem, ["N", conv.out_channels, "L_out"])],
+        f"layoutconv_{op.lower()}{rank}d",
+        [helper.make_tensor_value_info("x", elem, ["N", conv.in_channels, *dims])],
+        [helper.make_tensor_value_info("y", elem, ["N", conv.out_channels, *(f"{d}_out" for d in dims)])],
         inits,
         doc_string=repr(conv),
     )
@@ -363,7 +411,7 @@ def to_native(conv: Conv1D, opset: int | None = None) -> onnx.ModelProto:
 
 
 # ---------------------------------------------------------------------------
-# ONNX -> Conv1D
+# ONNX -> Conv, ConvTranspose
 # ---------------------------------------------------------------------------
 def _load(model_or_path: Any) -> onnx.ModelProto:
     if isinstance(model_or_path, onnx.ModelProto):
@@ -430,14 +478,14 @@ def _pick(convs: list[onnx.NodeProto], node: str | int | None) -> onnx.NodeProto
     labels = [repr(n.name) if n.name else f"#{i} (unnamed)" for i, n in enumerate(convs)]
     what = "No Conv node matches `node`"
     if not convs:
-        what = "Model has no Conv node"
+        what = "Model has no Conv node (nor ConvTranspose node)"
     elif node is None:
         what = "Model has several Conv nodes"
     raise fail(
         ConfigError,
         what,
-        "node=<name> or node=<index among the Conv nodes>, picking exactly one",
-        f"node={node!r}; the model's Conv nodes: [{', '.join(labels)}]",
+        "node=<name> or node=<index among the Conv and ConvTranspose nodes>, picking exactly one",
+        f"node={node!r}; the model's Conv and ConvTranspose nodes: [{', '.join(labels)}]",
     )
 
 
@@ -576,15 +624,15 @@ def _spatial(node: onnx.NodeProto, attrs: dict[str, Any], name: str, default: li
     if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
         raise fail(
             FileFormatError,
-            f"Conv node {node.name!r}: attribute `{name}` has the wrong type",
+            f"{node.op_type} node {node.name!r}: attribute `{name}` has the wrong type",
             "a list of integers (an INTS attribute)",
             f"{name}={str(value)[:80]}",
         )
     if len(value) != size:
         raise fail(
             UnsupportedError,
-            f"Conv node {node.name!r}: attribute `{name}` is not one-dimensional",
-            f"{size} value(s) for a 1-d convolution",
+            f"{node.op_type} node {node.name!r}: attribute `{name}` has the wrong number of values",
+            f"{size} value(s), as the weight's spatial rank says",
             f"{name}={value}",
         )
     return value
@@ -611,18 +659,20 @@ def _probe_lengths(stride: int, span: int) -> list[int]:
     return sorted(lengths | {997, 1024, 4099})
 
 
-PadFunction = Callable[[int], tuple[int, int]]
+Pairs = tuple[tuple[int, int], ...]
+PadFunction = Callable[[tuple[int, ...]], Pairs]
 
 
-def _pad_function(g: _Graph, pad: onnx.NodeProto, probe: Conv1D) -> tuple[int, int] | str | PadFunction:
-    """A Pad node's (begin, end) on the length axis.
+def _pad_function(g: _Graph, pad: onnx.NodeProto, probe: Conv) -> Pairs | str | PadFunction:
+    """A Pad node's ``(begin, end)`` pairs on the spatial axes.
 
-    A constant pair; or the name of the ``same_*`` rule when the pads come from the
+    Constant pairs; or the name of the ``same_*`` rule when the pads come from the
     sub-graph :func:`_dynamic_pads` writes, for this stride and receptive field; or
-    else a function of the input length, evaluated by :class:`_PadsProgram`.
+    else a function of the input's spatial size, evaluated by :class:`_PadsProgram`.
     """
+    rank = probe.spatial_rank
     if g.opset < 11:  # pads were an attribute before opset 11
-        return _length_axis_pads(pad, np.array(_attrs(pad).get("pads", [0] * 6)), None)
+        return _spatial_pads(pad, np.array(_attrs(pad).get("pads", [0] * 2 * (2 + rank))), None, rank)
     if len(pad.input) < 2 or not pad.input[1]:
         raise fail(FileFormatError, f"Pad node {pad.name!r} has no pads input", "Pad(data, pads, ...) from opset 11 on", f"inputs {list(pad.input)}")
     axes = None
@@ -637,48 +687,54 @@ def _pad_function(g: _Graph, pad: onnx.NodeProto, probe: Conv1D) -> tuple[int, i
             )
     pads = g.constant(pad.input[1], max_elements=MAX_PAD_ELEMENTS)
     if pads is not None:
-        return _length_axis_pads(pad, pads, axes)
+        return _spatial_pads(pad, pads, axes, rank)
     written = _written_same_rule(g, pad)
-    if axes is None and written is not None and written[1:] == (probe.stride[0], probe.receptive_field[0]):
+    if axes is None and written is not None and written[1:] == (probe.stride, probe.receptive_field):
         return written[0]
-    program = _PadsProgram(g, pad, probe.in_channels)
+    program = _PadsProgram(g, pad, probe.in_channels, rank)
     if not program.reads_length:
-        return _length_axis_pads(pad, program(1), axes)
-    return lambda length: _length_axis_pads(pad, program(length), axes)
+        return _spatial_pads(pad, program(1), axes, rank)
+    return lambda sizes: _spatial_pads(pad, program(sizes), axes, rank)
 
 
-def _length_axis_pads(pad: onnx.NodeProto, pads: np.ndarray, axes: np.ndarray | None) -> tuple[int, int]:
+def _spatial_pads(pad: onnx.NodeProto, pads: np.ndarray, axes: np.ndarray | None, rank: int) -> Pairs:
+    """The spatial ``(begin, end)`` pairs of a Pad node's pads on an ``(N, C, *spatial)`` tensor."""
     pads = np.asarray(pads)
     if pads.dtype.kind not in "iu":
         raise fail(UnsupportedError, f"Pad node {pad.name!r}: pads are not integers", "int64 pads", f"dtype {pads.dtype}")
     pads = pads.astype(np.int64).ravel()
-    axes_list = [int(a) % 3 for a in (axes if axes is not None else range(3))]
+    ndim = 2 + rank
+    if axes is not None and any(not -ndim <= int(a) < ndim for a in np.asarray(axes).ravel()):
+        raise fail(UnsupportedError, f"Pad node {pad.name!r}: `axes` out of range", f"axes in [-{ndim}, {ndim})", f"axes={np.asarray(axes).tolist()}")
+    axes_list = [int(a) % ndim for a in (np.asarray(axes).ravel() if axes is not None else range(ndim))]
     if pads.size != 2 * len(axes_list):
         raise fail(
             UnsupportedError,
-            f"Pad node {pad.name!r} does not pad a (N, C, L) tensor",
+            f"Pad node {pad.name!r} does not pad an (N, C, {', '.join(SPATIAL_DIMS[rank])}) tensor",
             f"{2 * len(axes_list)} pads",
             f"pads={pads.tolist()}",
         )
     begin = dict(zip(axes_list, pads[: len(axes_list)]))
     end = dict(zip(axes_list, pads[len(axes_list) :]))
-    if any(begin.get(a, 0) or end.get(a, 0) for a in (0, 1)) or begin.get(2, 0) < 0 or end.get(2, 0) < 0:
+    spatial = range(2, ndim)
+    if any(begin.get(a, 0) or end.get(a, 0) for a in (0, 1)) or any(begin.get(a, 0) < 0 or end.get(a, 0) < 0 for a in spatial):
         raise fail(
             UnsupportedError,
-            f"Pad node {pad.name!r} pads something other than the length axis",
-            "non-negative pads on axis 2 only",
+            f"Pad node {pad.name!r} pads something other than the spatial axes",
+            f"non-negative pads on axes 2 to {ndim - 1} only",
             f"pads={pads.tolist()} on axes {axes_list}",
         )
-    return int(begin.get(2, 0)), int(end.get(2, 0))
+    return tuple((int(begin.get(a, 0)), int(end.get(a, 0))) for a in spatial)
 
 
-def _written_same_rule(g: _Graph, pad: onnx.NodeProto) -> tuple[str, int, int] | None:
-    """``(rule, stride, receptive field)`` when ``pad``'s pads come from the sub-graph :func:`_dynamic_pads` writes.
+def _written_same_rule(g: _Graph, pad: onnx.NodeProto) -> tuple[str, tuple[int, ...], tuple[int, ...]] | None:
+    """``(rule, strides, receptive fields)`` when ``pad``'s pads come from the sub-graph :func:`_dynamic_pads` writes.
 
     Matched by structure (ops, wiring and constant values), not by names:
     ``Concat([0, 0], a, [0, 0], b)`` of ``small = Div(total, 2)`` and
     ``big = Sub(total, small)``, with ``total = Max(Add(Sub(Mul(Div(Add(L, s - 1), s), s), L), r - s), 0)``
-    and ``L = Shape(data, start=2, end=3)``.  Nothing is evaluated.
+    and ``L = Shape(data, start=2, end=2 + rank)``, every constant a vector of one value per
+    spatial axis.  Nothing is evaluated.
     """
 
     def node(name: str, op: str, arity: int) -> onnx.NodeProto | None:
@@ -688,7 +744,7 @@ def _written_same_rule(g: _Graph, pad: onnx.NodeProto) -> tuple[str, int, int] |
 
     def const(name: str) -> list[int] | None:
         try:
-            value = g.constant(name, max_elements=2)
+            value = g.constant(name, max_elements=3)
         except LayoutError:
             return None
         return [int(v) for v in value.ravel()] if value is not None and value.dtype == np.int64 and value.ndim == 1 else None
@@ -707,10 +763,12 @@ def _written_same_rule(g: _Graph, pad: onnx.NodeProto) -> tuple[str, int, int] |
         return None
     assert small is not None and big is not None
     total_name = small.input[0]
-    if const(small.input[1]) != [2] or list(big.input) != [total_name, small.output[0]]:
+    twos = const(small.input[1])
+    if not twos or set(twos) != {2} or list(big.input) != [total_name, small.output[0]]:
         return None
+    rank = len(twos)
     total = node(total_name, "Max", 2)
-    need = node(total.input[0], "Add", 2) if total is not None and const(total.input[1]) == [0] else None
+    need = node(total.input[0], "Add", 2) if total is not None and const(total.input[1]) == [0] * rank else None
     t3 = node(need.input[0], "Sub", 2) if need is not None else None
     t2 = node(t3.input[0], "Mul", 2) if t3 is not None else None
     blocks = node(t2.input[0], "Div", 2) if t2 is not None else None
@@ -722,12 +780,12 @@ def _written_same_rule(g: _Graph, pad: onnx.NodeProto) -> tuple[str, int, int] |
     if length is None or t3.input[1] != t1.input[0] or length.input[0] != pad.input[0]:
         return None
     shape_attrs = _attrs(length)
-    if (shape_attrs.get("start"), shape_attrs.get("end")) != (2, 3) or None in (r_minus_s, s, s_again, s_minus_1):
+    if (shape_attrs.get("start"), shape_attrs.get("end")) != (2, 2 + rank) or None in (r_minus_s, s, s_again, s_minus_1):
         return None
     assert r_minus_s is not None and s is not None and s_minus_1 is not None
-    if len(s) != 1 or s != s_again or s_minus_1 != [s[0] - 1] or len(r_minus_s) != 1 or s[0] < 1:
+    if len(s) != rank or s != s_again or s_minus_1 != [v - 1 for v in s] or len(r_minus_s) != rank or min(s) < 1:
         return None
-    return rule, s[0], r_minus_s[0] + s[0]
+    return rule, tuple(s), tuple(d + v for d, v in zip(r_minus_s, s))
 
 
 class _PadsProgram:
@@ -742,8 +800,8 @@ class _PadsProgram:
     >>> program(123)                                             # pads for an input of length 123  # doctest: +SKIP
     """
 
-    def __init__(self, g: _Graph, pad: onnx.NodeProto, channels: int) -> None:
-        self.g, self.pad, self.channels = g, pad, channels
+    def __init__(self, g: _Graph, pad: onnx.NodeProto, channels: int, rank: int = 1) -> None:
+        self.g, self.pad, self.channels, self.rank = g, pad, channels, rank
         self.data, self.target = pad.input[0], pad.input[1]
         self.nodes: list[onnx.NodeProto] = []
         self.constants: dict[str, np.ndarray] = {}
@@ -800,8 +858,9 @@ class _PadsProgram:
         assert value is not None
         return value
 
-    def __call__(self, length: int) -> np.ndarray:
-        """The pads tensor for an input of shape ``(1, channels, length)``."""
+    def __call__(self, sizes: int | tuple[int, ...]) -> np.ndarray:
+        """The pads tensor for an input of shape ``(1, channels, *sizes)`` (one int: that size on every axis)."""
+        length = (int(sizes),) * self.rank if isinstance(sizes, (int, np.integer)) else tuple(sizes)
         env: dict[str, np.ndarray] = dict(self.constants)
         for node in self.nodes:
             reads_shape = node.op_type in ("Shape", "Size")  # of the data input, whose values are never read
@@ -837,12 +896,12 @@ def _int_list(value: Any) -> list[int]:
     return [int(v) for v in np.asarray(value).ravel()]
 
 
-def _op_shape(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
-    dims = np.array([1, p.channels, length], dtype=np.int64)
+def _op_shape(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: tuple[int, ...]) -> np.ndarray:
+    dims = np.array([1, p.channels, *length], dtype=np.int64)
     if node.op_type == "Size":
-        return np.array(p.channels * length, dtype=np.int64)
+        return np.array(math.prod(dims), dtype=np.int64)
     a = _attrs(node)
-    return dims[a.get("start", 0) : a.get("end", 3)]
+    return dims[a.get("start", 0) : a.get("end", len(dims))]
 
 
 def _op_binary(p: _PadsProgram, node: onnx.NodeProto, args: list[Any], length: int) -> np.ndarray:
@@ -971,42 +1030,62 @@ _PAD_OP_IMPLS: dict[str, Callable[[_PadsProgram, onnx.NodeProto, list[Any], int]
 assert set(_PAD_OP_IMPLS) == set(PAD_OPS)
 
 
-def _rule_from_function(pads_of: PadFunction, probe: Conv1D, pad: onnx.NodeProto) -> Any:
-    """Constant pads, or the ``same_*`` rule the pads follow for every probed length."""
-    seen = {n: pads_of(n) for n in _probe_lengths(probe.stride[0], probe.receptive_field[0])}
+def _probe_sizes(probe: Conv) -> list[tuple[int, ...]]:
+    """Spatial sizes at which computed pads are compared with a rule: every probe length on every axis.
+
+    Axis ``i`` walks its own :func:`_probe_lengths` while the other axes walk theirs at
+    other offsets, so that pads which read the wrong axis, or several axes, disagree.
+    """
+    lists = [_probe_lengths(s, r) for s, r in zip(probe.stride, probe.receptive_field)]
+    count = max(len(lengths) for lengths in lists)
+    return sorted({tuple(lengths[(k * (i + 1) + 3 * i) % len(lengths)] for i, lengths in enumerate(lists)) for k in range(count)})
+
+
+def _rule_from_function(pads_of: PadFunction, probe: Conv, pad: onnx.NodeProto) -> Any:
+    """Constant pads, or the ``same_*`` rule the pads follow for every probed size."""
+    seen = {n: pads_of(n) for n in _probe_sizes(probe)}
     if len(set(seen.values())) == 1:
-        return (next(iter(seen.values())),)
+        return next(iter(seen.values()))
     for rule in ("same_upper", "same_lower"):
-        if all(probe.replace(padding=rule).pads(n)[0] == p for n, p in seen.items()):
+        if all(probe.replace(padding=rule).pads(n) == p for n, p in seen.items()):
             return rule
     raise fail(
         UnsupportedError,
-        f"Pad node {pad.name!r} computes its pads from the input length in an unknown way",
+        f"Pad node {pad.name!r} computes its pads from the input size in an unknown way",
         "constant pads or the 'same_upper' / 'same_lower' rule for this stride and dilation",
-        ", ".join(f"L={n}: {p}" for n, p in list(seen.items())[:6]),
+        ", ".join(f"size {n[0] if len(n) == 1 else n}: {p[0] if len(p) == 1 else p}" for n, p in list(seen.items())[:6]),
     )
 
 
-def _padding(g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], probe: Conv1D) -> tuple[Any, str]:
-    """(padding, padding_mode) of the Conv node, with a feeding Pad node folded in."""
+def _own_padding(node: onnx.NodeProto, attrs: dict[str, Any], rank: int) -> tuple[str, Any]:
+    """``(auto_pad, padding)`` of a Conv or ConvTranspose node: a rule's name or ``(begin, end)`` pairs."""
     auto = attrs.get("auto_pad", "NOTSET")
-    pads = _spatial(node, attrs, "pads", [0, 0], 2)
+    pads = _spatial(node, attrs, "pads", [0] * 2 * rank, 2 * rank)
     if auto not in ("NOTSET", *_AUTO_PAD):
         raise fail(
             ConfigError,
-            f"Conv node {node.name!r}: invalid attribute `auto_pad`",
+            f"{node.op_type} node {node.name!r}: invalid attribute `auto_pad`",
             "NOTSET, VALID, SAME_UPPER or SAME_LOWER",
             f"auto_pad={auto!r}",
         )
     if auto != "NOTSET" and any(pads):
         raise fail(
             ConfigError,
-            f"Conv node {node.name!r}: both `auto_pad` and `pads` are set",
+            f"{node.op_type} node {node.name!r}: both `auto_pad` and `pads` are set",
             "one of them",
             f"auto_pad={auto!r}, pads={pads}",
         )
-    own: Any = _AUTO_PAD[auto] if auto != "NOTSET" else ((pads[0], pads[1]),)
-    own_zero = own in ("valid", ((0, 0),)) or (own in ("same_upper", "same_lower") and probe.receptive_field == (1,))
+    if auto != "NOTSET":
+        return auto, _AUTO_PAD[auto]
+    return auto, tuple(zip(pads[:rank], pads[rank:]))
+
+
+def _padding(g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], probe: Conv) -> tuple[Any, str]:
+    """(padding, padding_mode) of the Conv node, with a feeding Pad node folded in."""
+    rank = probe.spatial_rank
+    zero = ((0, 0),) * rank
+    own: Any = _own_padding(node, attrs, rank)[1]
+    own_zero = own in ("valid", zero) or (own in ("same_upper", "same_lower") and all(r == 1 for r in probe.receptive_field))
     pad = g.producers.get(node.input[0])
     if pad is None or pad.op_type != "Pad":
         return own, "zeros"
@@ -1033,19 +1112,16 @@ def _padding(g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], probe: Conv
                 f"constant_value={value!r}",
             )
     found = _pad_function(g, pad, probe)
-    if isinstance(found, tuple):
-        outer: Any = (found,)
-    elif isinstance(found, str):
+    if isinstance(found, (tuple, str)):
         outer = found
     else:
         outer = _rule_from_function(found, probe, pad)
-    if outer == ((0, 0),):
+    if outer == zero:
         return own, "zeros"  # a Pad that adds nothing; the hint may still name the mode
     if own_zero:
         return outer, mode
     if mode == "zeros" and isinstance(outer, tuple) and isinstance(own, tuple):
-        ((pb, pe),), ((cb, ce),) = outer, own
-        return ((pb + cb, pe + ce),), mode
+        return tuple((pb + cb, pe + ce) for (pb, pe), (cb, ce) in zip(outer, own)), mode
     raise fail(
         UnsupportedError,
         f"Pad node {pad.name!r} and Conv node {node.name!r} both pad",
@@ -1054,7 +1130,7 @@ def _padding(g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], probe: Conv
     )
 
 
-def _apply_hint(conv: Conv1D, node: onnx.NodeProto) -> Conv1D:
+def _apply_hint(conv: Conv, node: onnx.NodeProto) -> Conv:
     """Take the padding rule's name and the mode from the node's hint when they describe the same computation."""
     doc = _text(node.doc_string)
     if not doc.startswith(_HINT):
@@ -1069,7 +1145,7 @@ def _apply_hint(conv: Conv1D, node: onnx.NodeProto) -> Conv1D:
         return conv
     if not conv.same_pads_for_every_size(named.padding):  # closed form: no input length is enumerated
         return conv
-    if named.padding_mode != conv.padding_mode and not conv.same_pads_for_every_size(((0, 0),)):
+    if named.padding_mode != conv.padding_mode and not conv.same_pads_for_every_size(((0, 0),) * conv.spatial_rank):
         return conv
     return named
 
@@ -1182,7 +1258,7 @@ def _read_activation(g: _Graph, conv_node: onnx.NodeProto) -> str:
         for name in dict.fromkeys(n.input):
             consumers.setdefault(name, []).append(n)
     graph_outputs = {o.name for o in g.model.graph.output}
-    label = f"Conv node {conv_node.name!r}"
+    label = f"{conv_node.op_type} node {conv_node.name!r}"
     partial = None
     for activation, recipes in ACTIVATION_RECIPES.items():
         for steps in recipes:
@@ -1200,7 +1276,7 @@ def _read_activation(g: _Graph, conv_node: onnx.NodeProto) -> str:
         raise fail(
             UnsupportedError,
             f"{label} is followed by {activation}, but its output is also used without it",
-            f"the {activation} nodes as the only users of the Conv's output",
+            f"the {activation} nodes as the only users of the {conv_node.op_type}'s output",
             f"also used by {', '.join(users)}",
             "layoutconv records a convolution with its activation applied to every use of its output.",
         )
@@ -1224,40 +1300,48 @@ def _read_activation(g: _Graph, conv_node: onnx.NodeProto) -> str:
     )
 
 
-def from_native(model_or_path: Any, node: str | int | None = None) -> Conv1D:
-    """The ``Conv`` node of an ONNX model as a :class:`Conv1D` (a ``Pad`` node feeding it becomes its padding).
+#: The node types read as convolutions; ``node=`` counts among these, in graph order.
+CONV_OPS = ("Conv", "ConvTranspose")
+
+
+def from_native(model_or_path: Any, node: str | int | None = None) -> Conv | ConvTranspose:
+    """A ``Conv`` or ``ConvTranspose`` node of an ONNX model as a :class:`~layoutconv.Conv` or :class:`~layoutconv.ConvTranspose`.
+
+    Any spatial rank from 1 to 3 (the weight's rank says which).  A ``Pad`` node
+    feeding a ``Conv`` becomes its padding; an activation after either node is read.
 
     Parameters
     ----------
     model_or_path:
         An ``onnx.ModelProto`` or a path to a ``.onnx`` file.  External data is refused.
     node:
-        Name of the ``Conv`` node, or its index among the ``Conv`` nodes; may be
-        omitted when the graph has exactly one.
+        Name of the node, or its index among the ``Conv`` and ``ConvTranspose`` nodes
+        in graph order; may be omitted when the graph has exactly one.
     """
     model = _load(model_or_path)
     _refuse_external_data(model)
-    convs = [n for n in model.graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
+    convs = [n for n in model.graph.node if n.op_type in CONV_OPS and n.domain in ("", "ai.onnx")]
     conv_node = _pick(convs, node)
-    label = f"Conv node {conv_node.name!r}"
+    op = conv_node.op_type
+    label = f"{op} node {conv_node.name!r}"
     if len(conv_node.input) < 2 or not conv_node.input[0] or not conv_node.input[1] or not conv_node.output or not conv_node.output[0]:
         raise fail(
             FileFormatError,
             f"{label} lacks its data or weight input, or its output",
-            "Conv(X, W) or Conv(X, W, B) with one output",
+            f"{op}(X, W) or {op}(X, W, B) with one output",
             f"inputs {list(conv_node.input)}, outputs {list(conv_node.output)}",
         )
     g = _Graph(model)
     kernel = g.weight(conv_node.input[1], conv_node, "weight W")
     has_bias = len(conv_node.input) > 2 and conv_node.input[2]
     bias = g.weight(conv_node.input[2], conv_node, "bias B") if has_bias else None
-    if kernel.ndim != 3:
+    if not 3 <= kernel.ndim <= 5:
         raise fail(
             UnsupportedError,
-            f"{label} is not a 1-d convolution",
-            "a weight of rank 3 (out_channels, in_channels // group, kernel)",
+            f"{label} is not a 1-d, 2-d or 3-d convolution",
+            "a weight of rank 3 to 5 (out_channels, in_channels // group, *kernel)"
+            if op == "Conv" else "a weight of rank 3 to 5 (in_channels, out_channels // group, *kernel)",
             f"weight shape {kernel.shape}",
-            "layoutconv reads Conv1D only.",
         )
     if kernel.dtype.name not in DTYPE_OPSET:
         raise fail(
@@ -1267,24 +1351,72 @@ def from_native(model_or_path: Any, node: str | int | None = None) -> Conv1D:
             f"{kernel.dtype}",
             "Quantized convolutions are not supported.",
         )
+    rank = kernel.ndim - 2
     attrs = _attrs(conv_node)
-    declared = _spatial(conv_node, attrs, "kernel_shape", [kernel.shape[2]], 1)
-    if declared[0] != kernel.shape[2]:
+    shape = list(kernel.shape[2:])
+    declared = _spatial(conv_node, attrs, "kernel_shape", shape, rank)
+    if declared != shape:
         raise fail(
             ShapeError,
             f"{label}: `kernel_shape` disagrees with the weight",
-            f"kernel_shape=[{kernel.shape[2]}] (weight shape {kernel.shape})",
+            f"kernel_shape={shape} (weight shape {kernel.shape})",
             f"kernel_shape={declared}",
         )
-    stride = _spatial(conv_node, attrs, "strides", [1], 1)
-    dilation = _spatial(conv_node, attrs, "dilations", [1], 1)
+    stride = _spatial(conv_node, attrs, "strides", [1] * rank, rank)
+    dilation = _spatial(conv_node, attrs, "dilations", [1] * rank, rank)
+    group = attrs.get("group", 1)
+    if op == "ConvTranspose":
+        return _read_transpose(g, conv_node, attrs, kernel, bias, stride, dilation, group)
     try:
-        probe = Conv1D(kernel, bias, stride=stride, dilation=dilation, groups=attrs.get("group", 1))
+        probe = Conv(kernel, bias, stride=stride, dilation=dilation, groups=group)
     except LayoutError as exc:
         raise type(exc)(f"{label}: {exc}") from None
     padding, mode = _padding(g, conv_node, attrs, probe)
     activation = _read_activation(g, conv_node)
     return _apply_hint(probe.replace(padding=padding, padding_mode=mode, activation=activation), conv_node)
+
+
+def _read_transpose(
+    g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], kernel: np.ndarray, bias: np.ndarray | None,
+    stride: list[int], dilation: list[int], group: Any,
+) -> ConvTranspose:
+    """A ``ConvTranspose`` node: ``pads`` or ``auto_pad``, ``output_padding`` and ``output_shape``.
+
+    ``output_shape`` without ``auto_pad`` splits its pads like ``SAME_LOWER`` (the
+    operator's definition), so it reads as ``padding='same_lower'``.
+    """
+    rank = kernel.ndim - 2
+    label = f"ConvTranspose node {node.name!r}"
+    pad = g.producers.get(node.input[0])
+    if pad is not None and pad.op_type == "Pad":
+        raise fail(
+            UnsupportedError,
+            f"{label} is fed by Pad node {pad.name!r}",
+            "a ConvTranspose reading its input unpadded",
+            f"Pad node {pad.name!r} before it",
+            "A transposed convolution's pads crop its output; padding its input is another layer (not recorded here).",
+        )
+    output_padding = _spatial(node, attrs, "output_padding", [0] * rank, rank)
+    output_shape = _spatial(node, attrs, "output_shape", [], rank) if "output_shape" in attrs else None
+    auto, padding = _own_padding(node, attrs, rank)
+    if output_shape is not None:
+        if auto == "VALID" or (auto == "NOTSET" and any(v for pair in padding for v in pair)):
+            raise fail(
+                UnsupportedError,
+                f"{label} sets `output_shape` together with {'auto_pad=VALID' if auto == 'VALID' else 'explicit pads'}",
+                "output_shape with auto_pad NOTSET (no pads), SAME_UPPER or SAME_LOWER",
+                f"auto_pad={auto!r}, pads={_flat(padding) if isinstance(padding, tuple) else []}, output_shape={output_shape}",
+                "ONNX computes the pads from output_shape; drop the pads (or output_shape).",
+            )
+        padding = "same_upper" if auto == "SAME_UPPER" else "same_lower"
+    try:
+        record = ConvTranspose(
+            kernel, bias, stride=stride, dilation=dilation, groups=group, padding=padding,
+            output_padding=output_padding, output_shape=output_shape,
+        )
+    except LayoutError as exc:
+        raise type(exc)(f"{label}: {exc}") from None
+    return record.replace(activation=_read_activation(g, node))
 
 
 # ---------------------------------------------------------------------------
@@ -1305,15 +1437,18 @@ def _ort_error(exc: Exception, what: str, remedy: str, default: type[LayoutError
 
 
 def run(model: Any, x: Any) -> np.ndarray:
-    """Run an ONNX model (``ModelProto`` or path) on ``x`` of shape ``(N, C, L)`` with onnxruntime's CPU provider.
+    """Run an ONNX model (``ModelProto`` or path) on ``x`` of shape ``(N, C, *spatial)`` with onnxruntime's CPU provider.
 
-    Returns the first output, ``(N, O, L_out)``.  onnxruntime's CPU ``Conv`` has
+    Returns the first output, ``(N, O, *spatial_out)``.  onnxruntime's CPU ``Conv`` has
     float32 and float16 kernels only: float64 and bfloat16 raise
     :class:`~layoutconv.UnsupportedError`.
     """
     x = np.asarray(x)
-    if x.ndim != 3:
-        raise fail(ShapeError, "Input has the wrong rank", "shape (N, C, L), channels first", f"shape {tuple(x.shape)}")
+    if not 3 <= x.ndim <= 5:
+        raise fail(
+            ShapeError, "Input has the wrong rank", "shape (N, C, *spatial) with 1 to 3 spatial axes, channels first",
+            f"shape {tuple(x.shape)}",
+        )
     if x.dtype.name == "bfloat16":
         raise fail(
             UnsupportedError,
@@ -1333,6 +1468,11 @@ def run(model: Any, x: Any) -> np.ndarray:
             FileFormatError,
         ) from None
     first = session.get_inputs()[0]
+    if first.shape is not None and len(first.shape) != x.ndim:
+        raise fail(
+            ShapeError, "Input has the wrong rank", f"{len(first.shape)} axes, as the model's input {first.name!r}",
+            f"shape {tuple(x.shape)}",
+        )
     wanted = _ORT_INPUT_DTYPES.get(first.type, first.type)
     if wanted != x.dtype.name:
         raise fail(
@@ -1354,4 +1494,5 @@ def run(model: Any, x: Any) -> np.ndarray:
     return np.asarray(y)
 
 
-registry.register(Conv1D, NAME, to_native=to_native, run=run)
+registry.register(Conv, NAME, to_native=to_native, run=run)
+registry.register(ConvTranspose, NAME, to_native=to_native, run=run)
