@@ -196,8 +196,12 @@ def _transpose_forward(t: ConvTranspose, x: Any, dtype: Any) -> np.ndarray:
         part = np.einsum(f"ngi{letters},gio->ngo{letters}", xg, w[(Ellipsis, *tap)])
         where = tuple(slice(d * k, d * k + s * (m - 1) + 1, s) for d, k, s, m in zip(t.dilation, tap, t.stride, size))
         y[(slice(None),) * 3 + where] += part
-    crop = tuple(slice(b, f - e) for (b, e), f in zip(pads, full))
-    y = y.reshape(n, o, *full)[(slice(None), slice(None)) + crop]
+    y = y.reshape(n, o, *full)
+    grow = [(0, max(-e, 0)) for _, e in pads]  # a negative end pad appends positions no tap reaches
+    if any(g for _, g in grow):
+        y = np.pad(y, [(0, 0), (0, 0), *grow])
+    crop = tuple(slice(b, f + g - max(e, 0)) for (b, e), f, (_, g) in zip(pads, full, grow))
+    y = y[(slice(None), slice(None)) + crop]
     if t.bias is not None:
         y = y + t.bias.astype(dtype).reshape((1, o) + (1,) * rank)
     return activations.apply(t.activation, y)

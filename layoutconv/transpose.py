@@ -16,7 +16,10 @@ reach them).  The padding is explicit pairs, ``"valid"`` (no pads), or a
 ``same_*`` rule, which picks the pads so that the output size is ``L s`` (or
 ``output_shape`` when one is recorded, as ONNX's attribute of that name does):
 ``total = s (L - 1) + a + d (K - 1) + 1 - out``; ``same_upper`` puts the odd
-extra pad at the end, ``same_lower`` at the beginning.  ONNX's ``output_shape``
+extra pad at the end, ``same_lower`` at the beginning.  A negative total
+(the target is larger than the full output) is clamped to 0 for ``L s``, and
+for an ``output_shape`` becomes a negative end pad: up to ``s - 1`` positions
+(bias only) appended at the end, as onnxruntime computes it.  ONNX's ``output_shape``
 without ``auto_pad`` splits like ``same_lower`` (its operator definition:
 ``pads[start] = total - total / 2``).
 
@@ -202,13 +205,19 @@ class ConvTranspose(KernelRecord):
         out = []
         for n, s, r, a, target in zip(sizes, self.stride, self.receptive_field, self.output_padding, targets):
             total = s * (n - 1) + a + r - target
-            if total < 0:
-                raise fail(
-                    ShapeError,
-                    "The requested output is larger than the transposed convolution can produce",
-                    f"an output size at most {s * (n - 1) + a + r} for an input of size {n}",
-                    f"output size {target}",
-                )
+            if total < 0 and self.output_shape_ is None:
+                total = 0  # a same_* rule cannot grow the output: onnxruntime keeps s (L - 1) + a + r (tests pin it)
+            elif total < 0:
+                if -total >= s:
+                    raise fail(
+                        ShapeError,
+                        "The requested output is larger than the transposed convolution can produce",
+                        f"an output size below {s * n + a + r} (at most stride - 1 positions past "
+                        f"{s * (n - 1) + a + r}) for an input of size {n}",
+                        f"output_shape {target}",
+                    )
+                out.append((0, total))  # ONNX output_shape past the full output: positions appended at the end
+                continue
             small, big = total // 2, total - total // 2
             out.append((small, big) if self.padding == "same_upper" else (big, small))
         return tuple(out)

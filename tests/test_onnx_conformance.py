@@ -165,13 +165,7 @@ def with_stored_weights(case) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
 
 
 #: Node tests the records cannot run yet, with the reason.
-NODE_GAPS = {
-    "test_convtranspose_output_shape": (
-        "output_shape [10, 8] asks for one row more than stride 3 gives a 3-row input (total padding -1); "
-        "ONNX (and onnxruntime 1.32) split it with floor division and add a zero row at the end, while "
-        "ConvTranspose.pads refuses a negative total (layoutconv/transpose.py)"
-    ),
-}
+NODE_GAPS: dict[str, str] = {}  # every shipped conv / convtranspose node case passes
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,10 @@ ORT_CASES = {
     "same_upper_s2_k5": ("SAME_UPPER", None, 2, 5, 6),  # -> (1, 2)
     "output_shape_notset": ("NOTSET", 14, 2, 5, 6),  # total = 15 - 14 = 1 -> (1, 0): the bigger half first
     "output_shape_upper": ("SAME_UPPER", 14, 2, 5, 6),  # -> (0, 1)
+    "k1_s2_same_upper_clamped": ("SAME_UPPER", None, 2, 1, 5),  # total = 8 + 1 - 10 = -1: output stays 9
+    "k1_s3_same_lower_clamped": ("SAME_LOWER", None, 3, 1, 4),  # total = -2: output stays 10
+    "output_shape_one_past_full": ("NOTSET", 8, 2, 3, 3),  # full 7, asked 8: a bias-only position at the end
+    "output_shape_past_full_upper": ("SAME_UPPER", 8, 2, 3, 3),  # appended at the end for SAME_UPPER too
 }
 
 
@@ -97,17 +101,20 @@ def test_auto_pad_and_output_shape_match_onnxruntime(rng, case):
 
     auto, out_shape, s, k, length = ORT_CASES[case]
     kernel = rng.standard_normal((3, 2, k)).astype(np.float32)
+    bias = rng.standard_normal(2).astype(np.float32)
     x = rng.standard_normal((1, 3, length)).astype(np.float32)
     attrs = dict(strides=[s], auto_pad=auto)
     if out_shape is not None:
         attrs["output_shape"] = [out_shape]
-    node = helper.make_node("ConvTranspose", ["x", "W"], ["y"], **attrs)
+    node = helper.make_node("ConvTranspose", ["x", "W", "B"], ["y"], **attrs)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, length])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(kernel, "W")])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(kernel, "W"), numpy_helper.from_array(bias, "B")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     rule = "same_upper" if auto == "SAME_UPPER" else "same_lower"
-    t = ConvTranspose(kernel, stride=s, padding=rule, output_shape=out_shape)
+    t = ConvTranspose(kernel, bias, stride=s, padding=rule, output_shape=out_shape)
+    assert reference.forward(t, x).shape == y.shape
     np.testing.assert_allclose(reference.forward(t, x), y, rtol=1.3e-6, atol=1e-5)
 
 
@@ -125,7 +132,7 @@ def test_record_validation():
     with pytest.raises(ConfigError, match="padding"):
         ConvTranspose(k, padding="causal")
     with pytest.raises(ShapeError, match="larger than the transposed convolution can produce"):
-        ConvTranspose(k, padding="same_upper", output_shape=40).pads(5)
+        ConvTranspose(k, padding="same_upper", output_shape=40).pads(5)  # full output 7: at most stride - 1 = 0 more
     t = ConvTranspose(k, stride=2, padding="same_lower", output_shape=11, activation="relu")
     assert t.replace(output_padding=1).output_padding == (1,) and t.replace().output_shape_ == (11,)
     import pickle

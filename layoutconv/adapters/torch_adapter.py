@@ -346,7 +346,10 @@ class _CroppedTranspose:
         y = _TRANSPOSE_FUNCTIONS[self.rank](
             x, self.weight, self.bias, self.stride, 0, self.output_padding, self.groups, self.dilation
         )
-        y = y[(slice(None), slice(None)) + tuple(slice(b, y.shape[2 + i] - e) for i, (b, e) in enumerate(pairs))]
+        grow = [max(-e, 0) for _, e in pairs]  # an ONNX output_shape past the full output appends positions
+        if any(grow):
+            y = F.pad(y, [v for g in reversed(grow) for v in (0, g)])
+        y = y[(slice(None), slice(None)) + tuple(slice(b, y.shape[2 + i] - max(e, 0)) for i, (b, e) in enumerate(pairs))]
         return TORCH_ACTIVATIONS[self.activation](y)
 
 
