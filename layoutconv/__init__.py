@@ -86,26 +86,30 @@ def _keras_flavor(layer: Any) -> str:
     return "tf_keras" if module.startswith("tf_keras") or ".python.keras" in module else "keras"
 
 
-def from_keras(layer: Any) -> Conv1D:
-    """A Keras ``Conv1D`` layer (Keras 3 or tf_keras, built, any ``data_format``) as a :class:`Conv1D`."""
+def from_keras(layer: Any) -> Any:
+    """A built Keras convolution (Keras 3 or tf_keras, any ``data_format``) as a record.
+
+    ``Conv1D/2D/3D`` and ``DepthwiseConv*D`` give a :class:`Conv`, ``Conv*DTranspose`` a
+    :class:`ConvTranspose`, ``SeparableConv*D`` a :class:`Chain`; a fused activation is kept.
+    """
     return _adapter(_keras_flavor(layer)).from_native(layer)
 
 
-def from_torch(module: Any) -> Conv1D:
-    """A PyTorch ``nn.Conv1d`` (or a module made by :func:`to_torch`) as a :class:`Conv1D`."""
+def from_torch(module: Any) -> Any:
+    """A PyTorch ``nn.Conv1d/2d/3d`` or ``nn.ConvTranspose1d/2d/3d`` (or a module made by :func:`to_torch`) as a record."""
     return _adapter("torch").from_native(module)
 
 
-def from_onnx(model_or_path: Any, node: str | int | None = None) -> Conv1D:
-    """The ``Conv`` node of an ONNX model (a ``ModelProto`` or a path) as a :class:`Conv1D`.
+def from_onnx(model_or_path: Any, node: str | int | None = None) -> Any:
+    """A ``Conv`` or ``ConvTranspose`` node of an ONNX model (a ``ModelProto`` or a path) as a record.
 
-    ``node`` picks a node by name or index among the ``Conv`` nodes; it may be
-    omitted when the graph has exactly one.
+    ``node`` picks a node by name or index among those nodes (in graph order); it may be
+    omitted when the graph has exactly one.  The file's sub-graphs are never executed.
     """
     return _adapter("onnx").from_native(model_or_path, node=node)
 
 
-def to_keras(conv: Conv1D, flavor: str = "keras", data_format: str = "channels_last", **options: Any) -> Any:
+def to_keras(conv: Any, flavor: str = "keras", data_format: str = "channels_last", **options: Any) -> Any:
     """A built Keras layer (or small model, when a padding layer is needed) with the weights set.
 
     ``flavor`` is ``"keras"`` (Keras 3) or ``"tf_keras"`` (Keras 2).  The result is
@@ -123,8 +127,8 @@ def to_torch(record: Any) -> Any:
     return _converter(record, "torch").to_native(record)
 
 
-def to_onnx(conv: Conv1D, **options: Any) -> Any:
-    """An ONNX ``ModelProto`` (input ``x`` of shape ``(N, C, L)``, dynamic N and L) that passes the full checker."""
+def to_onnx(conv: Any, **options: Any) -> Any:
+    """An ONNX ``ModelProto`` (input ``x`` of shape ``(N, C, *spatial)``, dynamic sizes) that passes the full checker."""
     return _converter(conv, "onnx").to_native(conv, **options)
 
 

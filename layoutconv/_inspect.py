@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 
+from . import layouts
 from ._finite import NonFinite, find as find_nonfinite, report_lines
 from .errors import ConfigError, FileFormatError, FrameworkMissingError, LayoutError, UnsafeFileError, fail
 
@@ -74,11 +75,11 @@ class ConvEntry:
     source: str
     out_channels: int | None = None
     in_channels_per_group: int | None = None
-    kernel_size: int | None = None
+    kernel_size: int | tuple[int, ...] | None = None
     in_channels: int | None = None
     bias: str | None = None
-    stride: int | None = None
-    dilation: int | None = None
+    stride: int | tuple[int, ...] | None = None
+    dilation: int | tuple[int, ...] | None = None
     groups: int | None = None
     padding: Any = None
     padding_mode: str | None = None
@@ -842,39 +843,43 @@ def _read_onnx(path: str) -> FileReport:
     from . import from_onnx
 
     convs: list[ConvEntry] = []
-    conv_nodes = [n for n in graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
+    conv_nodes = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose") and n.domain in ("", "ai.onnx")]
     dims = {name: tuple(int(d) for d in t.dims) for name, t in stored}
     roles: dict[str, tuple[str, str | None]] = {}
     for i, node in enumerate(conv_nodes):
-        label = _text(node.name) or f"Conv #{i}"
+        label = _text(node.name) or f"{node.op_type} #{i}"
         kernel = node.input[1] if len(node.input) > 1 else "?"
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        roles[kernel] = ("kernel", TORCH_LAYOUT)
+        rank = len(dims.get(kernel, ())) - 2
+        transposed = node.op_type == "ConvTranspose"
+        layout = layouts.canonical(rank, transposed) if rank in layouts.SPATIAL else TORCH_LAYOUT
+        roles[kernel] = ("kernel", layout)
         if bias:
             roles[bias] = ("bias", None)
-        source = "ONNX Conv node, read with layoutconv.from_onnx"
+        source = f"ONNX {node.op_type} node, read with layoutconv.from_onnx"
         try:
             conv = from_onnx(model, node=i)
         except LayoutError as exc:
-            convs.append(ConvEntry(label, kernel, dims.get(kernel, ()), TORCH_LAYOUT, source, bias=bias, error=str(exc)))
+            convs.append(ConvEntry(label, kernel, dims.get(kernel, ()), layout, source, bias=bias, error=str(exc)))
             continue
+        one = (lambda v: v[0]) if conv.spatial_rank == 1 else tuple
         convs.append(
             ConvEntry(
                 name=label,
                 kernel=kernel,
                 shape=tuple(conv.kernel.shape),
-                layout=TORCH_LAYOUT,
+                layout=layout,
                 source=source,
                 out_channels=conv.out_channels,
-                in_channels_per_group=int(conv.kernel.shape[1]),
-                kernel_size=int(conv.kernel.shape[2]),
+                in_channels_per_group=conv.in_channels // conv.groups,
+                kernel_size=one(conv.kernel_shape),
                 in_channels=conv.in_channels,
                 bias=bias,
-                stride=conv.stride[0],
-                dilation=conv.dilation[0],
+                stride=one(conv.stride),
+                dilation=one(conv.dilation),
                 groups=conv.groups,
                 padding=conv.padding,
-                padding_mode=conv.padding_mode,
+                padding_mode=getattr(conv, "padding_mode", "zeros"),
             )
         )
     found: list[NonFinite] = []
@@ -885,7 +890,7 @@ def _read_onnx(path: str) -> FileReport:
             continue
         checked += 1
         role, layout = roles.get(name, ("tensor", None))
-        record = find_nonfinite(checked_array(t, repr(name)), name, role=role, layout=layout if len(t.dims) == 3 else None)
+        record = find_nonfinite(checked_array(t, repr(name)), name, role=role, layout=layout)
         if record is not None:
             found.append(record)
     tensors = tuple(

@@ -502,3 +502,19 @@ def test_convert_says_tf_keras_would_be_wrong(tmp_path, capsys):
     code = cli.main(["convert", str(tmp_path / "c.onnx"), str(tmp_path / "d.onnx")])
     out = capsys.readouterr().out
     assert code == 0 and "note:" not in out
+
+
+def test_onnx_2d_conv_and_transpose_are_listed_with_their_layouts(tmp_path, capsys):
+    need("onnx", "onnxruntime")
+    import layoutconv
+
+    rng = np.random.default_rng(4)
+    conv = layoutconv.Conv(rng.standard_normal((5, 3, 3, 5)).astype(np.float32), stride=(2, 1), padding="same_upper")
+    t = layoutconv.ConvTranspose(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), stride=2, padding=((1, 1), (0, 0)))
+    for record, name in ((conv, "c.onnx"), (t, "t.onnx")):
+        layoutconv.save(record, tmp_path / name)
+    code, text, _ = run(capsys, tmp_path / "c.onnx")
+    assert code == 0 and "O I H W" in text and "(3, 5)" in text and "(2, 1)" in text
+    code, info = run_json(capsys, tmp_path / "t.onnx")
+    (entry,) = info["convs"]
+    assert entry["layout"] == "I O H W" and entry["kernel_size"] == [3, 3] and entry["in_channels"] == 3
