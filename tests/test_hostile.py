@@ -889,8 +889,10 @@ class Run:
 def run_case(case: Case, base: Path) -> Run:
     """Build the case, run the driver in a limited subprocess, and collect what happened."""
     root = base / case.id  # snapshot root: the work directory and any victims beside it
-    work, capture, home = root / "work", base / f"{case.id}.capture", base / f"{case.id}.home"
-    for d in (work, root / "tmp", capture, home):
+    # HOME and TMPDIR live outside the snapshot root: frameworks write their own state there
+    # (onnxruntime's telemetry SDK drops a '.ses' session file into TMPDIR on first launch).
+    work, capture, home, tmp = root / "work", base / f"{case.id}.capture", base / f"{case.id}.home", base / f"{case.id}.tmp"
+    for d in (work, tmp, capture, home):
         d.mkdir(parents=True)
     marker = root / MARKER
     if case.kind == "npy":
@@ -904,7 +906,7 @@ def run_case(case: Case, base: Path) -> Run:
         "entries": [{"name": e.name, "argv": [a.replace("{file}", name) for a in e.argv], "api": e.api, "file": name} for e in entries],
     }
     before = snapshot(root)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(home), TMPDIR=str(root / "tmp"),
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(home), TMPDIR=str(tmp),
                TF_CPP_MIN_LOG_LEVEL="3", PYTHONDONTWRITEBYTECODE="1",
                LAYOUTCONV_DEBUG="1")  # the CLI re-raises what it would call "unexpected": the driver records a crash  # fmt: skip
     failure, stdout = "", ""
