@@ -25,8 +25,6 @@ from .errors import (
     UnsupportedError,
     VerificationError,
 )
-from ._diagnose import Diagnosis, diagnose
-from ._explain import Explanation, explain
 from .chain import Chain
 from .conventions import CONVENTIONS, Convention
 from .transpose import ConvTranspose, ConvTranspose1D, ConvTranspose2D, ConvTranspose3D
@@ -133,8 +131,12 @@ def to_onnx(conv: Any, **options: Any) -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    # Heavier, optional parts are loaded on first use.
+    # Heavier, optional parts are loaded on first use (explain and diagnose cost ~20 ms to import).
     lazy = {
+        "explain": ("layoutconv._explain", "explain"),
+        "Explanation": ("layoutconv._explain", "Explanation"),
+        "diagnose": ("layoutconv._diagnose", "diagnose"),
+        "Diagnosis": ("layoutconv._diagnose", "Diagnosis"),
         "open": ("layoutconv.legacy", "open"),
         "from_keras1": ("layoutconv.legacy", "from_keras1"),
         "save": ("layoutconv.convert", "save"),
