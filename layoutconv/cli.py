@@ -225,15 +225,9 @@ def load_npy(path: str | None, what: str):
 
 
 def _dtype(name: str):
-    if name == "bfloat16":
-        try:
-            import ml_dtypes
-        except ImportError:
-            from .errors import FrameworkMissingError, fail
+    from .record import float_dtype
 
-            raise fail(FrameworkMissingError, "bfloat16 needs ml_dtypes", "ml_dtypes installed", "none", "pip install ml_dtypes") from None
-        return ml_dtypes.bfloat16
-    return np.dtype(name)
+    return float_dtype(name)
 
 
 # -- commands ----------------------------------------------------------------

@@ -27,10 +27,29 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import ConfigError, fail
+from .errors import ConfigError, FrameworkMissingError, fail
 
 #: The float dtypes a record's arrays may have (bfloat16 through ml_dtypes).
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def float_dtype(name: str) -> np.dtype:
+    """The numpy dtype of a name in :data:`FLOAT_DTYPES`; ``bfloat16`` comes from ml_dtypes (numpy has none)."""
+    if name not in FLOAT_DTYPES:
+        raise fail(ConfigError, "Unsupported dtype", f"one of {', '.join(FLOAT_DTYPES)}", f"{name!r}")
+    if name != "bfloat16":
+        return np.dtype(name)
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise fail(
+            FrameworkMissingError,
+            "bfloat16 arrays need the ml_dtypes package",
+            "ml_dtypes to be installed (numpy has no bfloat16 of its own)",
+            "an environment without it",
+            "Install it with: pip install ml_dtypes",
+        ) from None
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 def frozen_array(name: str, value: Any) -> np.ndarray:

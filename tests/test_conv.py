@@ -166,3 +166,13 @@ def test_absurd_strides_and_dilations_are_refused_instantly(rng):
         Conv1D(kernel(rng), padding=(huge, 0))
     wide = Conv1D(kernel(rng, k=2), stride=1 << 24, dilation=(1 << 24) - 1, padding="same_upper")
     assert not wide.same_pads_for_every_size("same_lower")  # closed form: no enumeration of 2**24 sizes
+
+
+def test_every_record_dtype_has_one_tolerance_and_one_torch_dtype():
+    from layoutconv.record import FLOAT_DTYPES, float_dtype
+    from layoutconv.tolerance import ASSERT_CLOSE_DEFAULTS
+
+    assert sorted(ASSERT_CLOSE_DEFAULTS) == sorted(FLOAT_DTYPES)
+    assert [float_dtype(name).name for name in FLOAT_DTYPES] == list(FLOAT_DTYPES)
+    with pytest.raises(ConfigError, match="Unsupported dtype"):
+        float_dtype("int8")

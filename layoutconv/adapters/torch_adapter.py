@@ -52,18 +52,14 @@ from .. import activations, reference, registry
 from ..conv import PADDING_MODES, Conv, Conv1D
 from ..chain import Chain
 from ..transpose import ConvTranspose
-from ..errors import ConfigError, FrameworkMissingError, ShapeError, UnsupportedError, fail
+from ..errors import ConfigError, ShapeError, UnsupportedError, fail
+from ..record import FLOAT_DTYPES, float_dtype
 
 NAME = "torch"
 REQUIRES = ("torch",)
 
 #: numpy dtype name <-> torch dtype (the floats a Conv1D may hold)
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
+TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in FLOAT_DTYPES}
 _DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 
 #: canonical padding_mode -> torch.nn.functional.pad mode
@@ -79,20 +75,6 @@ _ACCEPTED = (
 
 
 # -- numpy <-> torch without touching the bytes ------------------------------
-def _bfloat16() -> np.dtype:
-    try:
-        import ml_dtypes
-    except ImportError:
-        raise fail(
-            FrameworkMissingError,
-            "bfloat16 arrays need the ml_dtypes package",
-            "ml_dtypes to be installed (numpy has no bfloat16 of its own)",
-            "an environment without it",
-            "Install it with: pip install ml_dtypes",
-        ) from None
-    return np.dtype(ml_dtypes.bfloat16)
-
-
 def _dtype_error(what: str, dtype: Any) -> Exception:
     return fail(
         UnsupportedError,
@@ -106,8 +88,7 @@ def _dtype_error(what: str, dtype: Any) -> Exception:
 def _numpy_dtype(dtype: torch.dtype, what: str) -> np.dtype:
     if dtype not in _DTYPE_NAMES:
         raise _dtype_error(what, dtype)
-    name = _DTYPE_NAMES[dtype]
-    return _bfloat16() if name == "bfloat16" else np.dtype(name)
+    return float_dtype(_DTYPE_NAMES[dtype])
 
 
 def _torch_dtype(dtype: np.dtype, what: str) -> torch.dtype:
@@ -121,7 +102,7 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     _numpy_dtype(tensor.dtype, "Tensor")
     t = tensor.detach().cpu().contiguous()
     if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(_bfloat16()).copy()
+        return t.view(torch.int16).numpy().view(float_dtype("bfloat16")).copy()
     return t.numpy().copy()
 
 
