@@ -34,7 +34,6 @@ from .conventions import CONVENTIONS, Convention
 from .errors import ConfigError, ShapeError, fail
 from .tolerance import ASSERT_CLOSE_DEFAULTS
 
-_NP_PAD_MODE = {"zeros": None, "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 #: how many input channels a tap may have before the text shows only the tap's sum
 _MAX_CHANNELS_SHOWN = 4
 #: how many taps are shown at each end of a long kernel
@@ -197,7 +196,7 @@ def _expressions(
         x = "X"
         if padded:
             widths = f"((0, 0), ({begin}, {end}), (0, 0))" if last else f"((0, 0), (0, 0), ({begin}, {end}))"
-            mode = _NP_PAD_MODE[conv.padding_mode]
+            mode = None if conv.padding_mode == "zeros" else reference.NUMPY_PAD_MODES[conv.padding_mode]
             x = f"np.pad(X, {widths}" + (f", mode={mode!r})" if mode else ")")
         return f"{x}[{n}, {time}, {chan}]" if last else f"{x}[{n}, {chan}, {time}]"
 

@@ -27,7 +27,6 @@ from .errors import ConfigError, ShapeError, fail
 from .tolerance import ASSERT_CLOSE_DEFAULTS
 from .transpose import ConvTranspose
 
-_NP_PAD_MODE = {"zeros": None, "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 #: taps listed at each end when a kernel has many
 _TAPS_SHOWN = 12
 
@@ -150,7 +149,7 @@ def _by_hand(conv: Conv, src: Convention, index: tuple[int, ...], spatial: tuple
     else:
         windows = [_slice(s * ti, s * ti + r, d) for s, ti, r, d in zip(conv.stride, t, conv.receptive_field, conv.dilation)]
         widths = [(0, 0)] + ([*pads, (0, 0)] if last else [(0, 0), *pads])
-        mode = _NP_PAD_MODE[conv.padding_mode]
+        mode = None if conv.padding_mode == "zeros" else reference.NUMPY_PAD_MODES[conv.padding_mode]
         x = f"np.pad(X, {tuple(tuple(p) for p in widths)}" + (f", mode={mode!r})" if mode else ")")
     axes = [str(n), *windows, chan] if last else [str(n), chan, *windows]
     total = f"np.sum({w} * {x}[{', '.join(axes)}])"

@@ -36,7 +36,8 @@ from .errors import ConfigError, ShapeError, UnsupportedError, fail
 #: The most elements a padded input may have (2**28: 2 GiB in float64), checked before anything is allocated.
 MAX_ELEMENTS = 1 << 28
 
-_NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+#: padding_mode -> numpy.pad's mode (PyTorch's names on the left)
+NUMPY_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
 _AXES = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -68,7 +69,7 @@ def pad(x: np.ndarray, pads: Sequence[tuple[int, int]], mode: str) -> np.ndarray
     if not any(b or e for b, e in pads):
         return x
     widths = [(0, 0)] * (x.ndim - rank) + [tuple(p) for p in pads]
-    return np.pad(x, widths, mode=_NUMPY_PAD_MODE[mode])
+    return np.pad(x, widths, mode=NUMPY_PAD_MODES[mode])
 
 
 def check_input(conv: Conv, x: Any) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
