@@ -161,13 +161,19 @@ def _conv_forward(conv: Conv, x: Any, dtype: Any) -> np.ndarray:
     windows = windows[pick]
     out = windows.shape[2 : 2 + rank]
     g, o = conv.groups, conv.out_channels
-    windows = windows.reshape(n, g, c // g, *out, *conv.kernel_shape)
-    w = conv.kernel.astype(dtype).reshape(g, o // g, c // g, *conv.kernel_shape)
     t, k = "pqr"[:rank], "uvw"[:rank]
-    # BLAS pays off when each group contracts over several channels; for depthwise-like
-    # groups (one channel in, one out) numpy's own loop is about 4x faster (docs/benchmarks.md).
-    blas = (c // g) * (o // g) > 1
-    y = np.einsum(f"ngc{t}{k},goc{k}->ngo{t}", windows, w, optimize=blas).reshape(n, o, *out)
+    kernel = conv.kernel.astype(dtype)
+    if g == 1:
+        # no group axis: a size-1 axis made einsum copy the whole window view before the
+        # matrix product (twice as slow, docs/benchmarks.md)
+        y = np.einsum(f"nc{t}{k},oc{k}->no{t}", windows, kernel, optimize=True)
+    else:
+        windows = windows.reshape(n, g, c // g, *out, *conv.kernel_shape)
+        w = kernel.reshape(g, o // g, c // g, *conv.kernel_shape)
+        # BLAS pays off when each group contracts over several channels; for depthwise-like
+        # groups (one channel in, one out) numpy's own loop is about 4x faster (docs/benchmarks.md).
+        blas = (c // g) * (o // g) > 1
+        y = np.einsum(f"ngc{t}{k},goc{k}->ngo{t}", windows, w, optimize=blas).reshape(n, o, *out)
     if conv.bias is not None:
         y = y + conv.bias.astype(dtype).reshape((1, o) + (1,) * rank)
     return activations.apply(conv.activation, y)
