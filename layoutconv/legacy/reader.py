@@ -1,4 +1,4 @@
-"""Read Conv1D weights from Keras 1, 2 and 3 weight files without TensorFlow.
+"""Read convolution weights (Conv1D of every Keras; every Keras 2/3 convolution class) from Keras files without TensorFlow.
 
 >>> kf = layoutconv.open("DeepCpf1_weights.h5")          # doctest: +SKIP
 >>> kf.format, kf.backend, kf.backend_source             # doctest: +SKIP
