@@ -1,4 +1,4 @@
-"""Read Conv1D weights from Keras 1, 2 and 3 weight files without TensorFlow.
+"""Read convolution weights (Conv1D of every Keras; every Keras 2/3 convolution class) from Keras files without TensorFlow.
 
 >>> kf = layoutconv.open("DeepCpf1_weights.h5")          # doctest: +SKIP
 >>> kf.format, kf.backend, kf.backend_source             # doctest: +SKIP
@@ -15,15 +15,18 @@ import json
 import re
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
 from .. import layouts
+from ..adapters._keras_common import _tidy_transpose, kernel_layout, keras_transpose_axis
 from .._finite import NonFinite, find as find_nonfinite, report_lines
-from ..conv import Conv1D
+from ..chain import Chain
+from ..conv import Conv, Conv1D
 from ..conventions import Convention
-from ..errors import ConfigError, FileFormatError, LayoutError, ShapeError, fail
+from ..errors import ConfigError, FileFormatError, LayoutError, ShapeError, UnsupportedError, fail
+from ..transpose import ConvTranspose
 from . import formats, semantics
 from .formats import FORMATS, Layer, Source, Weight
 
@@ -67,6 +70,11 @@ class KerasFile:
     @property
     def conv1d_layers(self) -> tuple[Layer, ...]:
         return tuple(layer for layer in self.layers if layer.is_conv1d)
+
+    @property
+    def conv_layers(self) -> tuple[Layer, ...]:
+        """Every convolution layer :meth:`conv` reads: Conv1D of every Keras, and the Keras 2/3 classes of :data:`semantics.CONV_CLASSES`."""
+        return tuple(layer for layer in self.layers if layer.is_conv1d or layer.type in semantics.CONV_CLASSES)
 
     def layer(self, name: str | None = None) -> Layer:
         """The layer called ``name``; without a name, the file's single Conv1D layer."""
@@ -143,6 +151,40 @@ class KerasFile:
             convention = semantics.convention_for(layout_name, self.backend, self._config(layer).get("data_format", "channels_last"))
             return convention.conv1d(kernel, bias, **resolved)
 
+    def conv(self, layer_name: str | None = None, **hyperparameters: Any) -> Conv | ConvTranspose | Chain:
+        """Any Keras convolution layer as its canonical record (weights read as stored, Theano kernels flipped).
+
+        ==========================  =============================================================
+        Keras layer                 record
+        ==========================  =============================================================
+        ``Conv1D/2D/3D``            :class:`~layoutconv.Conv` (``groups`` from the config)
+        ``Conv1D/2D/3DTranspose``   :class:`~layoutconv.ConvTranspose`
+        ``DepthwiseConv1D/2D``      ``Conv`` with ``groups = in_channels``
+        ``SeparableConv1D/2D``      :class:`~layoutconv.Chain` (depthwise ``Conv``, then a
+                                    pointwise ``Conv`` holding the bias and activation)
+        ==========================  =============================================================
+
+        Conv1D layers (Keras 1, 2 and 3) go through :meth:`conv1d`.  Stride,
+        dilation, groups, padding, output_padding and activation come from the
+        file's config; a keyword (Keras or layoutconv spelling) fills what the
+        config lacks and must agree with what it has.  Under TensorFlow and
+        Keras 3 ``'same'`` is ``same_upper`` on every axis; under Theano (Keras 2)
+        it is Theano's half rule per axis (:func:`semantics.theano_same_pads`) and
+        every kernel is reversed along all its spatial axes (Theano convolved).
+        The kernel layout does not depend on ``data_format``.
+        """
+        with self._context(layer_name):
+            layer = self._any_conv_layer(layer_name)
+            if layer.is_conv1d or layer.type is None:
+                return self.conv1d(layer.name, **hyperparameters)
+            plan = self._nd_plan(layer, hyperparameters)
+            arrays = formats.read_arrays(self.path, self._source, list(layer.weights))
+            kernels = [a for a in arrays if a.ndim == plan.rank + 2]
+            bias = next((a for a in arrays if a.ndim == 1), None)
+            if plan.flip:
+                kernels = [np.ascontiguousarray(np.flip(k, axis=tuple(range(plan.rank)))) for k in kernels]
+            return _ND_BUILDERS[plan.kind](plan, kernels, bias)
+
     # -- reports ----------------------------------------------------------
     def summary(self) -> str:
         """A text report: file facts with their sources, then one row per layer."""
@@ -216,7 +258,8 @@ class KerasFile:
                     "type_source": layer.type_source,
                     "weights": [{"name": w.name, "shape": list(w.shape), "dtype": w.dtype} for w in layer.weights],
                     "hyperparameters": layer.hyperparameters,
-                    "conv1d": self._conv_info(layer),
+                    "conv1d": self._conv_info(layer) if layer.is_conv1d else None,
+                    "conv": self._conv_info(layer),
                 }
                 for layer in self.layers
             ],
@@ -431,9 +474,142 @@ class KerasFile:
             values, sources = self._resolve(layer, layout_name, hyperparameters)
         return {key: (values[key], sources[key]) for key in ("padding", "stride", "dilation", "groups", "activation")}
 
+    def _any_conv_layer(self, layer_name: str | None) -> Layer:
+        if layer_name is None:
+            convs = self.conv_layers
+            if len(convs) != 1:
+                raise fail(
+                    ConfigError,
+                    f"{self.path} has {len(convs)} convolution layers",
+                    "layer_name= to pick one" if convs else "a layer of a Keras convolution class",
+                    f"the convolution layers {[layer.name for layer in convs]}" if convs
+                    else f"the layers {[f'{x.name} ({x.type})' for x in self.layers][:20]}",
+                )
+            return convs[0]
+        layer = self.layer(layer_name)
+        if layer.is_conv1d or layer.type in semantics.CONV_CLASSES or (layer.type is None and layer.kernel is not None):
+            return layer
+        raise fail(
+            ConfigError,
+            f"Layer {layer.name!r} is not a convolution layer",
+            f"one of {sorted(set(semantics.CONV_CLASSES) | set(semantics.CONV1D_TYPES))}",
+            f"type {layer.type} ({layer.type_source})",
+            f"The convolution layers are {[c.name for c in self.conv_layers]}.",
+        )
+
+    def _nd_plan(self, layer: Layer, kwargs: dict[str, Any]) -> "_Plan":
+        """Everything but the arrays of a Keras 2/3 convolution layer that is not a Conv1D, checked against its weights' shapes."""
+        assert layer.type is not None
+        kind, rank = semantics.CONV_CLASSES[layer.type]
+        if self.generation == 1:
+            raise fail(
+                UnsupportedError,
+                f"Layer {layer.name!r} is a Keras 1 {layer.type}",
+                "a Keras 2 or 3 file (Keras 1 reads Convolution1D only)",
+                f"a {self.format} file",
+            )
+        self._check_backend()
+        kernels = [w for w in layer.weights if len(w.shape) == rank + 2]
+        biases = [w for w in layer.weights if len(w.shape) == 1]
+        want = semantics.KIND_KERNELS[kind]
+        if len(kernels) != len(want) or len(biases) > 1 or len(kernels) + len(biases) != len(layer.weights):
+            raise fail(
+                FileFormatError,
+                f"Layer {layer.name!r} ({layer.type}) does not hold the weights its class has",
+                f"{len(want)} kernel(s) of {rank + 2} axes ({' and '.join(kernel_layout(rank, a) for a in want)}) and at most one 1-d bias",
+                f"weights {[(w.name, w.shape) for w in layer.weights]}",
+            )
+        given: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            canon = ND_KWARG_ALIASES.get(key)
+            if canon is None or canon in given:
+                raise fail(
+                    ConfigError,
+                    f"Unknown or repeated hyperparameter {key!r}",
+                    f"each of {sorted(ND_KWARG_ALIASES)} at most once",
+                    f"{sorted(kwargs)}",
+                    "Kernel size, filters and bias come from the weights themselves.",
+                )
+            given[canon] = value
+        config = layer.hyperparameters or {}
+        sources: dict[str, str] = {}
+
+        def pick(canon: str, key: str, default: Any, normalise: Any) -> Any:
+            recorded = normalise(config[key]) if config.get(key) is not None else None
+            argument = normalise(given[canon]) if given.get(canon) is not None else None
+            if recorded is not None and argument is not None and recorded != argument:
+                raise fail(
+                    ConfigError,
+                    f"{canon}={given[canon]!r} contradicts the file's config",
+                    f"{key}={config[key]!r} (as recorded) or no {canon} argument",
+                    f"{canon}={given[canon]!r}",
+                )
+            for value, source in ((recorded, "config"), (argument, "argument")):
+                if value is not None:
+                    sources[canon] = source
+                    return value
+            sources[canon] = "default"
+            return default
+
+        def per_axis(v: Any) -> tuple[int, ...]:
+            return semantics._per_axis(v, rank)
+
+        def word(v: Any) -> str:
+            return str(v).lower()
+
+        stride = pick("stride", "strides", (1,) * rank, per_axis)
+        dilation = pick("dilation", "dilation_rate", (1,) * rank, per_axis)
+        groups = pick("groups", "groups", 1, int) if kind == "conv" else 1
+        padding_word = pick("padding", "padding", "valid", word)
+        activation = semantics.keras_activation(pick("activation", "activation", "linear", lambda v: v), self.generation)
+        output_padding = pick("output_padding", "output_padding", None, per_axis) if kind == "transpose" else None
+        first = kernels[0].shape
+        spatial = tuple(first[:rank])
+        read = {"kernel_size": spatial, "use_bias": bool(biases)}
+        read["filters"] = {"conv": first[-1], "transpose": first[-2], "separable": kernels[-1].shape[-1]}.get(kind)
+        if kind in ("depthwise", "separable"):
+            read["depth_multiplier"] = first[-1]
+        for key, actual in read.items():
+            recorded = config.get(key)
+            if recorded is None or actual is None:
+                continue
+            recorded = per_axis(recorded) if key == "kernel_size" else recorded
+            if recorded != actual:
+                raise fail(
+                    FileFormatError,
+                    f"The config of layer {layer.name!r} does not match its weights",
+                    f"{key}={actual!r} as the weights have it",
+                    f"{key}={config[key]!r} in the config",
+                    "The file is inconsistent; it may have been edited.",
+                )
+        flip = semantics.BACKEND_FLIPS.get(self.backend or "", False)
+        if kind == "transpose":
+            if padding_word not in ("valid", "same"):
+                raise fail(
+                    UnsupportedError, f"Layer {layer.name!r} has a padding layoutconv does not read", "'valid' or 'same'",
+                    f"padding={padding_word!r}",
+                )
+            if flip and padding_word == "same":
+                raise fail(
+                    UnsupportedError,
+                    f"Layer {layer.name!r} is a Theano {layer.type} with padding 'same'",
+                    "padding 'valid' (Theano's 'same' for transposed convolutions is not modelled: it was never measured)",
+                    "padding='same' with backend 'theano'",
+                )
+            extra = output_padding or (None,) * rank
+            axes = [keras_transpose_axis(k, s, d, padding_word, a) for k, s, d, a in zip(spatial, stride, dilation, extra)]
+            padding: Any = tuple(p for p, _ in axes)
+            output_padding = tuple(a for _, a in axes)
+        else:
+            padding = semantics.canonical_padding(padding_word, self.backend, spatial, dilation)
+        return _Plan(
+            kind, rank, stride, dilation, groups, padding, padding_word, output_padding, activation,
+            str(config.get("data_format") or "channels_last"), flip, sources,
+        )
+
     def _conv_info(self, layer: Layer) -> dict[str, Any] | None:
         if not layer.is_conv1d:
-            return None
+            return self._nd_info(layer) if layer.type in semantics.CONV_CLASSES else None
         info: dict[str, Any] = {"layout": layer.layout, "layout_source": layer.layout_source}
         try:
             name, source = self._layout(layer, None)
@@ -463,6 +639,89 @@ class KerasFile:
             },
         )
         return info
+
+
+    def _nd_info(self, layer: Layer) -> dict[str, Any]:
+        """What ``inspect`` shows for a convolution that is not a Conv1D (read from the config, no weights read)."""
+        assert layer.type is not None
+        kind, rank = semantics.CONV_CLASSES[layer.type]
+        axes = " + ".join(kernel_layout(rank, a) for a in semantics.KIND_KERNELS[kind])
+        info: dict[str, Any] = {"kind": kind, "layout": "keras", "layout_axes": axes, "layout_source": "Keras 2/3 kernel layout of " + layer.type}
+        try:
+            plan = self._nd_plan(layer, {})
+        except LayoutError as exc:
+            info["error"] = str(exc)
+            return info
+        no_config = "" if layer.hyperparameters is not None else "; the file has no config"
+        info.update(
+            flip=plan.flip,
+            data_format=plan.data_format,
+            stride=list(plan.stride),
+            dilation=list(plan.dilation),
+            groups=plan.groups,
+            activation=plan.activation,
+            padding={
+                "keras": plan.padding_word if plan.sources["padding"] != "default" else None,
+                "canonical": _plain(plan.padding),
+                "source": plan.sources["padding"] + (no_config if plan.sources["padding"] == "default" else ""),
+            },
+        )
+        if plan.output_padding is not None:
+            info["output_padding"] = list(plan.output_padding)
+        return info
+
+
+#: keyword arguments accepted by ``KerasFile.conv`` for layers other than Conv1D
+ND_KWARG_ALIASES = {**semantics.KWARG_ALIASES, "output_padding": "output_padding"}
+
+
+class _Plan(NamedTuple):
+    """A Keras 2/3 convolution layer's canonical hyperparameters, before its arrays are read."""
+
+    kind: str
+    rank: int
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    padding: Any  # canonical padding (transposed: crops as (begin, end) pairs)
+    padding_word: str
+    output_padding: tuple[int, ...] | None
+    activation: str
+    data_format: str
+    flip: bool
+    sources: dict[str, str]
+
+
+def _build_conv(plan: _Plan, kernels: list[np.ndarray], bias: Any) -> Conv:
+    return Conv(
+        kernels[0], bias, stride=plan.stride, dilation=plan.dilation, groups=plan.groups, padding=plan.padding,
+        activation=plan.activation, layout=kernel_layout(plan.rank, "I O"),
+    )
+
+
+def _build_depthwise(plan: _Plan, kernels: list[np.ndarray], bias: Any, activation: str | None = None) -> Conv:
+    return Conv(
+        kernels[0], bias, stride=plan.stride, dilation=plan.dilation, groups=int(kernels[0].shape[-2]), padding=plan.padding,
+        activation=plan.activation if activation is None else activation, layout=kernel_layout(plan.rank, "G M"),
+    )
+
+
+def _build_separable(plan: _Plan, kernels: list[np.ndarray], bias: Any) -> Chain:
+    depthwise = _build_depthwise(plan, kernels[:1], None, activation="linear")
+    pointwise = Conv(kernels[1], bias, activation=plan.activation, layout=kernel_layout(plan.rank, "I O"))
+    return Chain((depthwise, pointwise))
+
+
+def _build_transpose(plan: _Plan, kernels: list[np.ndarray], bias: Any) -> ConvTranspose:
+    t = ConvTranspose(
+        kernels[0], bias, stride=plan.stride, dilation=plan.dilation, padding=plan.padding,
+        output_padding=plan.output_padding, activation=plan.activation, layout=kernel_layout(plan.rank, "O I"),
+    )
+    return _tidy_transpose(t)
+
+
+#: kind name (``semantics.CONV_CLASSES``) -> how its plan and arrays become a record
+_ND_BUILDERS = {"conv": _build_conv, "depthwise": _build_depthwise, "separable": _build_separable, "transpose": _build_transpose}
 
 
 def _check_geometry(layer: Layer, layout_name: str, resolved: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from .. import layouts
+from ..adapters._keras_common import KINDS
 from ..conv import PADDING_RULES
 from ..conventions import CONVENTIONS, Convention
 from ..errors import ConfigError, ShapeError, fail
@@ -38,6 +39,12 @@ BACKEND_FLIPS: dict[str, bool] = {
 
 #: Keras layer classes that are 1-D convolutions with a plain kernel and bias.
 CONV1D_TYPES = ("Conv1D", "Convolution1D", "AtrousConvolution1D")
+
+#: Keras 2/3 class name -> (kind name, spatial rank), from the Keras adapters' table (conv, transpose, depthwise, separable).
+CONV_CLASSES: dict[str, tuple[str, int]] = {cls: (kind.name, rank) for kind in KINDS for rank, cls in kind.classes.items()}
+CONV_CLASSES.update({"Convolution2D": ("conv", 2), "Convolution3D": ("conv", 3)})  # Keras 2 aliases
+#: kind name -> the kernels' axes after the spatial ones, in stored order
+KIND_KERNELS: dict[str, tuple[str, ...]] = {kind.name: kind.kernels for kind in KINDS}
 
 #: canonical hyperparameter -> Keras 1 config key, and -> Keras 2/3 config key
 KERAS1_KEYS = {
@@ -86,8 +93,12 @@ NAME_STEMS = {
     "convolution3d": "Convolution3D",
     "conv3d": "Conv3D",
     "conv1dtranspose": "Conv1DTranspose",
+    "conv2dtranspose": "Conv2DTranspose",
+    "conv3dtranspose": "Conv3DTranspose",
     "separableconv1d": "SeparableConv1D",
+    "separableconv2d": "SeparableConv2D",
     "depthwiseconv1d": "DepthwiseConv1D",
+    "depthwiseconv2d": "DepthwiseConv2D",
     "dense": "Dense",
     "embedding": "Embedding",
     "lstm": "LSTM",
@@ -138,18 +149,36 @@ def check_backend(backend: str) -> str:
     return name
 
 
-def theano_same_pads(kernel_size: int, dilation: int = 1) -> tuple[tuple[int, int]]:
-    """Canonical explicit pads of Theano's ``'same'`` (``'half'`` plus crop), for any length and stride.
+def theano_same_pads(kernel_size: Any, dilation: Any = 1) -> tuple[tuple[int, int], ...]:
+    """Canonical explicit pads of Theano's ``'same'`` (``'half'`` plus crop), for any size and stride, one pair per axis.
+
+    ``kernel_size`` and ``dilation`` are integers (one axis) or one value per axis.
 
     >>> theano_same_pads(4), theano_same_pads(5), theano_same_pads(3, dilation=2)
     (((2, 1),), ((2, 2),), ((2, 2),))
+    >>> theano_same_pads((3, 4), (1, 2))
+    ((1, 1), (3, 3))
     """
-    span = dilation * (kernel_size - 1) + 1
-    return ((span // 2, (span - 1) // 2),)
+    sizes = _per_axis(kernel_size)
+    dilations = _per_axis(dilation, len(sizes))
+    spans = [d * (k - 1) + 1 for k, d in zip(sizes, dilations)]
+    return tuple((r // 2, (r - 1) // 2) for r in spans)
+
+
+def _per_axis(value: Any, rank: int | None = None) -> tuple[int, ...]:
+    """An integer or a sequence as one integer per axis (``rank`` axes when given)."""
+    values = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+    if rank is not None and len(values) == 1:
+        values *= rank
+    if rank is not None and len(values) != rank:
+        raise fail(ConfigError, "Wrong number of per-axis values", f"one value or {rank} values", f"{value!r}")
+    return values
 
 
 def canonical_padding(padding: Any, backend: str | None, kernel_size: int, dilation: int = 1) -> Any:
-    """A Keras padding word, read under ``backend``, as a :class:`~layoutconv.Conv1D` padding.
+    """A Keras padding word, read under ``backend``, as a :class:`~layoutconv.Conv` padding.
+
+    ``kernel_size`` and ``dilation`` are integers (1-D) or one value per spatial axis.
 
     ``'valid'`` and ``'causal'`` mean the same everywhere; ``'same'`` is
     ``same_upper`` except under Theano (see :func:`theano_same_pads`);
@@ -170,8 +199,9 @@ def canonical_padding(padding: Any, backend: str | None, kernel_size: int, dilat
                 "'valid', 'same' or 'causal' for this backend",
                 f"padding='full' with backend {backend!r}",
             )
-        span = dilation * (kernel_size - 1) + 1
-        return ((span - 1, span - 1),)
+        sizes = _per_axis(kernel_size)
+        spans = [d * (k - 1) + 1 for k, d in zip(sizes, _per_axis(dilation, len(sizes)))]
+        return tuple((r - 1, r - 1) for r in spans)
     if word in PADDING_RULES:
         return word
     raise fail(
