@@ -446,7 +446,7 @@ def keras_transpose_axis(k: int, s: int, d: int, padding: str, output_padding: i
     return (begin, max(end, 0)), max(-end, 0)
 
 
-def _tidy_transpose(t: ConvTranspose) -> ConvTranspose:
+def tidy_transpose(t: ConvTranspose) -> ConvTranspose:
     """Explicit crops written as ``"valid"`` or ``"same_upper"`` when one of those gives them."""
     pairs = _transpose_pairs(t)
     if all(p == (0, 0) for p in pairs):
@@ -512,7 +512,7 @@ def _read_transpose(flavour: Flavour, layer: Any, rank: int, kernels: list, bias
         kernels[0], bias, padding=tuple(p for p, _ in read), output_padding=tuple(a for _, a in read),
         layout=kernel_layout(rank, "O I"), **common,
     )
-    return _tidy_transpose(t)
+    return tidy_transpose(t)
 
 
 #: kind name -> how a layer of that kind becomes a record
@@ -568,7 +568,7 @@ def _with_pads(record: Any, pads: Pairs) -> Any:
 def _with_crops(record: Any, crops: Pairs) -> Any:
     if not any(b or e for b, e in crops):
         return record
-    return _tidy_transpose(record.replace(padding=_add(_transpose_pairs(record), crops)))
+    return tidy_transpose(record.replace(padding=_add(_transpose_pairs(record), crops)))
 
 
 def _read(flavour: Flavour, parsed: Parsed) -> tuple[list[Any], Any]:

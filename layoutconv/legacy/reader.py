@@ -20,7 +20,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 
 from .. import layouts
-from ..adapters._keras_common import _tidy_transpose, kernel_layout, keras_transpose_axis
+from ..adapters._keras_common import tidy_transpose, kernel_layout, keras_transpose_axis
 from .._finite import NonFinite, find as find_nonfinite, report_lines
 from ..chain import Chain
 from ..conv import Conv, Conv1D
@@ -717,7 +717,7 @@ def _build_transpose(plan: _Plan, kernels: list[np.ndarray], bias: Any) -> ConvT
         kernels[0], bias, stride=plan.stride, dilation=plan.dilation, padding=plan.padding,
         output_padding=plan.output_padding, activation=plan.activation, layout=kernel_layout(plan.rank, "O I"),
     )
-    return _tidy_transpose(t)
+    return tidy_transpose(t)
 
 
 #: kind name (``semantics.CONV_CLASSES``) -> how its plan and arrays become a record
