@@ -164,3 +164,69 @@ def test_property_random_configurations(data):
             assert result.status == "unsupported", (reason, str(report))
         else:
             assert result.status == "pass", str(report)
+
+
+# -- every rank and transposed: PyTorch and onnxruntime must pass every drawn configuration ------
+# (Keras' N-d refusals are spelled out, case by case, in tests/test_keras_nd.py.)
+ND_FRAMEWORKS = ("torch", "onnx")
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_property_random_nd_convolutions(data):
+    for name in ND_FRAMEWORKS:
+        need(*FRAMEWORKS[name])
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    rng = np.random.default_rng(seed)
+    rank = data.draw(st.sampled_from([2, 2, 3]), label="rank")
+    per_axis = lambda lo, hi, label: tuple(data.draw(st.integers(lo, hi), label=f"{label}{a}") for a in range(rank))  # noqa: E731
+    k = per_axis(1, 4 if rank == 2 else 2, "kernel")
+    s = per_axis(1, 3, "stride")
+    d = per_axis(1, 2, "dilation")
+    g = data.draw(st.sampled_from([1, 2]), label="groups")
+    cg, og = data.draw(st.integers(1, 3), label="in_per_group"), data.draw(st.integers(1, 3), label="out_per_group")
+    padding = data.draw(st.sampled_from(["valid", "same_upper", "same_lower", "causal", "pairs"]), label="padding")
+    if padding == "pairs":
+        padding = tuple((data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2))) for _ in range(rank))
+    mode = data.draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]), label="mode")
+    kernel = rng.standard_normal((og * g, cg, *k)).astype(np.float32)
+    bias = rng.standard_normal(og * g).astype(np.float32) if data.draw(st.booleans(), label="bias") else None
+    activation = data.draw(st.sampled_from(["linear", "relu", "tanh"]), label="activation")
+    conv = layoutconv.Conv(kernel, bias, stride=s, dilation=d, groups=g, padding=padding, padding_mode=mode, activation=activation)
+    sizes = [data.draw(st.integers(max(r, 3) + 1, r + 6), label=f"size{a}") for a, r in enumerate(conv.receptive_field)]
+    x = rng.standard_normal((2, conv.in_channels, *sizes)).astype(np.float32)
+    report = layoutconv.verify(conv, frameworks=list(ND_FRAMEWORKS), x=x)
+    assert report.passed and all(r.status == "pass" for r in report.results), str(report)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_property_random_transposed_convolutions(data):
+    for name in ND_FRAMEWORKS:
+        need(*FRAMEWORKS[name])
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    rng = np.random.default_rng(seed)
+    rank = data.draw(st.sampled_from([1, 2, 2, 3]), label="rank")
+    per_axis = lambda lo, hi, label: tuple(data.draw(st.integers(lo, hi), label=f"{label}{a}") for a in range(rank))  # noqa: E731
+    k = per_axis(1, 4 if rank < 3 else 2, "kernel")
+    s = per_axis(1, 3, "stride")
+    d = per_axis(1, 2, "dilation")
+    extra = tuple(data.draw(st.integers(0, max(si, di) - 1), label=f"output_padding{a}") for a, (si, di) in enumerate(zip(s, d)))
+    g = data.draw(st.sampled_from([1, 2]), label="groups")
+    cg, og = data.draw(st.integers(1, 3), label="in_per_group"), data.draw(st.integers(1, 3), label="out_per_group")
+    padding = data.draw(st.sampled_from(["valid", "same_upper", "same_lower", "pairs"]), label="padding")
+    if padding == "pairs":
+        padding = tuple((data.draw(st.integers(0, ki - 1)), data.draw(st.integers(0, ki - 1))) for ki in k)
+    kernel = rng.standard_normal((cg * g, og, *k)).astype(np.float32)
+    bias = rng.standard_normal(og * g).astype(np.float32) if data.draw(st.booleans(), label="bias") else None
+    t = layoutconv.ConvTranspose(kernel, bias, stride=s, dilation=d, groups=g, padding=padding, output_padding=extra)
+    sizes = per_axis(2, 6, "size")
+    if any(n <= 0 for n in t.output_shape(sizes)):
+        return  # crops that leave no output are refused elsewhere (ShapeError)
+    x = rng.standard_normal((2, t.in_channels, *sizes)).astype(np.float32)
+    report = layoutconv.verify(t, frameworks=list(ND_FRAMEWORKS), x=x)
+    assert report["torch"].status == "pass", str(report)
+    if any(a >= si for a, si in zip(extra, s)):  # PyTorch allows output_padding < dilation; onnxruntime does not
+        assert report["onnx"].status == "unsupported" and "smaller than the stride" in report["onnx"].message
+    else:
+        assert report["onnx"].status == "pass", str(report)

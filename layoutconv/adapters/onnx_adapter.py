@@ -330,6 +330,15 @@ def _conv_nodes(conv: Conv, attrs: dict[str, Any]) -> tuple[list[onnx.NodeProto]
 
 def _transpose_attrs(t: ConvTranspose, attrs: dict[str, Any]) -> None:
     """``ConvTranspose``'s own attributes: ``output_padding``, ``pads`` or ``auto_pad``, ``output_shape``."""
+    if any(a >= s for a, s in zip(t.output_padding, t.stride)):
+        # onnxruntime 1.32: "output_padding (1) may be too large for stride (1)" (PyTorch allows < dilation too)
+        raise fail(
+            UnsupportedError,
+            "onnxruntime refuses an output_padding that is not smaller than the stride",
+            "output_padding < stride on every axis",
+            f"output_padding={t.output_padding} with stride {t.stride} (allowed by PyTorch because dilation is {t.dilation})",
+            "Convert to PyTorch instead (target 'torch'), or add the extra output positions yourself.",
+        )
     if any(t.output_padding):
         attrs["output_padding"] = list(t.output_padding)
     if isinstance(t.padding, tuple):
