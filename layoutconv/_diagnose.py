@@ -491,6 +491,8 @@ def diagnose(
     x, y:
         One input and the output the framework computed from it, 3-d (a 2-d
         pair is read as a batch of one), channels first or last (both are tried).
+        4-d ``x`` and ``y`` are a 2-D convolution's: see :mod:`layoutconv._diagnose_2d`
+        (``stride`` and ``dilation`` may then be pairs).
     stride, dilation, groups:
         Fix these when known.  Otherwise stride = dilation = 1 is tried first, then
         strides 1..4 and dilations 1..3 if nothing matched; groups follow from the shapes.
@@ -503,6 +505,10 @@ def diagnose(
     kernel = _float_array("kernel", kernel)
     bias = None if bias is None else _float_array("bias", bias)
     x, y = _float_array("x", x), _float_array("y", y)
+    if x.ndim == 4 and y.ndim == 4:
+        from ._diagnose_2d import diagnose_2d  # a 2-D convolution
+
+        return diagnose_2d(kernel, bias, x, y, stride=stride, dilation=dilation, groups=groups, top=top)  # type: ignore[return-value]
     if x.ndim == 2 and y.ndim == 2:
         x, y = x[None], y[None]
     if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0]:
