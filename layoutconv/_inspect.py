@@ -816,7 +816,7 @@ def _read_onnx(path: str) -> FileReport:
     onnx = _framework("onnx", "onnx")
     from onnx import TensorProto
 
-    from .adapters.onnx_adapter import _load, checked_array
+    from .adapters.onnx_adapter import _load, _refuse_external_data, checked_array
 
     model = _load(path)  # size cap, typed error for anything protobuf cannot parse
     if model.ir_version <= 0 or not model.HasField("graph"):
@@ -830,16 +830,7 @@ def _read_onnx(path: str) -> FileReport:
     graph = model.graph
     stored: list[tuple[str, Any]] = [(t.name, t) for t in graph.initializer]
     stored += [(n.output[0], a.t) for n in graph.node if n.op_type == "Constant" and n.output for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
-    for name, t in stored:
-        if t.data_location == TensorProto.EXTERNAL:
-            location = {e.key: e.value for e in t.external_data}.get("location", "?")
-            raise fail(
-                UnsafeFileError,
-                f"Tensor {name!r} of {path} keeps its data in an external file",
-                "weights stored inside the model",
-                f"data_location=EXTERNAL, location={location!r}",
-                "layoutconv never follows external-data paths.",
-            )
+    _refuse_external_data(model)  # the adapter's check: initializers and Constant tensors alike
     from . import from_onnx
 
     convs: list[ConvEntry] = []

@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import operator
 import re
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -427,37 +428,34 @@ class KerasFile:
         if not isinstance(values["dilation"], (int, np.integer)) or isinstance(values["dilation"], bool):
             raise fail(ConfigError, "Invalid value for `dilation`", "a positive integer", f"dilation={values['dilation']!r}")
         k, d = size["K"], int(values["dilation"])
-        from_config = semantics.canonical_padding(config["padding"], self.backend, k, d) if "padding" in config else None
-        from_args = semantics.canonical_padding(given["padding"], self.backend, k, d) if "padding" in given else None
-        if from_config is not None:
-            values["padding"], sources["padding"] = from_config, "config"
-            if from_args is not None and not _same_padding(from_config, from_args, k, values["stride"], d):
-                raise fail(
-                    ConfigError,
-                    f"padding={given['padding']!r} contradicts the file's config",
-                    f"padding={config['padding']!r} (as recorded; canonical {from_config}) or no padding argument",
-                    f"padding={given['padding']!r} (canonical {from_args})",
-                )
-        elif from_args is not None:
-            values["padding"], sources["padding"] = from_args, "argument"
-        else:
-            values["padding"], sources["padding"] = DEFAULTS["padding"], "default"
+        def settle(key: str, from_config: Any, from_args: Any, agree: Callable[[Any, Any], bool], shown: str = "") -> None:
+            """The config wins; an argument that contradicts it is an error; else the argument; else the default."""
+            if from_config is not None:
+                values[key], sources[key] = from_config, "config"
+                if from_args is not None and not agree(from_config, from_args):
+                    raise fail(
+                        ConfigError,
+                        f"{key}={given[key]!r} contradicts the file's config",
+                        f"{key}={config[key]!r} (as recorded{shown.format(from_config)}) or no {key} argument",
+                        f"{key}={given[key]!r}" + (f" (canonical {from_args})" if shown else ""),
+                    )
+            elif from_args is not None:
+                values[key], sources[key] = from_args, "argument"
+            else:
+                values[key], sources[key] = DEFAULTS[key], "default"
+
+        def read(key: str, convert: Callable[[Any], Any]) -> tuple[Any, Any]:
+            return tuple(convert(src[key]) if key in src else None for src in (config, given))  # type: ignore[return-value]
+
+        stride = values["stride"]
+        settle(
+            "padding",
+            *read("padding", lambda word: semantics.canonical_padding(word, self.backend, k, d)),
+            lambda a, b: _same_padding(a, b, k, stride, d),
+            "; canonical {}",
+        )
         sources["padding_word"] = str(config.get("padding", given.get("padding", DEFAULTS["padding"])))
-        from_config = semantics.keras_activation(config["activation"], self.generation) if "activation" in config else None
-        from_args = semantics.keras_activation(given["activation"], self.generation) if "activation" in given else None
-        if from_config is not None:
-            values["activation"], sources["activation"] = from_config, "config"
-            if from_args is not None and from_args != from_config:
-                raise fail(
-                    ConfigError,
-                    f"activation={given['activation']!r} contradicts the file's config",
-                    f"activation={config['activation']!r} (as recorded) or no activation argument",
-                    f"activation={given['activation']!r}",
-                )
-        elif from_args is not None:
-            values["activation"], sources["activation"] = from_args, "argument"
-        else:
-            values["activation"], sources["activation"] = DEFAULTS["activation"], "default"
+        settle("activation", *read("activation", lambda name: semantics.keras_activation(name, self.generation)), operator.eq)
         return values, sources
 
     def hyperparameters_of(self, layer_name: str | None = None, **hyperparameters: Any) -> dict[str, tuple[Any, str]]:
