@@ -27,8 +27,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import activations
+from . import activations, layers
+from . import graph as graph_module
 from .chain import Chain
+from .graph import Graph
 from .conv import Conv, Conv1D
 from .transpose import ConvTranspose
 from .errors import ConfigError, ShapeError, UnsupportedError, fail
@@ -123,8 +125,12 @@ def check_size(leading: tuple[int, ...], padded_size: int) -> None:
         )
 
 
-def forward(record: Any, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
+def forward(record: Any, *inputs: Any, dtype: Any = np.float64, layout: str = "source") -> Any:
     """Apply a record to ``x`` (channels first: ``(N, C, *spatial)``) in plain numpy; the definition of what it means.
+
+    A :class:`~layoutconv.graph.Graph` takes one array per model input, in the
+    source framework's layouts (``layout="channels_first"`` for canonical arrays),
+    and returns its output (a tuple for several) in the same layouts.
 
     Inputs and weights are converted to ``dtype`` (float64 by default) before
     any arithmetic, so the result carries no rounding of a framework under
@@ -137,6 +143,11 @@ def forward(record: Any, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
     array([[[[27., 37.],
              [57., 67.]]]])
     """
+    if isinstance(record, Graph):
+        return graph_module.run(record, inputs, lambda r, x: forward(r, x, dtype=dtype), layout=layout)
+    if len(inputs) != 1:
+        raise fail(ShapeError, f"A {type(record).__name__} takes one input", "one array (a list of arrays for a merge)", f"{len(inputs)} arguments")
+    x = inputs[0]
     for cls in type(record).__mro__:
         if cls in _FORWARD:
             return _FORWARD[cls](record, x, dtype)
@@ -222,10 +233,240 @@ def _chain_forward(chain: Chain, x: Any, dtype: Any) -> np.ndarray:
     return x
 
 
+# -- the layers around the convolutions (layoutconv.layers); data stays channels first ---------------
+
+
+def _channels_last(x: np.ndarray) -> np.ndarray:
+    """``(N, C, *spatial)`` viewed as ``(N, *spatial, C)`` (a 2-d ``(N, C)`` is left alone)."""
+    return np.moveaxis(x, 1, -1) if x.ndim > 2 else x
+
+
+def _channels_first(x: np.ndarray) -> np.ndarray:
+    """``(N, *spatial, C)`` viewed as ``(N, C, *spatial)`` (a 2-d ``(N, C)`` is left alone)."""
+    return np.moveaxis(x, -1, 1) if x.ndim > 2 else x
+
+
+def _float_input(record: Any, x: Any, dtype: Any, min_ndim: int = 2) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim < min_ndim or not np.issubdtype(x.dtype, np.number):
+        raise fail(
+            ShapeError,
+            f"Input does not fit the {type(record).__name__} layer",
+            f"a numeric array with at least {min_ndim} axes, (N, C, ...) channels first",
+            f"shape {tuple(x.shape)}, dtype {x.dtype}",
+        )
+    return x.astype(dtype, copy=False)
+
+
+def _channels(record: Any, x: np.ndarray, expected: int) -> None:
+    if x.shape[1] != expected:
+        raise fail(
+            ShapeError,
+            f"Input does not fit the {type(record).__name__} layer",
+            f"{expected} channels on axis 1 (channels first: (N, C, ...))",
+            f"shape {tuple(x.shape)}",
+            "A channels-last array needs np.moveaxis(x, -1, 1) first.",
+        )
+
+
+def _dense_forward(dense: layers.Dense, x: Any, dtype: Any) -> np.ndarray:
+    x = _float_input(dense, x, dtype)
+    _channels(dense, x, dense.in_channels)
+    y = _channels_first(_channels_last(x) @ dense.kernel.astype(dtype).T)
+    if dense.bias is not None:
+        y = y + dense.bias.astype(dtype).reshape((1, -1) + (1,) * (x.ndim - 2))
+    return activations.apply(dense.activation, y)
+
+
+def _batch_norm_forward(bn: layers.BatchNorm, x: Any, dtype: Any) -> np.ndarray:
+    x = _float_input(bn, x, dtype)
+    _channels(bn, x, bn.in_channels)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = (x - bn.mean.astype(dtype).reshape(shape)) / np.sqrt(bn.variance.astype(dtype).reshape(shape) + np.dtype(dtype).type(bn.epsilon))
+    if bn.scale is not None:
+        y = y * bn.scale.astype(dtype).reshape(shape)
+    if bn.offset is not None:
+        y = y + bn.offset.astype(dtype).reshape(shape)
+    return y
+
+
+def _layer_norm_forward(ln: layers.LayerNorm, x: Any, dtype: Any) -> np.ndarray:
+    x = _float_input(ln, x, dtype)
+    if max(ln.axes) >= x.ndim:
+        raise fail(ShapeError, "Input does not fit the LayerNorm layer", f"more than {max(ln.axes)} axes", f"shape {tuple(x.shape)}")
+    mean = x.mean(axis=ln.axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=ln.axes, keepdims=True)
+    y = (x - mean) / np.sqrt(var + np.dtype(dtype).type(ln.epsilon))
+    shape = tuple(x.shape[a] if a in ln.axes else 1 for a in range(1, x.ndim))
+    for name in ("scale", "offset"):
+        value = getattr(ln, name)
+        if value is None:
+            continue
+        if tuple(x.shape[a] for a in ln.axes) != value.shape:
+            raise fail(
+                ShapeError, "Input does not fit the LayerNorm layer", f"sizes {value.shape} on axes {ln.axes}", f"shape {tuple(x.shape)}"
+            )
+        value = value.astype(dtype).reshape((1,) + shape)
+        y = y * value if name == "scale" else y + value
+    return y
+
+
+def _embedding_forward(emb: layers.Embedding, ids: Any, dtype: Any) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim < 1 or not (np.issubdtype(ids.dtype, np.integer) or (ids.dtype.kind == "f" and np.array_equal(ids, np.round(ids)))):
+        raise fail(ShapeError, "Input does not fit the Embedding layer", "integer ids of shape (N, ...)", f"shape {ids.shape}, dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    vocabulary = emb.weights.shape[0]
+    bad = (ids < 0) | (ids >= vocabulary)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise fail(ShapeError, "An Embedding id is out of range", f"ids in [0, {vocabulary})", f"{int(ids[where])} at index {where}")
+    return _channels_first(emb.weights.astype(dtype)[ids])
+
+
+def _activation_forward(act: layers.Activation, x: Any, dtype: Any) -> np.ndarray:
+    return activations.apply(act.activation, _float_input(act, x, dtype, 1))
+
+
+def _softmax_forward(sm: layers.Softmax, x: Any, dtype: Any) -> np.ndarray:
+    x = _float_input(sm, x, dtype)
+    if sm.axis >= x.ndim:
+        raise fail(ShapeError, "Input does not fit the Softmax layer", f"more than {sm.axis} axes", f"shape {tuple(x.shape)}")
+    e = np.exp(x - x.max(axis=sm.axis, keepdims=True))
+    return e / e.sum(axis=sm.axis, keepdims=True)
+
+
+def _identity_forward(layer: layers.Identity, x: Any, dtype: Any) -> np.ndarray:
+    x = np.asarray(x)
+    return x.astype(dtype, copy=False) if np.issubdtype(x.dtype, np.floating) else x
+
+
+def _pool_forward(pool: layers.Pool, x: Any, dtype: Any) -> np.ndarray:
+    x = _float_input(pool, x, dtype, 2 + pool.spatial_rank)
+    rank = pool.spatial_rank
+    if x.ndim != 2 + rank:
+        raise fail(ShapeError, "Input does not fit the pooling layer", f"shape (N, C, {_AXES[rank]})", f"shape {tuple(x.shape)}")
+    spatial = x.shape[2:]
+    pads = pool.pads(spatial)
+    if any(n + b + e < k for n, (b, e), k in zip(spatial, pads, pool.pool_size)):
+        raise fail(ShapeError, "Input is smaller than the pooling window", f"padded sizes >= {pool.pool_size}", f"shape {tuple(x.shape)} with pads {pads}")
+    check_size(x.shape[:2], int(np.prod([n + b + e for n, (b, e) in zip(spatial, pads)], dtype=np.int64)))
+    widths = [(0, 0), (0, 0), *pads]
+    axes = tuple(range(2, 2 + rank))
+    pick = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in pool.stride)
+
+    def windows(a: np.ndarray) -> np.ndarray:
+        return sliding_window_view(a, pool.pool_size, axis=axes)[pick]
+
+    window_axes = tuple(range(2 + rank, 2 + 2 * rank))
+    if pool.kind == "max":
+        return windows(np.pad(x, widths, constant_values=-np.inf)).max(axis=window_axes)
+    total = windows(np.pad(x, widths)).sum(axis=window_axes)
+    if pool.count_include_pad:
+        return total / np.prod(pool.pool_size)
+    counted = windows(np.pad(np.ones(spatial, dtype=dtype), list(pads)).reshape((1, 1) + tuple(n + b + e for n, (b, e) in zip(spatial, pads))))
+    return total / counted.sum(axis=window_axes)
+
+
+def _global_pool_forward(pool: layers.GlobalPool, x: Any, dtype: Any) -> np.ndarray:
+    x = _float_input(pool, x, dtype, 3)
+    reduce = np.max if pool.kind == "max" else np.mean
+    return reduce(x, axis=tuple(range(2, x.ndim)), keepdims=pool.keepdims)
+
+
+def _flatten_forward(flat: layers.Flatten, x: Any, dtype: Any) -> np.ndarray:
+    x = _float_input(flat, x, dtype)
+    view = _channels_last(x) if flat.order == "channels_last" else x
+    return view.reshape(x.shape[0], -1)
+
+
+def _reshape_forward(layer: layers.Reshape, x: Any, dtype: Any) -> np.ndarray:
+    x = _float_input(layer, x, dtype)
+    view = _channels_last(x) if layer.order == "channels_last" else x
+    size = int(np.prod(x.shape[1:], dtype=np.int64))
+    known = int(np.prod([v for v in layer.shape if v != -1], dtype=np.int64))
+    if size % known or (-1 not in layer.shape and size != known):
+        raise fail(ShapeError, "Input does not fit the Reshape layer", f"samples that reshape to {layer.shape}", f"shape {tuple(x.shape)} ({size} elements per sample)")
+    y = view.reshape((x.shape[0],) + layer.shape)
+    return _channels_first(y) if layer.order == "channels_last" else y
+
+
+def _permute_forward(layer: layers.Permute, x: Any, dtype: Any) -> np.ndarray:
+    x = _float_input(layer, x, dtype)
+    if x.ndim != len(layer.dims) + 1:
+        raise fail(ShapeError, "Input does not fit the Permute layer", f"{len(layer.dims)} axes after the batch", f"shape {tuple(x.shape)}")
+    if layer.order == "channels_first":
+        return x.transpose((0,) + layer.dims)
+    return _channels_first(_channels_last(x).transpose((0,) + layer.dims))
+
+
+def _spatial_pairs(layer: Any, x: np.ndarray, pairs: tuple[tuple[int, int], ...]) -> None:
+    if x.ndim != 2 + len(pairs):
+        raise fail(
+            ShapeError, f"Input does not fit the {type(layer).__name__} layer", f"shape (N, C, {_AXES[len(pairs)]})", f"shape {tuple(x.shape)}"
+        )
+
+
+def _pad_forward(layer: layers.Pad, x: Any, dtype: Any) -> np.ndarray:
+    x = _float_input(layer, x, dtype)
+    _spatial_pairs(layer, x, layer.pads)
+    check_size(x.shape[:2], int(np.prod([n + b + e for n, (b, e) in zip(x.shape[2:], layer.pads)], dtype=np.int64)))
+    return np.pad(x, [(0, 0), (0, 0), *layer.pads], constant_values=layer.value)
+
+
+def _crop_forward(layer: layers.Crop, x: Any, dtype: Any) -> np.ndarray:
+    x = _float_input(layer, x, dtype)
+    _spatial_pairs(layer, x, layer.crops)
+    if any(b + e >= n for n, (b, e) in zip(x.shape[2:], layer.crops)):
+        raise fail(ShapeError, "Cropping removes the whole input", f"sizes larger than the crops {layer.crops}", f"shape {tuple(x.shape)}")
+    return x[(slice(None), slice(None)) + tuple(slice(b, n - e) for n, (b, e) in zip(x.shape[2:], layer.crops))]
+
+
+_MERGE: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {
+    "add": lambda xs: sum(xs[1:], xs[0]),
+    "subtract": lambda xs: xs[0] - xs[1],
+    "multiply": lambda xs: np.prod(np.stack(xs), axis=0),
+    "average": lambda xs: sum(xs[1:], xs[0]) / len(xs),
+    "maximum": lambda xs: np.maximum.reduce(xs),
+    "minimum": lambda xs: np.minimum.reduce(xs),
+}
+
+
+def _merge_forward(merge: layers.Merge, xs: Any, dtype: Any) -> np.ndarray:
+    xs = [_float_input(merge, x, dtype) for x in xs]
+    if len(xs) < 2 or (merge.op == "subtract" and len(xs) != 2):
+        raise fail(
+            ShapeError, f"A {merge.op} merge got the wrong number of inputs", "exactly 2" if merge.op == "subtract" else "2 or more", f"{len(xs)}"
+        )
+    if merge.op == "concatenate":
+        shapes = {x.shape[: merge.axis] + x.shape[merge.axis + 1 :] for x in xs}
+        if len(shapes) != 1 or merge.axis >= xs[0].ndim:
+            raise fail(ShapeError, "Inputs do not fit the concatenation", f"equal shapes except on axis {merge.axis}", f"shapes {[x.shape for x in xs]}")
+        return np.concatenate(xs, axis=merge.axis)
+    if len({x.shape for x in xs}) != 1:
+        raise fail(ShapeError, f"Inputs do not fit the {merge.op} merge", "inputs of one shape", f"shapes {[x.shape for x in xs]}")
+    return _MERGE[merge.op](xs)
+
+
 _FORWARD: dict[type, Callable[[Any, Any, Any], np.ndarray]] = {
     Conv: _conv_forward,
     ConvTranspose: _transpose_forward,
     Chain: _chain_forward,
+    layers.Dense: _dense_forward,
+    layers.BatchNorm: _batch_norm_forward,
+    layers.LayerNorm: _layer_norm_forward,
+    layers.Embedding: _embedding_forward,
+    layers.Activation: _activation_forward,
+    layers.Softmax: _softmax_forward,
+    layers.Identity: _identity_forward,
+    layers.Pool: _pool_forward,
+    layers.GlobalPool: _global_pool_forward,
+    layers.Flatten: _flatten_forward,
+    layers.Reshape: _reshape_forward,
+    layers.Permute: _permute_forward,
+    layers.Pad: _pad_forward,
+    layers.Crop: _crop_forward,
+    layers.Merge: _merge_forward,
 }
 
 

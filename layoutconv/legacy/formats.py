@@ -115,6 +115,7 @@ class Parsed(NamedTuple):
     backend_attr: str | None
     layers: tuple[Layer, ...]
     source: Source
+    model_config: Any = None  # the whole model's config (parsed JSON), when the file has one
 
 
 # -- entry points ---------------------------------------------------------
@@ -317,7 +318,8 @@ def _parse_h5(h5: SafeH5, source: Source, archive_config: Any = None, archive_ve
             "root attribute 'layer_names', or 'model_config' with group 'model_weights', or a Keras 3 'layers' group",
             f"root attributes {sorted(root_attrs_names)[:10]} and members {sorted(f.keys())[:10]}",
         )
-    cfgs = config_layers(_json(model_config, h5.label, "model_config attribute")) if model_config else {}
+    model_json = _json(model_config, h5.label, "model_config attribute") if model_config else None
+    cfgs = config_layers(model_json) if model_json is not None else {}
 
     version = h5.text(f, "keras_version") or h5.text(root, "keras_version")
     backend = h5.text(f, "backend") or h5.text(root, "backend")
@@ -359,7 +361,7 @@ def _parse_h5(h5: SafeH5, source: Source, archive_config: Any = None, archive_ve
     else:
         layers = [_keras2_layout(layer) for layer in layers]
         fmt = "keras2-model" if full else "keras2-weights"
-    return Parsed(fmt, generation, version, version_source, backend, tuple(layers), source)
+    return Parsed(fmt, generation, version, version_source, backend, tuple(layers), source, model_json)
 
 
 def _keras2_layout(layer: Layer) -> Layer:
@@ -478,7 +480,7 @@ def _parse_keras3(h5: SafeH5, source: Source, config: Any, version: tuple[str | 
     else:
         fmt = "keras3-weights"
         keras_version, version_source = None, "not recorded in .weights.h5 files; the layers/<name>/vars structure is Keras 3's"
-    return Parsed(fmt, 3, keras_version, version_source, None, tuple(layers), source)
+    return Parsed(fmt, 3, keras_version, version_source, None, tuple(layers), source, config)
 
 
 # -- Keras 3 archives ------------------------------------------------------

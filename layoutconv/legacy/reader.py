@@ -62,6 +62,8 @@ class KerasFile:
     layers: tuple[Layer, ...]
     generation: int = field(default=2, repr=False)
     _source: Source = field(default=Source("hdf5"), repr=False, compare=False)
+    #: the whole model's config (parsed JSON) of a full save or a .keras archive; None for weights-only files
+    model_config: Any = field(default=None, repr=False, compare=False)
 
     # -- lookup -----------------------------------------------------------
     @property
@@ -76,6 +78,32 @@ class KerasFile:
     def conv_layers(self) -> tuple[Layer, ...]:
         """Every convolution layer :meth:`conv` reads: Conv1D of every Keras, and the Keras 2/3 classes of :data:`semantics.CONV_CLASSES`."""
         return tuple(layer for layer in self.layers if layer.is_conv1d or layer.type in semantics.CONV_CLASSES)
+
+    def with_architecture(self, config: Any) -> "KerasFile":
+        """This file with a model config from elsewhere (a ``model.json`` parsed), as a full save would carry it.
+
+        A weights-only file (``save_weights``) names its layers but not what they
+        are; with the architecture each layer is typed and configured from it, so
+        :meth:`conv` and whole-model reading take stride, padding and activation
+        from the config instead of defaults.
+        """
+        import dataclasses
+
+        cfgs = formats.config_layers(config)
+        if not cfgs:
+            raise fail(
+                ConfigError,
+                "The architecture has no layers",
+                "a Keras model config (model.to_json(): class_name and config with layers)",
+                f"a {type(config).__name__}",
+            )
+        typed = [formats._typed(layer.name, layer.weights, cfgs, "architecture (model config given by the caller)") for layer in self.layers]
+        if self.generation == 1:
+            version = config.get("keras_version") if isinstance(config, dict) else None
+            typed, _ = formats._keras1_layouts(typed, version or self.keras_version)
+        else:
+            typed = [formats._keras2_layout(layer) for layer in typed]
+        return dataclasses.replace(self, layers=tuple(typed), model_config=config)
 
     def layer(self, name: str | None = None) -> Layer:
         """The layer called ``name``; without a name, the file's single Conv1D layer."""
@@ -813,6 +841,7 @@ def open_file(path: Any, *, backend: str | None = None) -> KerasFile:
         layers=parsed.layers,
         generation=parsed.generation,
         _source=parsed.source,
+        model_config=parsed.model_config,
     )
 
 

@@ -1,0 +1,168 @@
+"""Whole models in: :func:`read_model` turns a Keras model or file into a :class:`~layoutconv.graph.Graph`.
+
+>>> graph = layoutconv.read_model("model.h5")                                  # doctest: +SKIP
+>>> graph = layoutconv.read_model("weights.h5", architecture="model.json")     # doctest: +SKIP
+>>> graph = layoutconv.read_model(keras_model)                                 # doctest: +SKIP
+>>> y = layoutconv.reference.forward(graph, x)          # numpy, in Keras' layout  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from . import frameworks
+from .errors import ConfigError, FileFormatError, UnsupportedError, fail
+from .graph import Graph
+from .record import Record
+
+#: The largest model.json accepted (bytes).
+MAX_ARCHITECTURE_BYTES = 64 << 20
+
+
+class _FileSource:
+    """Weights of a Keras file (any version) for :func:`layoutconv._keras_graph.build`."""
+
+    def __init__(self, kf: Any) -> None:
+        self.kf = kf
+        self.generation = kf.generation
+        self.backend = kf.backend
+        self._names = {layer.name for layer in kf.layers}
+
+    def arrays(self, layer: str) -> list[np.ndarray]:
+        return self.kf.weights(layer) if layer in self._names else []
+
+    def conv(self, layer: str) -> Record:
+        return self.kf.conv(layer)
+
+    def recurrent(self, layer: str, class_name: str, config: dict, arrays: list[np.ndarray]) -> Record:
+        return _recurrent(self.generation, class_name, config, arrays, layer)
+
+
+class _LiveSource:
+    """Weights of a Keras model in memory (Keras 3 or tf_keras)."""
+
+    def __init__(self, model: Any, flavour: str) -> None:
+        self.model = model
+        self.flavour = flavour
+        self.generation = 3 if flavour == "keras" else 2
+        self.backend = "tensorflow"
+
+    def arrays(self, layer: str) -> list[np.ndarray]:
+        return [np.asarray(w) for w in self.model.get_layer(layer).get_weights()]
+
+    def conv(self, layer: str) -> Record:
+        return frameworks.adapter(self.flavour).from_native(self.model.get_layer(layer))
+
+    def recurrent(self, layer: str, class_name: str, config: dict, arrays: list[np.ndarray]) -> Record:
+        return _recurrent(self.generation, class_name, config, arrays, layer)
+
+
+def _recurrent(generation: int, class_name: str, config: dict, arrays: list[np.ndarray], layer: str) -> Record:
+    try:
+        from . import recurrent
+    except ImportError:
+        recurrent = None  # type: ignore[assignment]
+    reader = getattr(recurrent, "from_keras_config", None)
+    if reader is None:
+        raise fail(
+            UnsupportedError,
+            f"Layer {layer!r} ({class_name}): recurrent layers are not read in whole models yet",
+            "convolution, dense, normalisation, pooling, reshaping and merge layers",
+            f"a {class_name}",
+        )
+    return reader(generation, class_name, config, arrays, name=layer)
+
+
+def _keras_flavour(obj: Any) -> str | None:
+    module = type(obj).__module__ or ""
+    if not hasattr(obj, "get_config") or not hasattr(obj, "layers"):
+        return None
+    if module.startswith("tf_keras") or ".python.keras" in module:
+        return "tf_keras"
+    if module.startswith("keras"):
+        return "keras"
+    return None
+
+
+def _live_config(model: Any) -> dict:
+    try:
+        config = model.get_config()
+    except NotImplementedError:
+        raise fail(
+            UnsupportedError,
+            f"The Keras model {getattr(model, 'name', '?')!r} has no config (a subclassed Model)",
+            "a Sequential or functional model",
+            f"a {type(model).__name__}",
+            "Rebuild it as a functional model, or port its weights into it with layoutconv.port.",
+        ) from None
+    return {"class_name": type(model).__name__ if type(model).__name__ == "Sequential" else "Functional", "config": config}
+
+
+def _architecture(architecture: Any) -> Any:
+    """A model config from a path to model.json, a JSON string, a parsed dict, or a Keras model."""
+    if isinstance(architecture, dict):
+        return architecture
+    if _keras_flavour(architecture):
+        return _live_config(architecture)
+    if isinstance(architecture, (str, os.PathLike)):
+        text = str(architecture)
+        if not text.lstrip().startswith("{"):
+            try:
+                size = os.path.getsize(text)
+            except OSError as exc:
+                raise fail(FileFormatError, "The architecture file cannot be read", "a model.json path", f"{text!r} ({exc.strerror})") from None
+            if size > MAX_ARCHITECTURE_BYTES:
+                raise fail(FileFormatError, "The architecture file is too large", f"at most {MAX_ARCHITECTURE_BYTES} bytes", f"{size} bytes")
+            with open(text, encoding="utf-8") as f:
+                text = f.read()
+        from .legacy.formats import _json
+
+        return _json(text, str(architecture)[:80], "architecture")
+    raise fail(ConfigError, "Invalid value for argument `architecture`", "a model.json path, JSON text, a dict or a Keras model", f"a {type(architecture).__name__}")
+
+
+def read_model(source: Any, *, architecture: Any = None, backend: str | None = None) -> Graph:
+    """A whole model as a :class:`~layoutconv.graph.Graph`: a Keras model (Keras 3 or tf_keras) or a Keras file.
+
+    ``source`` is a built Keras ``Sequential`` or functional model, or the path of
+    a Keras file of any version: a full save (``.h5`` with ``model_config``,
+    ``.keras``) or a weights-only file together with ``architecture=`` (the path
+    of the ``model.json`` written by ``model.to_json()``, its text, or a Keras
+    model with the same layers).  Theano-trained convolutions are flipped as
+    :meth:`~layoutconv.legacy.KerasFile.conv` does; ``backend`` overrides the
+    file's (see :func:`layoutconv.open`).
+    """
+    from . import _keras_graph
+
+    if isinstance(source, Graph):
+        return source
+    flavour = _keras_flavour(source)
+    if flavour is not None:
+        config = _live_config(source) if architecture is None else _architecture(architecture)
+        return _keras_graph.build(config, _LiveSource(source, flavour), name=getattr(source, "name", None))
+    if isinstance(source, (str, os.PathLike)):
+        from .legacy import open as open_keras_file
+
+        kf = open_keras_file(source, backend=backend)
+        if architecture is not None:
+            kf = kf.with_architecture(_architecture(architecture))
+        if kf.model_config is None:
+            weighted = [layer.name for layer in kf.layers if layer.weights]
+            raise fail(
+                ConfigError,
+                f"{kf.path} holds weights only ({kf.format}): it does not say how the layers connect",
+                "a full model save, or architecture= (the model.json from model.to_json(), or the Keras model)",
+                f"the weighted layers {weighted[:20]}",
+                "Pass architecture=..., or port the weights into your own model with layoutconv.port(path, model).",
+            )
+        return _keras_graph.build(kf.model_config, _FileSource(kf))
+    raise fail(
+        UnsupportedError,
+        "read_model cannot read this object yet",
+        "a Keras model (Keras 3 or tf_keras), a Keras file path, or a layoutconv Graph",
+        f"a {type(source).__module__}.{type(source).__name__}",
+    )
