@@ -654,3 +654,5 @@ def run(native: Any, x: Any) -> np.ndarray:
 registry.register(Conv, NAME, to_native=to_native, run=run)
 registry.register(ConvTranspose, NAME, to_native=to_native, run=run)
 registry.register(Chain, NAME, to_native=to_native, run=run)
+
+from . import torch_layers  # noqa: E402,F401  (registers the layer and graph converters)
