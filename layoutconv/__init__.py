@@ -63,6 +63,9 @@ __all__ = [
     "to_onnx",
     "verify",
     "save",
+    "read_model",
+    "port",
+    "Graph",
     "open",
     "from_keras1",
     "explain",
@@ -140,6 +143,9 @@ def __getattr__(name: str) -> Any:
         "open": ("layoutconv.legacy", "open"),
         "from_keras1": ("layoutconv.legacy", "from_keras1"),
         "save": ("layoutconv.convert", "save"),
+        "read_model": ("layoutconv.model", "read_model"),
+        "port": ("layoutconv.porting", "port"),
+        "Graph": ("layoutconv.graph", "Graph"),
     }
     if name == "legacy":
         import importlib
