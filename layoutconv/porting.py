@@ -365,78 +365,147 @@ def _match(sources: list[SourceLayer], calls: list[TargetCall], mapping: dict[st
             "Pass mapping={source_layer: 'target.module'} for the pairs that are not in the same order.",
         )
     pairs = [(s, pinned[s.name]) for s in sources if s.name in pinned]
-    for s, c in zip(free_sources, free_targets):
-        why = _fits(s, c)
-        if why:
-            candidates = [t.name for t in free_targets if not _fits(s, t)]
-            raise fail(
-                ConfigError,
-                f"Source layer {s.name!r} ({_describe_record(s.record)}) does not fit your module {c.name!r} "
-                f"({type(c.module).__name__}), its counterpart in execution order: {why}",
-                "layers of one kind and weight shapes in the same order",
-                f"target modules that would fit: {candidates or 'none'}",
-                "Pass mapping={" + repr(s.name) + ": 'target.module'} to pair it by hand.",
-            )
-        pairs.append((s, c))
     for s, c in pairs:
         why = _fits(s, c)
         if why:
             raise fail(ConfigError, f"mapping pairs {s.name!r} with {c.name!r}, which does not fit", "a module of the same kind and shapes", why)
+    unused = list(free_targets)
+    for s in free_sources:
+        # the next module in execution order when it fits; otherwise the only module that fits
+        nxt = unused[0]
+        if not _fits(s, nxt):
+            chosen = nxt
+        else:
+            candidates = [t for t in unused if not _fits(s, t)]
+            if len(candidates) != 1:
+                raise fail(
+                    ConfigError,
+                    f"Source layer {s.name!r} ({_describe_record(s.record)}) does not fit your module {nxt.name!r} "
+                    f"({type(nxt.module).__name__}), the next in execution order: {_fits(s, nxt)}",
+                    "one module of the same kind and weight shapes",
+                    f"{'several' if candidates else 'no'} unused modules that fit: {[t.name for t in candidates]}",
+                    "Pass mapping={" + repr(s.name) + ": 'target.module'} to pair it by hand.",
+                )
+            chosen = candidates[0]
+        unused.remove(chosen)
+        pairs.append((s, chosen))
     order = {id(c.module): i for i, c in enumerate(weighted)}
     return sorted(pairs, key=lambda p: order[id(p[1].module)])
 
 
+_REARRANGE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "swapaxes", "movedim"}
+
+
+def _rearranging(node: Any, modules: dict[str, Any]) -> bool:
+    """True when an fx node only moves elements around (or is the identity at inference)."""
+    import torch
+
+    if node.op == "call_method":
+        return node.target in _REARRANGE_METHODS
+    if node.op == "call_function":
+        return node.target in (torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
+                               torch.movedim, torch.swapaxes, torch.nn.functional.dropout)
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), (torch.nn.Flatten, torch.nn.Unflatten, torch.nn.Identity, torch.nn.Dropout))
+    return False
+
+
+def _probe(target: Any, example: Sequence[Any], linear: Any, in_features: int, produce: Callable[[tuple[int, ...]], Any],
+           where: str) -> tuple[np.ndarray, tuple[int, ...], str] | None:
+    """Find the tensor flattened into ``linear`` with torch.fx and feed it the numbers 1..n; None when fx cannot trace."""
+    import torch
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    try:
+        gm = torch.fx.symbolic_trace(target)
+        ShapeProp(gm).propagate(*example)
+    except Exception:  # untraceable forward (data-dependent control flow): fall back to module hooks
+        return None
+    modules = dict(gm.named_modules())
+    name = next((n for n, m in target.named_modules() if m is linear), None)
+    node = next((n for n in gm.graph.nodes if n.op == "call_module" and n.target == name), None)
+    if node is None or not node.args:
+        return None
+    source = node.args[0]
+    while hasattr(source, "op") and _rearranging(source, modules) and source.args:
+        source = source.args[0]
+    meta = getattr(source, "meta", {}).get("tensor_meta")
+    if meta is None or len(meta.shape) < 3 or math.prod(meta.shape[1:]) != in_features:
+        return None
+    shape = tuple(int(v) for v in meta.shape[1:])
+    captured: list[Any] = []
+
+    class Probe(torch.fx.Interpreter):
+        def run_node(self, n: Any) -> Any:
+            if n is node:
+                captured.append(self.env[n.args[0]][0].detach().to(torch.float64).flatten().cpu().numpy().copy())
+            result = super().run_node(n)
+            if n is source:
+                return produce(shape).to(result.dtype).expand(result.shape).clone()
+            return result
+
+    with torch.no_grad():
+        Probe(gm).run(*example)
+    return (captured[0] if captured else np.array([])), shape, source.name
+
+
 def _probe_order(target: Any, example: Sequence[Any], calls: list[TargetCall], linear: Any, in_features: int) -> tuple[np.ndarray, tuple[int, ...], str]:
-    """For a Linear reading a flattened tensor: which element of the producing module's output reaches each input.
+    """For a Linear reading a flattened tensor: which element of the flattened tensor reaches each input.
 
     Returns ``(index, shape, producer)``: ``index[j]`` is the flat index (in the
-    producer's output sample, of shape ``shape``) of what input ``j`` receives.
+    flattened tensor's sample, of shape ``shape``) of what input ``j`` receives.
     """
     import torch
 
     at = next(i for i, c in enumerate(calls) if c.module is linear)
-    producer = None
-    for c in reversed(calls[:at]):
-        if c.output is not None and len(c.output) >= 3 and math.prod(c.output[1:]) == in_features:
-            producer = c
-            break
-    if producer is None:
-        raise fail(
-            UnsupportedError,
-            f"Cannot find the tensor your module flattens before {calls[at].name!r}",
-            f"a module before it whose output has {in_features} elements per sample and spatial axes",
-            f"module outputs {[(c.name, c.output) for c in calls[:at]][-6:]}",
-            "If the flatten happens inside a module of your own, pass the flattened layer's source explicitly (mapping=) and check the report.",
-        )
-    shape = producer.output[1:]
-    captured: list[Any] = []
 
-    def replace(module: Any, args: Any, output: Any) -> Any:
-        values = torch.arange(1, in_features + 1, dtype=torch.float64).reshape(shape)
-        return values.to(output.dtype).expand(output.shape).clone()
+    def produce(shape: tuple[int, ...]) -> Any:
+        return torch.arange(1, in_features + 1, dtype=torch.float64).reshape(shape)
 
-    def grab(module: Any, args: Any) -> None:
-        captured.append(args[0][0].detach().to(torch.float64).flatten().cpu().numpy().copy())
+    found = _probe(target, example, linear, in_features, produce, calls[at].name)
+    if found is None:
+        producer = None
+        for c in reversed(calls[:at]):
+            if c.output is not None and len(c.output) >= 3 and math.prod(c.output[1:]) == in_features:
+                producer = c
+                break
+        if producer is None:
+            raise fail(
+                UnsupportedError,
+                f"Cannot find the tensor your module flattens before {calls[at].name!r}",
+                f"a traceable forward (torch.fx), or a module before it whose output has {in_features} elements per sample",
+                f"module outputs {[(c.name, c.output) for c in calls[:at]][-6:]}",
+                "Make the forward traceable by torch.fx, or produce the flattened tensor with a module (e.g. nn.MaxPool1d).",
+            )
+        shape = producer.output[1:]
+        captured: list[Any] = []
 
-    h1 = producer.module.register_forward_hook(replace)
-    h2 = linear.register_forward_pre_hook(grab)
-    try:
-        with torch.no_grad():
-            target(*example)
-    finally:
-        h1.remove()
-        h2.remove()
-    got = captured[0] if captured else np.array([])
+        def replace(module: Any, args: Any, output: Any) -> Any:
+            return produce(shape).to(output.dtype).expand(output.shape).clone()
+
+        def grab(module: Any, args: Any) -> None:
+            captured.append(args[0][0].detach().to(torch.float64).flatten().cpu().numpy().copy())
+
+        h1 = producer.module.register_forward_hook(replace)
+        h2 = linear.register_forward_pre_hook(grab)
+        try:
+            with torch.no_grad():
+                target(*example)
+        finally:
+            h1.remove()
+            h2.remove()
+        found = (captured[0] if captured else np.array([])), tuple(shape), producer.name
+    got, shape, producer_name = found
     index = np.rint(got).astype(np.int64) - 1
     if got.shape != (in_features,) or not np.array_equal(np.sort(index), np.arange(in_features)) or not np.allclose(got, index + 1):
         raise fail(
             UnsupportedError,
-            f"What reaches {calls[at].name!r} is not a rearrangement of {producer.name!r}'s output",
+            f"What reaches {calls[at].name!r} is not a rearrangement of {producer_name!r}'s output",
             "only flatten/view/reshape/permute (and eval-mode dropout) between them",
             "other operations in between",
-            "Check the forward between these two modules.",
+            "Check the forward between these two.",
         )
-    return index, tuple(shape), producer.name
+    return index, tuple(shape), producer_name
 
 
 def _flatten_columns(layer: SourceLayer, index: np.ndarray, shape: tuple[int, ...], channels: int) -> tuple[np.ndarray, str]:
@@ -632,7 +701,8 @@ def port(
             attrs["eps"] = record.epsilon
             layer_notes.append(f"eps set to {record.epsilon:g} (was {call.module.eps:g})")
         if isinstance(record, (Conv, ConvTranspose)):
-            layer_notes += _check_conv(layer, call, torch_adapter)
+            source_in = shapes[layer.input_edge][2:] if shapes is not None and layer.input_edge in shapes else None
+            layer_notes += _check_conv(layer, call, torch_adapter, source_in)
         if isinstance(record, (Conv, ConvTranspose, layers.Dense)) and record.bias is None and getattr(call.module, "bias", None) is not None:
             tensors["bias"] = np.zeros(record.out_channels, dtype=record.kernel.dtype)
             layer_notes.append("bias set to zeros (the source has none)")
@@ -668,7 +738,7 @@ def port(
     return report
 
 
-def _check_conv(layer: SourceLayer, call: TargetCall, torch_adapter: Any) -> list[str]:
+def _check_conv(layer: SourceLayer, call: TargetCall, torch_adapter: Any, source_in: tuple[int, ...] | None) -> list[str]:
     module = call.module
     record = layer.record
     notes: list[str] = []
@@ -681,20 +751,25 @@ def _check_conv(layer: SourceLayer, call: TargetCall, torch_adapter: Any) -> lis
     if module.groups != record.groups:
         raise fail(ConfigError, f"Your module {call.name!r} has groups={module.groups}, source layer {layer.name!r} groups={record.groups}",
                    f"groups={record.groups}", f"groups={module.groups}")
-    if isinstance(record, Conv) and call.inputs and not layer.assumed:
-        size = call.inputs[0][2:]
+    if isinstance(record, Conv) and call.inputs and source_in is not None:
         try:
             mine = torch_adapter.from_native(module)
         except LayoutError:
             return notes
-        if mine.pads(size) != record.pads(size) or mine.padding_mode != record.padding_mode:
+        target_in = tuple(call.inputs[0][2:])
+        before = tuple(t - s for t, s in zip(target_in, source_in))  # padded in forward before the module
+        theirs = tuple(b + e for b, e in record.pads(source_in))
+        ours = tuple(p + b + e for p, (b, e) in zip(before, mine.pads(target_in)))
+        if ours != theirs or mine.padding_mode != record.padding_mode:
             raise fail(
                 ConfigError,
-                f"Your module {call.name!r} pads differently from source layer {layer.name!r} at input size {size}",
-                f"pads {record.pads(size)} ({record.padding!r}, {record.padding_mode})",
-                f"pads {mine.pads(size)} ({mine.padding!r}, {mine.padding_mode})",
-                "Keras 'same' puts the odd extra pad at the end; PyTorch's symmetric padding=p cannot: pad in forward with F.pad.",
+                f"Your module {call.name!r} pads differently from source layer {layer.name!r}",
+                f"pads {record.pads(source_in)} in total per axis ({record.padding!r}, {record.padding_mode}) for input size {source_in}",
+                f"{ours} in total ({before} before the module, {mine.pads(target_in)} by it, {mine.padding_mode})",
+                "Keras 'same' puts the odd extra pad at the end, which PyTorch's symmetric padding=p cannot: pad in forward with F.pad.",
             )
+        if any(before):
+            notes.append(f"padded by {before} before the module (checked numerically)")
     return notes
 
 
@@ -753,8 +828,17 @@ def _verify_port(graph: Graph, target: Any, example: list[Any], how: list[str], 
         # a plain nn.Conv1d / nn.Linear leaves the source's fused activation to the forward that follows it
         after = fused if applied == "linear" else "linear"
         carried = _rel(activations.apply(after, y_c), expected)[1]
+        own_record = record.replace(activation=applied) if fused != applied else record
+        if isinstance(record, Conv):
+            try:
+                from .adapters import torch_adapter
+
+                mine = torch_adapter.from_native(call.module)
+                own_record = own_record.replace(padding=mine.padding, padding_mode=mine.padding_mode)
+            except LayoutError:
+                pass
         try:
-            own_expected = reference.forward(record.replace(activation=applied) if fused != applied else record, x_c)
+            own_expected = reference.forward(own_record, x_c)
             own = _rel(y_c, own_expected)[1]
         except LayoutError:
             own_expected, own = None, math.inf
