@@ -123,9 +123,14 @@ def to_keras(conv: Any, flavor: str = "keras", data_format: str = "channels_last
     return _converter(conv, flavor).to_native(conv, data_format=data_format, **options)
 
 
-def to_torch(record: Any) -> Any:
-    """A PyTorch module in eval mode that runs on ``(N, C, *spatial)``: any :class:`Conv` or :class:`ConvTranspose`."""
-    return _converter(record, "torch").to_native(record)
+def to_torch(record: Any, **options: Any) -> Any:
+    """A PyTorch module in eval mode: any record runs on ``(N, C, *spatial)``; a :class:`Graph` gives a whole model.
+
+    A graph's module takes its inputs in the source model's layouts (a Keras
+    model's twin takes ``(N, steps, channels)``); ``layout="channels_first"``
+    makes it take PyTorch's.
+    """
+    return _converter(record, "torch").to_native(record, **options)
 
 
 def to_onnx(conv: Any, **options: Any) -> Any:

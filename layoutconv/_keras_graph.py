@@ -77,7 +77,7 @@ class Call(NamedTuple):
         return fail(UnsupportedError, f"Layer {self.name!r} ({self.class_name}) cannot be read: {why}", expected, received, remedy)
 
 
-Reader = Callable[[Call], "Record | None"]
+Reader = Callable[[Call], Any]  # a record, a tuple of records applied in turn, or None (identity)
 
 #: Keras class name -> reader (``None`` from a reader: the layer is the identity at inference).
 READERS: dict[str, Reader] = {}
@@ -140,7 +140,12 @@ def _dense(call: Call) -> Record:
     arrays = call.arrays()
     if not arrays or arrays[0].ndim != 2:
         raise call.refuse("no kernel", "a (in, out) kernel", f"arrays {[a.shape for a in arrays]}")
-    return layers.Dense(arrays[0], arrays[1] if len(arrays) > 1 else None, activation=keras_activation(call.get("activation"), call.generation), layout="I O")
+    activation = call.get("activation")
+    softmax = activation == "softmax" or (isinstance(activation, dict) and activation.get("config") == "softmax")
+    dense = layers.Dense(
+        arrays[0], arrays[1] if len(arrays) > 1 else None, activation="linear" if softmax else keras_activation(activation, call.generation), layout="I O"
+    )
+    return (dense, layers.Softmax(1)) if softmax else dense  # softmax mixes channels: a node of its own
 
 
 @reads("TimeDistributed")
@@ -488,7 +493,8 @@ def build(config: Any, source: WeightSource, *, name: str | None = None) -> Grap
         graph_inputs.append(spec)
         edge_of[ref] = spec.name
         rank_of[spec.name] = len(spec.shape) + 1
-    records: dict[str, Record | None] = {}
+    records: dict[str, Any] = {}
+    parts_layers: dict[str, Record] = {}
     nodes: list[Node] = []
     pending = [(c, cfg, n, i, call) for c, cfg, n, calls in entries if c != "InputLayer" for i, call in enumerate(calls)]
     while pending:
@@ -516,11 +522,16 @@ def build(config: Any, source: WeightSource, *, name: str | None = None) -> Grap
             if record is None:  # the identity at inference: the tensor passes through
                 edge_of[(lname, index, 0)] = ins[0]
                 continue
-            edge = lname if index == 0 else f"{lname}:{index}"
-            rank = out_rank(record, ranks)
-            nodes.append(Node(edge, lname, ins, "channels_last" if rank >= 3 else "flat"))
-            edge_of[(lname, index, 0)] = edge
-            rank_of[edge] = rank
+            parts = record if isinstance(record, tuple) else (record,)
+            for i, part in enumerate(parts):  # a fused softmax follows its layer as a node of its own
+                key = lname if i == 0 else f"{lname}_{type(part).__name__.lower()}"
+                parts_layers[key] = part
+                edge = key if index == 0 else f"{key}:{index}"
+                rank = out_rank(part, ranks)
+                nodes.append(Node(edge, key, ins, "channels_last" if rank >= 3 else "flat"))
+                rank_of[edge] = rank
+                ins, ranks = (edge,), (rank,)
+            edge_of[(lname, index, 0)] = ins[0]
         if not progressed:
             stuck = sorted({item[2] for item in pending})
             raise fail(ConfigError, "The model config's layers read tensors nobody makes", "a connected model", f"layers {stuck[:10]}")
@@ -531,7 +542,7 @@ def build(config: Any, source: WeightSource, *, name: str | None = None) -> Grap
             raise fail(ConfigError, "A model output is not computed", "outputs made by the model's layers", f"{ref}")
         outputs.append(edge_of[ref])
     return Graph(
-        {n: r for n, r in records.items() if r is not None and n in used},
+        {n: r for n, r in parts_layers.items() if n in used},
         graph_inputs,
         nodes,
         outputs,

@@ -305,6 +305,14 @@ def verify(
     keras_data_format:
         Which Keras layout to build and run (``channels_last`` or ``channels_first``).
     """
+    from .graph import Graph
+
+    if isinstance(conv, Graph):
+        if native is not None:
+            raise fail(ConfigError, "verify(graph, native=...) is not supported", "layoutconv.port(graph, module, example_inputs=...) to check a module of your own", "native=")
+        from .verify_model import verify_model
+
+        return verify_model(conv, frameworks, x, seed=seed)  # type: ignore[return-value]
     if native is not None and frameworks is not None:
         raise fail(
             ConfigError,
