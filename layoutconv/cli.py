@@ -327,7 +327,9 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("output", help="where to write: .onnx, .keras (Keras 3) or .pt/.pth (PyTorch state_dict)")
     p.add_argument("--layer", help="layer (Keras) or node (ONNX) name; default: the only Conv1D")
     p.add_argument("--backend", choices=["theano", "tensorflow"], help="override the backend of a Keras 1 file")
-    p.add_argument("--to", choices=["onnx", "keras", "torch"], help="output format (default: from the suffix)")
+    p.add_argument("--to", choices=["onnx", "keras", "torch", "safetensors"], help="output format (default: from the suffix)")
+    p.add_argument("--model", action="store_true", help="convert the whole model (implied by --architecture and .safetensors)")
+    p.add_argument("--architecture", help="model.json (model.to_json()) for a weights-only file; implies --model")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--parents", action="store_true", help="create the output's missing parent directories")
     add_hyperparameter_arguments(p.add_argument_group("what the file does not record (every Keras 1 weights file)"))
@@ -338,6 +340,14 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
 def _convert(args: argparse.Namespace) -> int:
     from .convert import save
 
+    from .convert_model import is_whole_model
+
+    if args.model or args.architecture or args.to == "safetensors" or str(args.output).lower().endswith(".safetensors") or (
+        not args.layer and is_whole_model(args.source, args.backend)
+    ):
+        from .convert_model import convert_command
+
+        return convert_command(args)
     args.file = args.source
     loaded = conv_from_args(args)
     from ._inspect import load_warnings

@@ -238,3 +238,52 @@ def run(graph: Graph, inputs: Sequence[Any], apply: Any, *, layout: str = "sourc
         return edges
     outs = [edges[o] if layout == "channels_first" else from_canonical(edges[o], graph.layout_of(o)) for o in graph.outputs]
     return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def flatten_channels_first(graph: Graph, inputs: Sequence[Any] | None = None) -> Graph:
+    """The same model with every Keras-order ``Flatten`` feeding a ``Dense`` turned into PyTorch's order.
+
+    The ``Dense`` columns are permuted to match, so the outputs do not change;
+    the weights are then those a hand-written PyTorch model (``x.flatten(1)`` on
+    channels-first data) loads as they are.  A Flatten whose output goes
+    anywhere else is left as it was.  ``inputs`` fixes the sizes a Flatten sees
+    (default: one sample of the declared input shapes; free sizes need it).
+    """
+    from . import layers, reference
+
+    if inputs is None:
+        if any(s is None for i in graph.inputs for s in i.shape):
+            raise fail(
+                ShapeError,
+                "The model's input sizes are not all fixed",
+                "inputs= giving example inputs, to know what each Flatten sees",
+                f"input shapes {[i.shape for i in graph.inputs]}",
+            )
+        inputs = [np.zeros((1,) + tuple(i.shape), dtype=np.int64 if i.kind == "int" else np.float64) for i in graph.inputs]
+    edges = run(graph, inputs, lambda r, x: reference.forward(r, x), keep=True)
+    consumers: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        for e in n.inputs:
+            consumers.setdefault(e, []).append(n)
+    new_layers = dict(graph.layers)
+    for node in graph.nodes:
+        flat = graph.layers[node.layer]
+        if not isinstance(flat, layers.Flatten) or flat.order != "channels_last":
+            continue
+        users = consumers.get(node.name, [])
+        if not users or any(not isinstance(graph.layers[u.layer], layers.Dense) for u in users):
+            continue
+        if sum(1 for n in graph.nodes if n.layer == node.layer) > 1 or any(
+            sum(1 for n in graph.nodes if n.layer == u.layer) > 1 for u in users
+        ):
+            continue  # shared layers: changing one use would change the others
+        shape = edges[node.inputs[0]].shape[1:]  # canonical (C, *S)
+        canonical = np.arange(int(np.prod(shape))).reshape(shape)
+        keras_order = np.moveaxis(canonical, 0, -1).reshape(-1)  # canonical index listed in Keras' order
+        column = np.empty_like(keras_order)
+        column[keras_order] = np.arange(keras_order.size)  # Keras column of each canonical element
+        new_layers[node.layer] = layers.Flatten("channels_first")
+        for u in users:
+            dense = graph.layers[u.layer]
+            new_layers[u.layer] = dense.replace(kernel=np.ascontiguousarray(dense.kernel[:, column]))
+    return graph.replace(layers=new_layers)

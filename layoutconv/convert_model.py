@@ -1,0 +1,240 @@
+"""Write a whole model (:class:`~layoutconv.graph.Graph`) to a file, read it back, verify it, then keep it.
+
+=============== ====================== =====================================================
+target          suffix                 what the file holds
+=============== ====================== =====================================================
+torch           ``.pt``, ``.pth``      the ``state_dict`` of ``layoutconv.to_torch(graph)``:
+                                       plain tensors named after the source's layers
+                                       (``conv1d.weight``, ``dense.bias``), PyTorch layouts,
+                                       a Dense after a Flatten with its columns in PyTorch's
+                                       flatten order (:func:`~layoutconv.graph.flatten_channels_first`);
+                                       loads with ``torch.load(path, weights_only=True)``
+safetensors     ``.safetensors``       the same tensors and names, through the safetensors
+                                       package (``pip install 'layoutconv[safetensors]'``)
+onnx            ``.onnx``              ``layoutconv.to_onnx(graph)``
+keras           ``.keras``             ``layoutconv.to_keras(graph)`` (Keras 3)
+=============== ====================== =====================================================
+
+As for single layers (:func:`layoutconv.save`): the file is written beside the
+target under a temporary name, read back with the framework (every tensor must
+be the same bytes as the generated model's), the model it holds is run against
+the reference pass (:func:`layoutconv.verify_model.verify_model`'s tolerance),
+and only then is it renamed into place.  A failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from .convert import _check_output
+from .errors import ConfigError, FrameworkMissingError, OutputError, UnsupportedError, VerificationError, fail
+from .graph import Graph
+from .verify_model import ModelReport, ModelResult, default_inputs, verify_model
+
+
+class ModelTarget(NamedTuple):
+    name: str
+    framework: str  # which framework runs what the file holds
+    suffixes: tuple[str, ...]
+    write_and_check: Callable[[Graph, str], Any]  # writes, reads back, returns the model the file holds (runnable)
+
+
+def _state(graph: Graph) -> tuple[Any, dict[str, Any]]:
+    from .adapters.torch_layers import GraphModule
+    from .graph import flatten_channels_first
+
+    try:  # PyTorch's flatten order, so a hand-written twin (x.flatten(1)) loads the tensors as they are
+        graph = flatten_channels_first(graph)
+    except ConfigError:
+        pass  # free input sizes: the Flatten keeps the source's order (the generated module follows it)
+    module = GraphModule(graph)
+    return module, {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+
+
+def _same_tensors(written: dict[str, Any], back: dict[str, Any], what: str) -> None:
+    import torch
+
+    if list(written) != list(back) and sorted(written) != sorted(back):
+        raise fail(VerificationError, f"The {what} file does not hold the tensors written", f"{sorted(written)[:8]}...", f"{sorted(back)[:8]}...")
+    for name, value in written.items():
+        other = back[name]
+        if not isinstance(other, torch.Tensor):
+            other = torch.from_numpy(np.asarray(other))
+        if value.dtype != other.dtype or value.shape != other.shape or not torch.equal(value, other):
+            raise fail(VerificationError, f"Tensor {name!r} read back from the {what} file differs", "the same dtype, shape and bytes", f"{other.dtype} {tuple(other.shape)}")
+
+
+def _torch_file(graph: Graph, path: str) -> Any:
+    import torch
+
+    module, state = _state(graph)
+    torch.save(state, path)
+    back = torch.load(path, weights_only=True)
+    _same_tensors(state, back, ".pt")
+    module.load_state_dict(back, strict=True)
+    return module
+
+
+def _safetensors_file(graph: Graph, path: str) -> Any:
+    try:
+        from safetensors.torch import load_file, save_file
+    except ImportError:
+        raise fail(
+            FrameworkMissingError, "Writing .safetensors needs the safetensors package", "safetensors installed",
+            "an environment without it", "Install it with: pip install 'layoutconv[safetensors]'",
+        ) from None
+    module, state = _state(graph)
+    save_file(state, path, metadata={"written_by": "layoutconv", "model": graph.name})
+    back = load_file(path)
+    _same_tensors(state, back, ".safetensors")
+    module.load_state_dict(back, strict=True)
+    return module
+
+
+def _onnx_file(graph: Graph, path: str) -> Any:
+    import onnx
+
+    from . import registry
+
+    model = registry.converter(graph, "onnx").to_native(graph)
+    onnx.save(model, path)
+    return onnx.load(path)
+
+
+def _keras_file(graph: Graph, path: str) -> Any:
+    import keras
+
+    from . import registry
+
+    model = registry.converter(graph, "keras").to_native(graph)
+    model.save(path)
+    return keras.models.load_model(path, compile=False)
+
+
+MODEL_TARGETS: dict[str, ModelTarget] = {
+    "torch": ModelTarget("torch", "torch", (".pt", ".pth"), _torch_file),
+    "safetensors": ModelTarget("safetensors", "torch", (".safetensors",), _safetensors_file),
+    "onnx": ModelTarget("onnx", "onnx", (".onnx",), _onnx_file),
+    "keras": ModelTarget("keras", "keras", (".keras",), _keras_file),
+}
+
+
+def model_target_for(path: str | os.PathLike[str], to: str | None = None) -> ModelTarget:
+    if to is not None:
+        if to not in MODEL_TARGETS:
+            raise fail(ConfigError, "Unknown conversion target", f"one of {sorted(MODEL_TARGETS)}", f"{to!r}")
+        return MODEL_TARGETS[to]
+    suffix = Path(path).suffix.lower()
+    for target in MODEL_TARGETS.values():
+        if suffix in target.suffixes:
+            return target
+    raise fail(
+        ConfigError, f"Cannot tell the output format of {str(path)!r}",
+        f"a file name ending in one of {', '.join(s for t in MODEL_TARGETS.values() for s in t.suffixes)}", f"suffix {suffix!r}",
+    )
+
+
+def save_model(
+    graph: Graph,
+    path: str | os.PathLike[str],
+    *,
+    to: str | None = None,
+    inputs: Any = None,
+    overwrite: bool = False,
+    parents: bool = False,
+) -> ModelReport:
+    """Write ``graph`` to ``path`` (module docs), verify what the file holds against the reference, keep it only then."""
+    target = model_target_for(path, to)
+    final = Path(path)
+    _check_output(final, overwrite, parents)
+    suffix = final.suffix if final.suffix.lower() in target.suffixes else target.suffixes[0]
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    except OSError as exc:
+        raise fail(OutputError, f"Cannot write into {str(final.parent)!r}", "a writable directory", f"{exc.strerror or exc}") from None
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            held = target.write_and_check(graph, tmp)
+        except OSError as exc:
+            raise fail(OutputError, f"Cannot write {str(final)!r}", "room and permission to write the file", f"{exc.strerror or exc}", "Nothing was written.") from None
+        report = _verify_held(graph, held, target.framework, inputs)
+        result = report.results[0]
+        if result.status == "unsupported":
+            raise fail(UnsupportedError, f"{target.framework} cannot run this model, so the file could not be verified", "a model the framework runs", result.message, "Nothing was written.")
+        if not report.passed:
+            raise fail(VerificationError, f"The model written to {str(final)!r} does not compute the reference's outputs", "outputs within tolerance", "\n" + str(report), "Nothing was written.")
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise fail(OutputError, f"Cannot move the verified file to {str(final)!r}", "a writable path", f"{exc.strerror or exc}", "Nothing was written.") from None
+        return report
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def _verify_held(graph: Graph, held: Any, framework: str, inputs: Any) -> ModelReport:
+    """Run what the file holds (read back) against the reference, with verify_model's tolerance."""
+    from . import graph as graph_module
+    from . import reference, registry
+    from .verify_model import _rel, _weighted, END_TO_END_FACTOR
+    from .tolerance import ASSERT_CLOSE_DEFAULTS
+
+    xs = default_inputs(graph) if inputs is None else [np.asarray(x) for x in inputs]
+    expected = reference.forward(graph, *xs)
+    expected = list(expected) if isinstance(expected, tuple) else [expected]
+    try:
+        got = registry.converter(graph, framework).run(held, xs)
+    except UnsupportedError as exc:
+        return ModelReport(graph, tuple(x.shape for x in xs), (ModelResult(framework, "unsupported", message=str(exc)),))
+    outs = list(got) if isinstance(got, (tuple, list)) else [got]
+    dtype = outs[0].dtype.name if outs[0].dtype.name in ASSERT_CLOSE_DEFAULTS else "float32"
+    rtol, atol = ASSERT_CLOSE_DEFAULTS[dtype]
+    tol = rtol * END_TO_END_FACTOR * _weighted(graph)
+    abs_err = rel_err = 0.0
+    for y, e in zip(outs, expected):
+        if y.shape != e.shape:
+            return ModelReport(graph, tuple(x.shape for x in xs), (ModelResult(framework, "fail", message=f"output shape {y.shape}, reference {e.shape}"),))
+        a, r = _rel(y, e)
+        abs_err, rel_err = max(abs_err, a), max(rel_err, r)
+    passed = rel_err <= tol or abs_err <= atol
+    return ModelReport(graph, tuple(x.shape for x in xs), (ModelResult(framework, "pass" if passed else "fail", abs_err, rel_err, tol),))
+
+
+def convert_command(args: Any) -> int:
+    """``layoutconv convert --model``: read a whole model, write it, verify it, print the report."""
+    import json
+
+    from .model import read_model
+
+    graph = read_model(args.source, architecture=args.architecture, backend=args.backend)
+    if not args.json:
+        print(graph.summary())
+    report = save_model(graph, args.output, to=args.to, overwrite=args.force, parents=args.parents)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "wrote": args.output}, indent=2))
+    else:
+        print(report)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def is_whole_model(path: str, backend: str | None = None) -> bool:
+    """True for a Keras file holding a whole model (a model config and more than one layer with weights)."""
+    if str(path).lower().endswith(".onnx"):
+        return False
+    from .errors import LayoutError
+    from .legacy import open as open_keras_file
+
+    try:
+        kf = open_keras_file(path, backend=backend)
+    except LayoutError:
+        return False  # the single-layer path reports the problem
+    return kf.model_config is not None and sum(1 for layer in kf.layers if layer.weights) > 1
