@@ -604,7 +604,7 @@ class KerasFile:
             type_source=f"assumed from its {rank + 2}-axis kernel: the file does not say (pass layer_type= to say otherwise)",
         )
 
-    def _nd_weights(self, layer: Layer, kind: str, rank: int, want: tuple[str, ...]) -> tuple[list[Weight], Weight | None]:
+    def _nd_weights(self, layer: Layer, rank: int, want: tuple[str, ...]) -> tuple[list[Weight], Weight | None]:
         """The layer's kernels (``rank + 2`` axes each, as many as its class has) and its optional 1-d bias, or an error."""
         kernels = [w for w in layer.weights if len(w.shape) == rank + 2]
         biases = [w for w in layer.weights if len(w.shape) == 1]
@@ -641,7 +641,7 @@ class KerasFile:
             return self._keras1_plan(layer, kind, rank, settle)
         config = settle.config
         want = tuple(kernel_layout(rank, a) for a in semantics.KIND_KERNELS[kind])
-        kernels, bias = self._nd_weights(layer, kind, rank, want)
+        kernels, bias = self._nd_weights(layer, rank, want)
 
         def per_axis(v: Any) -> tuple[int, ...]:
             return semantics._per_axis(v, rank)
@@ -694,7 +694,7 @@ class KerasFile:
             padding: Any = tuple(p for p, _ in axes)
             output_padding = tuple(a for _, a in axes)
         else:
-            padding, padding_word = self._conv_padding(settle, spatial, stride, dilation)
+            padding, padding_word = self._conv_padding(settle, "padding", spatial, stride, dilation)
         layout = want[0]
         return _Plan(
             kind, rank, stride, dilation, groups, padding, padding_word, output_padding, activation,
@@ -702,8 +702,10 @@ class KerasFile:
             f"Keras {self.generation} kernel layout of {layer.type}",
         )
 
-    def _conv_padding(self, settle: "_Settle", spatial: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[Any, str]:
-        """A convolution's canonical padding and the Keras word it came from, read under the file's backend.
+    def _conv_padding(
+        self, settle: "_Settle", key: str, spatial: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
+    ) -> tuple[Any, str]:
+        """A convolution's canonical padding and the Keras word it came from (config ``key``), read under the file's backend.
 
         The config's word wins; an argument (a Keras word or a canonical padding)
         must give the same pads for every input size; else the argument; else ``'valid'``.
@@ -712,11 +714,7 @@ class KerasFile:
         def canonical(value: Any) -> Any:
             return semantics.canonical_padding(_word(value) if isinstance(value, str) else value, self.backend, spatial, dilation)
 
-        padding = settle(
-            "padding", settle.keys.get("padding", "padding"), "valid", canonical,
-            agree=lambda a, b: _same_padding(a, b, spatial, stride, dilation),
-        )
-        key = settle.keys.get("padding", "padding")
+        padding = settle("padding", key, "valid", canonical, agree=lambda a, b: _same_padding(a, b, spatial, stride, dilation))
         raw = settle.config.get(key) if settle.config.get(key) is not None else settle.given.get("padding", "valid")
         return padding, str(raw)
 
@@ -728,10 +726,9 @@ class KerasFile:
         groups.
         """
         assert layer.type is not None
-        settle.keys = {"padding": "border_mode", "stride": "subsample", "dilation": "atrous_rate", "dim_ordering": "dim_ordering"}
-        kernel_w, bias_w = self._nd_weights(layer, kind, rank, (f"'th' {layouts.LAYOUTS[semantics.KERAS1_ND_LAYOUTS[('th', rank)]]} or "
-                                                                f"'tf' {layouts.LAYOUTS[semantics.KERAS1_ND_LAYOUTS[('tf', rank)]]}",))
-        kernel = kernel_w[0]
+        readings = " or ".join(f"{layouts.LAYOUTS[semantics.KERAS1_ND_LAYOUTS[(o, rank)]]} ({o!r})" for o in ("th", "tf"))
+        kernels, bias_w = self._nd_weights(layer, rank, (readings,))
+        kernel = kernels[0]
         ordering, ordering_source = self._keras1_ordering(layer, rank, kernel.shape, bias_w, settle)
         layout = semantics.KERAS1_ND_LAYOUTS[(ordering, rank)]
         size = dict(zip(layouts.parse(layout).names, kernel.shape))
@@ -781,7 +778,7 @@ class KerasFile:
         if kind == "transpose":
             padding, output_padding, padding_word = self._keras1_deconv(layer, ordering, spatial, stride, size["O"], settle)
         else:
-            padding, padding_word = self._conv_padding(settle, spatial, stride, dilation)
+            padding, padding_word = self._conv_padding(settle, "border_mode", spatial, stride, dilation)
             if flip and rank == 3 and padding_word.lower() == "same" and any(k % 2 == 0 for k in spatial):
                 raise fail(
                     UnsupportedError,
@@ -832,7 +829,8 @@ class KerasFile:
             f"{described}; bias {'length ' + str(bias_w.shape[0]) if bias_w is not None else 'none'}"
             + ("" if fits else " (fits neither reading)"),
             "Pass dim_ordering='th' (kernel (nb_filter, input_dim, ...)) or dim_ordering='tf' (kernel (..., input_dim, "
-            "nb_filter)): the model's image_dim_ordering, 'th' by default in Keras 1.0, 'tf' from Keras 1.1.",
+            "nb_filter)), --dim-ordering on the command line: the model's image_dim_ordering, 'th' by default in "
+            "Keras 1.0, 'tf' from Keras 1.1.",
         )
 
     def _keras1_deconv(
@@ -877,7 +875,7 @@ class KerasFile:
                 f"Deconvolution2D {layer.name!r} needs its output_shape, which the file does not record",
                 "output_shape=(rows, cols): Keras 1 fixed the deconvolution's output size in the layer",
                 "no config and no output_shape argument",
-                "Pass the output_shape the model was built with.",
+                "Pass the output_shape the model was built with (--output-shape ROWS,COLS on the command line).",
             )
         settle.sources["output_padding"] = settle.sources["output_shape"]
         if word == "full" and not theano:
@@ -991,15 +989,13 @@ class _Settle:
     else the argument, else the default; ``sources[name]`` says which (``config``, ``argument``, ``default``).
 
     ``config`` is the layer's recorded config (Keras names), ``given`` the caller's
-    keywords in layoutconv's names; ``keys`` maps a layoutconv name to the config
-    key it is read from where that differs between calls (Keras 1 ``border_mode``).
+    keywords in layoutconv's names.
     """
 
     def __init__(self, config: dict[str, Any], given: dict[str, Any]) -> None:
         self.config = config
         self.given = given
         self.sources: dict[str, str] = {}
-        self.keys: dict[str, str] = {}
 
     def __call__(
         self, name: str, key: str, default: Any, normalise: Callable[[Any], Any], agree: Callable[[Any, Any], bool] = operator.eq
