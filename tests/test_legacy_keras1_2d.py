@@ -496,13 +496,47 @@ def test_full_border_mode_is_theano_only(tmp_path, rng):
         layoutconv.open(path, backend="tensorflow").conv(name)
 
 
+def test_tensorflow_atrous_needs_equal_rates_and_stride_1(tmp_path, rng):
+    """Keras 1's TensorFlow conv2d asserts both for a dilated convolution: such a layer only ran on Theano."""
+    path, name, _, _ = conv_file(tmp_path, rng, "atrous-th-theano-valid-2x3-rate1x3-stride2x1")
+    assert layoutconv.open(path).conv(name).dilation == (1, 3)
+    with pytest.raises(ConfigError, match="cannot have run on Keras 1's TensorFlow backend") as exc:
+        layoutconv.open(path, backend="tensorflow").conv(name)
+    assert "backend='theano'" in str(exc.value)
+
+
 def test_theano_convolution3d_same_with_even_kernel_is_refused(tmp_path, rng):
     path, name, _, _ = conv_file(tmp_path, rng, "3d-th-theano-valid-2x3x4-stride1x2x1", model=False)
-    kf = layoutconv.open(path)  # kernel (2, 3, 4): even on two axes
+    kf = layoutconv.open(path)  # kernel (2, 3, 4): even on two axes; no keras_version
     with pytest.raises(UnsupportedError, match=r"before Theano 0\.9"):
         kf.conv(name, border_mode="same")
     assert kf.conv(name, border_mode="valid").padding == "valid"
     assert layoutconv.open(path, backend="tensorflow").conv(name, border_mode="same").padding == "same_upper"
+
+
+def keras1_theano_conv3d2d_same(x, w, b):
+    """Keras 1.0-1.1.0's Theano conv3d for 'same' ('th'): pad (k - 1) // 2 in front and k // 2 behind, then a
+    valid true convolution (conv3d2d flips the filters), stride 1."""
+    x = np.asarray(x, np.float64)
+    kernel = w.shape[2:]
+    padded = np.pad(x, [(0, 0), (0, 0)] + [((k - 1) // 2, k // 2) for k in kernel])
+    return keras1_conv(padded, w, b, dim_ordering="th", backend="theano", border_mode="valid", subsample=(1, 1, 1))
+
+
+def test_theano_convolution3d_same_with_even_kernel_from_keras_1_1_0(tmp_path, rng):
+    """Before 1.1.1 Keras 1 always padded (k - 1) // 2 in front (conv3d2d), so a recorded version settles it."""
+    w = stored_kernel(rng, "th", 3, 2, (2, 3, 4))
+    b = rng.normal(size=3).astype(np.float32)
+    config = sequential(layer_config("Convolution3D", "convolution3d_1", nb_filter=3, kernel=(2, 3, 4), border_mode="same",
+                                     subsample=(1, 1, 1), dim_ordering="th"))
+    layers = [("convolution3d_1", [("convolution3d_1_W", w), ("convolution3d_1_b", b)])]
+    record = layoutconv.open(write_keras1(tmp_path / "old.h5", layers, model_config=config, keras_version="1.1.0")).conv()
+    assert record.padding == ((0, 1), (1, 1), (1, 2))
+    x = input_for(rng, "th", 2, (5, 6, 7))
+    check_record(record, x, keras1_theano_conv3d2d_same(x, w, b), "th")
+    newer = write_keras1(tmp_path / "new.h5", layers, model_config=config, keras_version="1.1.1")
+    with pytest.raises(UnsupportedError, match="depends on the Theano version"):
+        layoutconv.open(newer).conv()
 
 
 def test_keras1_refuses_groups_dilation_on_plain_classes_and_mismatched_configs(tmp_path, rng):

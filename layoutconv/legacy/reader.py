@@ -764,6 +764,15 @@ class KerasFile:
                     f"no dilation argument, or 1: a Keras 1 {layer.type} has no atrous_rate (AtrousConvolution2D has)",
                     f"dilation={settle.given['dilation']!r}",
                 )
+        if self.backend == "tensorflow" and any(d > 1 for d in dilation) and (len(set(dilation)) > 1 or set(stride) != {1}):
+            raise fail(
+                ConfigError,
+                f"Layer {layer.name!r} cannot have run on Keras 1's TensorFlow backend",
+                "equal atrous rates and stride 1 on every axis (Keras 1's TensorFlow conv2d asserts both for a dilated "
+                "convolution, in every release from 1.0.8 to 1.2.2)",
+                f"atrous_rate {dilation} and subsample {stride} with backend 'tensorflow' ({self.backend_source})",
+                "If the model was trained with Theano, open the file with backend='theano'.",
+            )
         if settle.given.get("groups") not in (None, 1):
             raise fail(
                 ConfigError,
@@ -780,19 +789,40 @@ class KerasFile:
         else:
             padding, padding_word = self._conv_padding(settle, "border_mode", spatial, stride, dilation)
             if flip and rank == 3 and padding_word.lower() == "same" and any(k % 2 == 0 for k in spatial):
-                raise fail(
-                    UnsupportedError,
-                    f"Layer {layer.name!r} is a Theano Convolution3D with border_mode 'same' and an even kernel {spatial}",
-                    "odd kernel sizes, or border_mode 'valid' or 'full'",
-                    "an even kernel size, where Keras 1's two Theano paths differ: before Theano 0.9 (conv3d2d) the input "
-                    "is padded (k - 1) // 2 first, from 0.9 (T.nnet.conv3d) k // 2 first",
-                    "Which one ran is not recorded; layoutconv does not guess.",
-                )
+                padding = self._keras1_theano_same_3d(layer, spatial, stride)
         return _Plan(
             kind, rank, stride, dilation, 1, padding, padding_word, output_padding, activation,
             semantics.KERAS1_DATA_FORMATS[ordering], flip, settle.sources, layout,
             f"Keras 1 {layer.type} with dim_ordering={ordering!r} ({ordering_source})",
         )
+
+    def _keras1_theano_same_3d(self, layer: Layer, spatial: tuple[int, ...], stride: tuple[int, ...]) -> Any:
+        """Pads of a Theano ``Convolution3D`` with ``border_mode='same'`` and an even kernel size, where Keras 1 had two paths.
+
+        Keras 1.0.0-1.1.0 always ran ``conv3d2d.conv3d`` (a true convolution) on
+        the input padded ``(k - 1) // 2`` in front and ``k // 2`` behind, stride 1
+        only (asserted); from 1.1.1 Keras used ``T.nnet.conv3d`` when Theano had it
+        (0.9 and later: ``'half'`` plus the crop, :func:`semantics.theano_same_pads`),
+        else the old path.  Only a recorded version up to 1.1.0 settles it.
+        """
+        version = _version(self.keras_version)
+        if self.keras_version is None or version > (1, 1, 0):
+            raise fail(
+                UnsupportedError,
+                f"Layer {layer.name!r} is a Theano Convolution3D with border_mode 'same' and an even kernel {spatial}",
+                "odd kernel sizes, border_mode 'valid' or 'full', or a file from Keras 1.0.0-1.1.0 (recorded)",
+                f"keras_version {self.keras_version!r}: from Keras 1.1.1 the result depends on the Theano version: "
+                "before Theano 0.9 (conv3d2d) the input is padded (k - 1) // 2 in front, from 0.9 (T.nnet.conv3d) k // 2",
+                "Which Theano ran is not recorded; layoutconv does not guess.",
+            )
+        if set(stride) != {1}:
+            raise fail(
+                ConfigError,
+                f"Layer {layer.name!r} cannot have run on Keras {self.keras_version}'s Theano backend",
+                "subsample (1, 1, 1): its Convolution3D asserted stride 1 for border_mode 'same'",
+                f"subsample {stride}",
+            )
+        return tuple(((k - 1) // 2, k // 2) for k in spatial)
 
     def _keras1_ordering(
         self, layer: Layer, rank: int, shape: tuple[int, ...], bias_w: Weight | None, settle: "_Settle"
