@@ -563,6 +563,28 @@ def test_keras1_refuses_groups_dilation_on_plain_classes_and_mismatched_configs(
         layoutconv.open(path).conv(name)
 
 
+@pytest.mark.parametrize(
+    "key, value",
+    [("subsample", ["a", 1]), ("subsample", None), ("dim_ordering", ["th"]), ("border_mode", "bogus"), ("activation", "nope")],
+    ids=["subsample-str", "subsample-null", "dim_ordering-list", "border_mode-unknown", "activation-unknown"],
+)
+def test_corrupt_config_values_are_typed_errors(tmp_path, rng, key, value):
+    path, name, _, _ = conv_file(tmp_path, rng, "tf-tensorflow-same-3x5-stride2x1")
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        config["config"][0]["config"][key] = value
+        f.attrs["model_config"] = json.dumps(config).encode()
+    kf = layoutconv.open(path)
+    if value is None:  # not recorded: the default, said so
+        assert kf.hyperparameters_of(name)["stride"] == ((1, 1), "default")
+        return
+    with pytest.raises(layoutconv.LayoutError):
+        kf.conv(name)
+    assert name in kf.summary()  # inspect reports the layer's error instead of failing
+
+
 def test_separable_convolution2d_is_refused_by_name(tmp_path, rng):
     depthwise, pointwise = rng.normal(size=(3, 3, 2, 1)).astype(np.float32), rng.normal(size=(1, 1, 2, 4)).astype(np.float32)
     layers = [("separableconvolution2d_1", [("separableconvolution2d_1_depthwise_kernel:0", depthwise),

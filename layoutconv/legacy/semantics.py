@@ -204,7 +204,10 @@ def theano_same_pads(kernel_size: Any, dilation: Any = 1) -> tuple[tuple[int, in
 
 def _per_axis(value: Any, rank: int | None = None) -> tuple[int, ...]:
     """An integer or a sequence as one integer per axis (``rank`` axes when given)."""
-    values = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+    try:
+        values = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+    except (TypeError, ValueError, OverflowError):  # a config value from a file may be anything
+        raise fail(ConfigError, "Invalid per-axis value", "an integer or a list of integers", f"{value!r}") from None
     if rank is not None and len(values) == 1:
         values *= rank
     if rank is not None and len(values) != rank:
