@@ -442,7 +442,7 @@ def test_deconvolution2d_matches_keras1(tmp_path, rng, case):
     assert record.output_shape(sizes) == out
     x = input_for(rng, order, channels, sizes)
     expected = keras1_deconv(x, w, b, dim_ordering=order, backend=backend, border_mode=mode, subsample=subsample, output_size=out)
-    assert expected.shape[1:3] == (out if order == "tf" else (filters,) + out[:1])
+    assert to_channels_first(expected, order).shape == (2, filters, *out)  # the configured output_shape
     check_record(record, x, expected, order)
     hp = kf.hyperparameters_of(name)
     assert hp["output_padding"] == (record.output_padding, "config")
@@ -466,6 +466,28 @@ def test_deconvolution2d_weights_only_takes_output_shape(tmp_path, rng):
 
 
 # -- what is refused, and why ---------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        pytest.param({"output_shape": (2, 14)}, ConfigError, "smaller than its kernel allows", id="output-smaller-than-kernel"),
+        pytest.param({"output_shape": (12,)}, ConfigError, "2 positive output sizes", id="output-shape-one-size"),
+        pytest.param({"output_shape": (12, None)}, ConfigError, "2 positive output sizes", id="output-shape-none"),
+        pytest.param({"output_shape": (12, 14), "border_mode": "causal"}, ConfigError, "Invalid Keras 1 border_mode", id="causal"),
+        pytest.param({"output_shape": (12, 14), "output_padding": 1}, ConfigError, "Unknown or repeated", id="output_padding-kwarg"),
+    ],
+)
+def test_deconvolution2d_argument_errors(tmp_path, rng, kwargs, error, match):
+    path, name, _, _ = deconv_file(tmp_path, rng, "th-theano-valid-3x4-stride2x3", model=False)
+    with pytest.raises(error, match=match):
+        layoutconv.open(path).conv(name, subsample=(2, 3), **kwargs)
+
+
+def test_deconvolution2d_has_no_convention(tmp_path, rng):
+    path, name, _, _ = deconv_file(tmp_path, rng, "tf-tensorflow-same-3x4-stride2")
+    with pytest.raises(ConfigError, match="has no Convention"):
+        layoutconv.open(path).convention(name)
+
+
 def test_theano_deconvolution_same_with_even_kernel_and_stride_is_refused(tmp_path, rng):
     path, name, _, _ = deconv_file(tmp_path, rng, "th-theano-same-even2x4-stride1")
     layoutconv.open(path).conv(name)  # stride 1: Keras 1's crop keeps everything (the oracle test above)
@@ -537,6 +559,10 @@ def test_theano_convolution3d_same_with_even_kernel_from_keras_1_1_0(tmp_path, r
     newer = write_keras1(tmp_path / "new.h5", layers, model_config=config, keras_version="1.1.1")
     with pytest.raises(UnsupportedError, match="depends on the Theano version"):
         layoutconv.open(newer).conv()
+    config["config"][0]["config"]["subsample"] = [1, 2, 1]  # Keras 1.1.0 asserted stride 1 for 'same'
+    strided = write_keras1(tmp_path / "strided.h5", layers, model_config=config, keras_version="1.1.0")
+    with pytest.raises(ConfigError, match="asserted stride 1"):
+        layoutconv.open(strided).conv()
 
 
 def test_keras1_refuses_groups_dilation_on_plain_classes_and_mismatched_configs(tmp_path, rng):
