@@ -293,6 +293,8 @@ def convention_for(layout: str, backend: str | None, data_format: str = "channel
 
     >>> convention_for("keras1-th2d", "theano", "channels_first")
     Convention(name='keras1-th2d-theano', layout='O I H W', flipped=True, data_format='channels_first')
+    >>> convention_for("H W I O", "tensorflow").name, convention_for("D H W I O", "theano").name
+    ('keras2d', 'keras3d-theano')
     """
     flipped = BACKEND_FLIPS.get(backend or "", False)
     names = {
@@ -304,9 +306,11 @@ def convention_for(layout: str, backend: str | None, data_format: str = "channel
         ("keras", True): "keras-theano",
     }
     key = names.get((layout, flipped))
-    if key is None:  # a 2-d or 3-d layout (keras2d, keras1-th2d ...): named after it and the backend family
-        name = f"{layout}-theano" if flipped else (f"{layout}-tensorflow" if layout.startswith("keras1") else layout)
-        return Convention(name, layouts.LAYOUTS.get(layout, layout), flipped, data_format)
+    if key is None:  # a 2-d or 3-d layout (keras2d, keras1-th2d, or axis names): named after it and the backend family
+        axes = layouts.LAYOUTS.get(layout, layout)
+        named = layout if layout in layouts.LAYOUTS else next((n for n, a in layouts.LAYOUTS.items() if a == axes and n.startswith("keras")), axes)
+        suffix = "-theano" if flipped else ("-tensorflow" if named.startswith("keras1") else "")
+        return Convention(named + suffix, axes, flipped, data_format)
     base = CONVENTIONS[key]
     if data_format != base.data_format:
         base = dataclasses.replace(base, name=f"{base.name} ({data_format})", data_format=data_format)
