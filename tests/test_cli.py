@@ -263,3 +263,21 @@ def test_deconvolution_from_weights_only_file_takes_output_shape(tmp_path, capsy
     report = json.loads(capsys.readouterr().out)
     assert report["conv"]["output_padding"] == [0, 0] and report["conv"]["in_channels"] == 2
     assert report["hyperparameters"]["output_padding"] == {"value": [0, 0], "source": "argument"}
+
+
+def test_explain_keras2_theano_2d_file_in_its_own_terms(tmp_path, capsys):
+    need("h5py")
+    import h5py
+
+    rng = np.random.default_rng(8)
+    path = tmp_path / "k2.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["backend"], f.attrs["keras_version"] = b"theano", b"2.0.5"
+        f.attrs["layer_names"] = [b"conv2d_1"]
+        g = f.create_group("conv2d_1")
+        g.attrs["weight_names"] = [b"conv2d_1/kernel:0", b"conv2d_1/bias:0"]
+        g["conv2d_1/kernel:0"] = rng.normal(size=(3, 5, 4, 2)).astype(np.float32)  # (H, W, I, O)
+        g["conv2d_1/bias:0"] = rng.normal(size=2).astype(np.float32)
+    assert cli.main(["explain", "--file", str(path), "--stride", "1,2", "--padding", "same", "--index", "0,1,2,3"]) == 0
+    out = capsys.readouterr().out
+    assert "keras2d-theano" in out and "W[::-1, ::-1, :, 1] * X[0, 1:4, 4:9, :]" in out and "agree" in out
