@@ -50,6 +50,12 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _per_axis(text: str) -> int | tuple[int, ...]:
+    """``2`` -> 2 (every axis), ``2,1`` -> (2, 1) (one value per spatial axis of a 2-D or 3-D layer)."""
+    values = _int_list(text)
+    return values[0] if len(values) == 1 else values
+
+
 def _padding(text: str) -> Any:
     if "," in text or text.isdigit():
         values = _int_list(text)
@@ -65,8 +71,8 @@ _GEOMETRY_DEFAULTS: dict[str, Any] = {
 
 def add_hyperparameter_arguments(g: argparse._ArgumentGroup) -> None:
     """Options for what a weight file may not record (every Keras 1 weights file records none of it)."""
-    g.add_argument("--stride", type=int, help="default: the file's value, else 1")
-    g.add_argument("--dilation", type=int, help="default: the file's value, else 1")
+    g.add_argument("--stride", type=_per_axis, help="S, or S1,S2[,S3] per spatial axis (default: the file's value, else 1)")
+    g.add_argument("--dilation", type=_per_axis, help="D, or D1,D2[,D3] per spatial axis (default: the file's value, else 1)")
     g.add_argument("--groups", type=int, help="default: the file's value, else 1")
     g.add_argument(
         "--padding",
@@ -75,6 +81,14 @@ def add_hyperparameter_arguments(g: argparse._ArgumentGroup) -> None:
         "'same' in a Theano file means Theano's rule",
     )
     g.add_argument("--activation", help="fused activation, e.g. relu (default: the file's value, else linear)")
+    g.add_argument(
+        "--dim-ordering", choices=["th", "tf"],
+        help="Keras 1 2-D/3-D layers: the kernel's dim_ordering when the file does not record it",
+    )
+    g.add_argument(
+        "--output-shape", type=_int_list, metavar="ROWS,COLS",
+        help="Keras 1 Deconvolution2D: the output size when the file does not record it",
+    )
 
 
 def add_conv_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,6 +115,10 @@ def add_conv_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: options that only a Keras 1 file's 2-D/3-D layers take
+_KERAS1_OPTIONS = ("dim_ordering", "output_shape")
+
+
 class Loaded(NamedTuple):
     """The convolution a command works on, and for a file, each hyperparameter's value and source."""
 
@@ -110,7 +128,7 @@ class Loaded(NamedTuple):
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     """The hyperparameter options the user typed (``None`` means not given)."""
-    keys = ("stride", "dilation", "groups", "padding", "activation", "padding_mode")
+    keys = ("stride", "dilation", "groups", "padding", "activation", "padding_mode") + _KERAS1_OPTIONS
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -138,10 +156,17 @@ def _from_onnx_file(path: str, layer: str | None, given: dict[str, Any]) -> Load
 
 
 def conv_from_args(args: argparse.Namespace) -> Loaded:
-    """The Conv1D a command works on: read from --file, raw arrays, or random weights for the given configuration."""
+    """The convolution a command works on: read from --file (any rank), raw arrays, or random weights (Conv1D)."""
     from .conv import Conv1D
+    from .errors import ConfigError, fail
 
     given = _given(args)
+    keras1_only = [f"--{k.replace('_', '-')}" for k in _KERAS1_OPTIONS if k in given]
+    if keras1_only and (not args.file or str(args.file).endswith(".onnx")):
+        raise fail(
+            ConfigError, f"Option {' and '.join(keras1_only)} is only for Keras 1 files", "--file with a Keras 1 2-D or 3-D layer",
+            f"{'--file ' + str(args.file) if args.file else 'no --file'}",
+        )
     if args.file:
         path = str(args.file)
         if path.endswith(".onnx"):
@@ -154,7 +179,9 @@ def conv_from_args(args: argparse.Namespace) -> Loaded:
             raise fail(ConfigError, "Keras pads with zeros only", "--padding-mode zeros or none", f"--padding-mode {args.padding_mode}")
         kf = open_keras(path, backend=args.backend)
         resolved = kf.hyperparameters_of(args.layer, **given)
-        return Loaded(kf.conv1d(args.layer, **given), resolved)
+        if args.layer is None and kf.conv1d_layers:  # the only Conv1D, as before layers of every rank were read
+            return Loaded(kf.conv1d(**given), resolved)
+        return Loaded(kf.conv(args.layer, **given), resolved)
     geometry = {**_GEOMETRY_DEFAULTS, **given}
     if getattr(args, "kernel", None):
         from .conventions import CONVENTIONS
@@ -290,9 +317,12 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _explain_args(p: argparse.ArgumentParser) -> None:
     add_conv_arguments(p)
-    p.add_argument("--index", type=_int_list, default=(0, 0, 0), help="output element n,f,t (default 0,0,0)")
-    p.add_argument("--length", type=int, default=123, help="input length for the random input (default 123)")
-    p.add_argument("--input", help="a .npy input, (N, C, L) or with --input-format channels_last (N, L, C)")
+    p.add_argument("--index", type=_int_list, help="output element n,f,t (2-D: n,f,i,j; default all zeros)")
+    p.add_argument(
+        "--length", type=int,
+        help="every spatial size of the random input (default 123 for 1-D; for 2-D/3-D odd sizes that differ per axis)",
+    )
+    p.add_argument("--input", help="a .npy input, (N, C, *spatial) or with --input-format channels_last (N, *spatial, C)")
     p.add_argument("--input-format", choices=["channels_first", "channels_last"], help="default: the source convention's")
     p.add_argument("--json", action="store_true")
 
@@ -301,23 +331,33 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
 def _explain(args: argparse.Namespace) -> int:
     from ._explain import explain
 
+    from .conv import Conv, Conv1D
+    from .verify import default_input
+
     loaded = conv_from_args(args)
     conv = loaded.conv
     if not args.json:
         print_assumptions(loaded, args.file)
     source = _convention(args.source) if args.source else None
-    if source is None and args.file and not str(args.file).endswith(".onnx"):
+    if source is None and args.file and not str(args.file).endswith(".onnx") and isinstance(conv, Conv):
         from .legacy import open as open_keras
 
-        source = open_keras(args.file, backend=args.backend).convention(args.layer)
+        kf = open_keras(args.file, backend=args.backend)
+        name = None if args.layer is None and kf.conv1d_layers else args.layer
+        source = kf.convention(name, **({"dim_ordering": args.dim_ordering} if args.dim_ordering else {}))
     data_format = args.input_format or (source.data_format if source else "channels_first")
     if args.input:
         x = load_npy(args.input, "input")
     else:
-        x = np.random.default_rng(args.seed + 1).standard_normal((1, conv.in_channels, args.length)).astype(conv.dtype)
+        if isinstance(conv, Conv1D):
+            shape = (1, conv.in_channels, 123 if args.length is None else args.length)
+            x = np.random.default_rng(args.seed + 1).standard_normal(shape).astype(conv.dtype)
+        else:
+            x = default_input(conv, length=args.length, batch=1, seed=args.seed + 1)
         if data_format == "channels_last":
-            x = np.ascontiguousarray(x.transpose(0, 2, 1))
-    result = explain(conv, x, args.index, source=source, data_format=data_format)
+            x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    index = args.index if args.index is not None else (0,) * (2 + getattr(conv, "spatial_rank", 1))
+    result = explain(conv, x, index, source=source, data_format=data_format)
     print(json.dumps({**result.to_dict(), "hyperparameters": hyperparameters_json(loaded)}, indent=2) if args.json else result)
     return 0 if result.agree else 1
 

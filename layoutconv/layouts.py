@@ -69,7 +69,7 @@ LAYOUTS: dict[str, str] = {
     "torch3d": "O I D H W",
     "keras2d": "H W I O",  # Keras 2/3 Conv2D, and Keras 1 Convolution2D with dim_ordering='tf'
     "keras3d": "D H W I O",
-    "keras1-th2d": "O I H W",  # Keras 1 Convolution2D with dim_ordering='th'
+    "keras1-th2d": "O I H W",  # Keras 1 Convolution2D, AtrousConvolution2D, Deconvolution2D with dim_ordering='th'
     "keras-transpose1d": "K O I",  # Keras Conv1DTranspose: (kernel, filters / groups, input channels)
     "keras-transpose2d": "H W O I",
     "keras-transpose3d": "D H W O I",
@@ -78,6 +78,11 @@ LAYOUTS: dict[str, str] = {
     "torch-transpose3d": "I O D H W",
     "keras-depthwise1d": "K G M",  # Keras DepthwiseConv1D: (kernel, in_channels, depth_multiplier)
     "keras-depthwise2d": "H W G M",
+    # Keras 1 stores a Convolution2D/3D kernel by its layer's dim_ordering (keras/layers/convolutional.py, 1.0-1.2.2);
+    # a Deconvolution2D kernel is stored exactly like its Convolution2D's, O being the deconvolution's output channels.
+    "keras1-tf2d": "H W I O",  # Keras 1 Convolution2D, AtrousConvolution2D, Deconvolution2D with dim_ordering='tf'
+    "keras1-tf3d": "D H W I O",  # Keras 1 Convolution3D with dim_ordering='tf'
+    "keras1-th3d": "O I D H W",  # Keras 1 Convolution3D with dim_ordering='th'
 }
 
 
@@ -124,6 +129,15 @@ def parse(layout: str) -> Recipe:
     from_c = tuple(canon.index(n) for n in data)
     singletons = tuple(i for i, n in enumerate(names) if n == "1")
     return Recipe(layout, names, rank, to_c, from_c, singletons, split, implied_in)
+
+
+def spatial_axes(layout: str) -> tuple[int, ...]:
+    """Positions of the spatial axes in ``layout`` (``"O I H W"`` -> ``(2, 3)``, ``"H W I O"`` -> ``(0, 1)``).
+
+    >>> spatial_axes("O I D H W"), spatial_axes("K 1 I O")
+    ((2, 3, 4), (0,))
+    """
+    return tuple(i for i, n in enumerate(parse(layout).names) if n in _SPATIAL_NAMES)
 
 
 def _check_rank(array: np.ndarray, recipe: Recipe) -> None:

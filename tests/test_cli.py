@@ -191,3 +191,93 @@ def test_tensorflow_start_up_lines_stay_off_the_terminal(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
     assert "absl" not in out.stdout and "cuda" not in out.stdout.lower()
+
+
+# -- 2-D layers of weights-only files: per-axis options -------------------------------------
+def _keras1_2d_file(tmp_path, kernel_shape=(4, 3, 3, 5), bias=4, name="convolution2d_1", seed=5):
+    """A Keras 1 save_weights file (Theano names) with one 2-D layer; its stored kernel."""
+    need("h5py")
+    from test_legacy_keras1_2d import write_keras1
+
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=kernel_shape).astype(np.float32)
+    b = rng.normal(size=bias).astype(np.float32)
+    return write_keras1(tmp_path / "k1.h5", [("input_1", []), (name, [(f"{name}_W", w), (f"{name}_b", b)])]), w
+
+
+def test_verify_2d_file_takes_per_axis_stride_and_dilation(tmp_path, capsys):
+    need("torch")
+    path, _ = _keras1_2d_file(tmp_path)  # 'th' (4 filters, 3 channels, 3x5): the bias length settles the ordering
+    code = cli.main(["verify", "--file", str(path), "--stride", "2,1", "--dilation", "1,2", "--padding", "same",
+                     "--frameworks", "torch", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["passed"]
+    assert report["conv"]["stride"] == [2, 1] and report["conv"]["dilation"] == [1, 2]
+    assert report["conv"]["padding"] == [[1, 1], [4, 4]]  # Theano's 'same' per axis: r = (3, 9)
+    assert report["hyperparameters"]["stride"] == {"value": [2, 1], "source": "argument"}
+    assert report["hyperparameters"]["groups"] == {"value": 1, "source": "default"}
+
+
+def test_explain_2d_file_writes_the_sum_in_keras1_terms(tmp_path, capsys):
+    path, _ = _keras1_2d_file(tmp_path)
+    code = cli.main(["explain", "--file", str(path), "--stride", "2,1", "--index", "0,1,2,3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("note: ") and "assumed padding='valid', dilation=(1, 1)" in out
+    assert "keras1-th2d-theano" in out and "W[1, :, ::-1, ::-1] * X[0, :, 4:7, 3:8]" in out
+
+
+def test_convert_2d_file_with_per_axis_options(tmp_path, capsys):
+    need("torch")
+    import torch
+
+    path, w = _keras1_2d_file(tmp_path)
+    out = tmp_path / "conv.pt"
+    assert cli.main(["convert", str(path), str(out), "--stride", "2,1", "--padding", "same"]) == 0
+    text = capsys.readouterr().out
+    assert "stride=(2, 1)" in text and "padding=((1, 1), (2, 2))" in text and "assumed dilation=(1, 1)" in text
+    state = torch.load(out, weights_only=True)
+    assert np.array_equal(state["weight"].numpy(), w[:, :, ::-1, ::-1])  # Theano: reversed along both spatial axes
+
+
+def test_per_axis_option_errors(tmp_path, capsys):
+    path, _ = _keras1_2d_file(tmp_path, kernel_shape=(4, 3, 5, 4))  # both orderings fit a bias of 4
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["verify", "--file", str(path), "--stride", "2,x"])
+    assert exc.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+    assert cli.main(["verify", "--file", str(path), "--frameworks", "torch"]) == 2
+    assert "--dim-ordering on the command line" in capsys.readouterr().err
+    assert cli.main(["verify", "--file", str(path), "--stride", "2,1,1", "--dim-ordering", "th", "--frameworks", "torch"]) == 2
+    assert "Wrong number of per-axis values" in capsys.readouterr().err
+    assert cli.main(["verify", "--dim-ordering", "th", "--frameworks", "torch"]) == 2
+    assert "only for Keras 1 files" in capsys.readouterr().err
+
+
+def test_deconvolution_from_weights_only_file_takes_output_shape(tmp_path, capsys):
+    need("torch")
+    path, _ = _keras1_2d_file(tmp_path, kernel_shape=(3, 2, 3, 4), bias=3, name="deconvolution2d_1")
+    args = ["verify", "--file", str(path), "--backend", "tensorflow", "--stride", "2", "--frameworks", "torch"]
+    assert cli.main(args) == 2
+    assert "--output-shape ROWS,COLS" in capsys.readouterr().err
+    assert cli.main(args + ["--output-shape", "12,14", "--padding", "same", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["conv"]["output_padding"] == [0, 0] and report["conv"]["in_channels"] == 2
+    assert report["hyperparameters"]["output_padding"] == {"value": [0, 0], "source": "argument"}
+
+
+def test_explain_keras2_theano_2d_file_in_its_own_terms(tmp_path, capsys):
+    need("h5py")
+    import h5py
+
+    rng = np.random.default_rng(8)
+    path = tmp_path / "k2.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["backend"], f.attrs["keras_version"] = b"theano", b"2.0.5"
+        f.attrs["layer_names"] = [b"conv2d_1"]
+        g = f.create_group("conv2d_1")
+        g.attrs["weight_names"] = [b"conv2d_1/kernel:0", b"conv2d_1/bias:0"]
+        g["conv2d_1/kernel:0"] = rng.normal(size=(3, 5, 4, 2)).astype(np.float32)  # (H, W, I, O)
+        g["conv2d_1/bias:0"] = rng.normal(size=2).astype(np.float32)
+    assert cli.main(["explain", "--file", str(path), "--stride", "1,2", "--padding", "same", "--index", "0,1,2,3"]) == 0
+    out = capsys.readouterr().out
+    assert "keras2d-theano" in out and "W[::-1, ::-1, :, 1] * X[0, 1:4, 4:9, :]" in out and "agree" in out

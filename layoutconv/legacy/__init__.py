@@ -4,7 +4,7 @@
 >>> kf = layoutconv.open("model.h5")          # identifies format, version, backend   # doctest: +SKIP
 >>> print(kf.summary())                       # doctest: +SKIP
 >>> conv = kf.conv1d()                        # canonical Conv1D, Theano kernels flipped  # doctest: +SKIP
->>> rec = kf.conv("conv2d")                   # any Keras 2/3 conv layer: Conv, ConvTranspose or Chain  # doctest: +SKIP
+>>> rec = kf.conv("conv2d")                   # any conv layer (Keras 1 Convolution2D too): Conv, ConvTranspose or Chain  # doctest: +SKIP
 >>> module = layoutconv.to_torch(conv)        # doctest: +SKIP
 
 Only numpy is imported here; h5py is imported when a file is opened.  Every

@@ -7,7 +7,9 @@ format                 structure
                        layer with attr ``weight_names`` (``<layer>_W``, ``<layer>_b``);
                        Conv1D kernel ``(nb_filter, input_dim, filter_length, 1)``
 ``keras1.1-weights``   the same from Keras 1.1-1.2; kernel ``(filter_length, 1, input_dim, nb_filter)``
-``keras1-weights``     Keras 1 weights whose kernel layout could not be decided (or no Conv1D)
+``keras1-weights``     Keras 1 weights whose Conv1D kernel layout could not be decided, or without Conv1D
+                       (2-D kernels ``(nb_filter, input_dim, nb_row, nb_col)`` for ``dim_ordering='th'``,
+                       ``(nb_row, nb_col, input_dim, nb_filter)`` for ``'tf'``)
 ``keras1-model``       ``Model.save`` of Keras 1: root attrs ``keras_version``, ``model_config``
                        (JSON); the weights as above under the group ``model_weights``
 ``keras2-weights``     ``save_weights`` of Keras 2 / tf.keras / tf_keras: root attrs
@@ -43,7 +45,7 @@ from ._safe_zip import MAX_JSON_BYTES, ZIP_SIGNATURE, SafeZip
 FORMATS: dict[str, str] = {
     "keras1.0-weights": "Keras 1.0 save_weights (HDF5); Conv1D kernels (nb_filter, input_dim, filter_length, 1)",
     "keras1.1-weights": "Keras 1.1-1.2 save_weights (HDF5); Conv1D kernels (filter_length, 1, input_dim, nb_filter)",
-    "keras1-weights": "Keras 1 save_weights (HDF5); Conv1D kernel layout not determined",
+    "keras1-weights": "Keras 1 save_weights (HDF5); no Conv1D layer, or its kernel layout not determined",
     "keras1-model": "Keras 1 model save (HDF5): model_config JSON, weights under /model_weights",
     "keras2-weights": "Keras 2 / tf.keras save_weights (HDF5); kernels (kernel_size, input_dim, filters)",
     "keras2-model": "Keras 2 / tf.keras model save (HDF5): model_config JSON, weights under /model_weights",

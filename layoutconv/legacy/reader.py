@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import operator
@@ -38,7 +39,7 @@ DEFAULTS: dict[str, Any] = {"padding": "valid", "stride": 1, "dilation": 1, "gro
 THEANO_LOAD_WARNING = (
     "Loading this file into tf.keras (tf_keras) or Keras 3 directly gives wrong outputs: their load_weights "
     "copies each Theano kernel as stored and does not flip it (measured with tf_keras 2.21 and Keras 3.15). "
-    "layoutconv flips it: use layoutconv.open(path).conv1d() or `layoutconv convert`."
+    "layoutconv flips it: use layoutconv.open(path).conv1d() (.conv(name) for any layer) or `layoutconv convert`."
 )
 
 
@@ -76,8 +77,9 @@ class KerasFile:
 
     @property
     def conv_layers(self) -> tuple[Layer, ...]:
-        """Every convolution layer :meth:`conv` reads: Conv1D of every Keras, and the Keras 2/3 classes of :data:`semantics.CONV_CLASSES`."""
-        return tuple(layer for layer in self.layers if layer.is_conv1d or layer.type in semantics.CONV_CLASSES)
+        """Every convolution layer :meth:`conv` reads: Conv1D of every Keras, the Keras 2/3 classes of
+        :data:`semantics.CONV_CLASSES` and the Keras 1 classes of :data:`semantics.KERAS1_CONV_CLASSES`."""
+        return tuple(layer for layer in self.layers if layer.is_conv1d or self._conv_class(layer) is not None)
 
     def with_architecture(self, config: Any) -> "KerasFile":
         """This file with a model config from elsewhere (a ``model.json`` parsed), as a full save would carry it.
@@ -143,13 +145,31 @@ class KerasFile:
         return formats.read_arrays(self.path, self._source, layer.weights)
 
     # -- conversion -------------------------------------------------------
-    def convention(self, layer_name: str | None = None, *, layout: str | None = None) -> Convention:
-        """The :class:`~layoutconv.conventions.Convention` the layer's raw kernel follows."""
+    def convention(self, layer_name: str | None = None, *, layout: str | None = None, **hyperparameters: Any) -> Convention:
+        """The :class:`~layoutconv.conventions.Convention` the layer's raw kernel follows.
+
+        Conv1D layers and plain 2-D/3-D convolutions (``Conv2D``, Keras 1
+        ``Convolution2D`` ...); ``hyperparameters`` may settle a Keras 1 layer's
+        ``dim_ordering`` (see :meth:`conv`).  Without a name: the file's only
+        Conv1D, else its only convolution.
+        """
         with self._context(layer_name):
-            layer = self._conv_layer(layer_name)
-            name, _ = self._layout(layer, layout)
-            self._check_backend()
-            return semantics.convention_for(name, self.backend, self._config(layer).get("data_format", "channels_last"))
+            layer = self._typed_conv_layer(self._default_name(layer_name), None)
+            if layer.is_conv1d or layer.type is None:
+                layer = self._conv_layer(layer.name)
+                name, _ = self._layout(layer, layout)
+                self._check_backend()
+                return semantics.convention_for(name, self.backend, self._config(layer).get("data_format", "channels_last"))
+            plan = self._nd_plan(layer, hyperparameters)
+            if plan.kind != "conv":
+                raise fail(
+                    ConfigError,
+                    f"Layer {layer.name!r} ({layer.type}) has no Convention",
+                    "a Conv1D/2D/3D layer (a Convention describes one convolution kernel)",
+                    f"a {plan.kind} layer",
+                    "Its record from conv() is explained in PyTorch's terms.",
+                )
+            return semantics.convention_for(plan.layout, self.backend, plan.data_format)
 
     def conv1d(self, layer_name: str | None = None, *, layout: str | None = None, **hyperparameters: Any) -> Conv1D:
         """The layer as a canonical :class:`~layoutconv.Conv1D` (cross-correlation, kernel ``O I K``).
@@ -180,7 +200,7 @@ class KerasFile:
             convention = semantics.convention_for(layout_name, self.backend, self._config(layer).get("data_format", "channels_last"))
             return convention.conv1d(kernel, bias, **resolved)
 
-    def conv(self, layer_name: str | None = None, **hyperparameters: Any) -> Conv | ConvTranspose | Chain:
+    def conv(self, layer_name: str | None = None, *, layer_type: str | None = None, **hyperparameters: Any) -> Conv | ConvTranspose | Chain:
         """Any Keras convolution layer as its canonical record (weights read as stored, Theano kernels flipped).
 
         ==========================  =============================================================
@@ -191,6 +211,11 @@ class KerasFile:
         ``DepthwiseConv1D/2D``      ``Conv`` with ``groups = in_channels``
         ``SeparableConv1D/2D``      :class:`~layoutconv.Chain` (depthwise ``Conv``, then a
                                     pointwise ``Conv`` holding the bias and activation)
+        Keras 1 ``Convolution2D``,  ``Conv`` (kernel ``O I H W`` for ``dim_ordering='th'``,
+        ``AtrousConvolution2D``,    ``H W I O`` for ``'tf'``; 3-D alike)
+        ``Convolution3D``
+        Keras 1 ``Deconvolution2D`` ``ConvTranspose`` (kernel stored like ``Convolution2D``'s; crops
+                                    and ``output_padding`` from the config's ``output_shape``)
         ==========================  =============================================================
 
         Conv1D layers (Keras 1, 2 and 3) go through :meth:`conv1d`.  Stride,
@@ -200,18 +225,32 @@ class KerasFile:
         Keras 3 ``'same'`` is ``same_upper`` on every axis; under Theano (Keras 2)
         it is Theano's half rule per axis (:func:`semantics.theano_same_pads`) and
         every kernel is reversed along all its spatial axes (Theano convolved).
-        The kernel layout does not depend on ``data_format``.
+        The kernel layout of Keras 2/3 does not depend on ``data_format``; that of
+        Keras 1 follows the layer's ``dim_ordering`` (docs/keras-legacy.md, "Keras 1
+        2-D and 3-D layers").
+
+        Files without a config (``save_weights``) take every hyperparameter from
+        the keywords, per axis (``stride=(2, 1)``), else the defaults; Keras 1 layers
+        also take ``dim_ordering`` (``'th'`` or ``'tf'``; settled by the bias length
+        when only one reading fits) and a ``Deconvolution2D`` its ``output_shape``
+        (``(rows, cols)``, or the config's 4-tuple).  :meth:`hyperparameters_of` says
+        what was assumed.  A layer whose type the file does not say is read as a
+        Conv1D when its kernel fits one (3 axes in Keras 2/3; a Keras 1 Conv1D layout,
+        with its size-1 axis), otherwise as ``Conv2D``/``Conv3D`` (Keras 1:
+        ``Convolution2D``/``3D``) by its number of axes; ``layer_type=`` names the
+        class instead.
         """
         with self._context(layer_name):
-            layer = self._any_conv_layer(layer_name)
+            layer = self._typed_conv_layer(layer_name, layer_type)
             if layer.is_conv1d or layer.type is None:
                 return self.conv1d(layer.name, **hyperparameters)
             plan = self._nd_plan(layer, hyperparameters)
             arrays = formats.read_arrays(self.path, self._source, list(layer.weights))
             kernels = [a for a in arrays if a.ndim == plan.rank + 2]
             bias = next((a for a in arrays if a.ndim == 1), None)
-            if plan.flip:
-                kernels = [np.ascontiguousarray(np.flip(k, axis=tuple(range(plan.rank)))) for k in kernels]
+            if plan.flip:  # Theano convolved: reverse the stored kernel along its spatial axes, wherever the layout has them
+                axes = layouts.spatial_axes(plan.layout)
+                kernels = [np.ascontiguousarray(np.flip(k, axis=axes)) for k in kernels]
             return _ND_BUILDERS[plan.kind](plan, kernels, bias)
 
     # -- reports ----------------------------------------------------------
@@ -225,7 +264,7 @@ class KerasFile:
         ]
         flip = semantics.BACKEND_FLIPS.get(self.backend or "")
         if self.backend == "theano":
-            lines.append("Flip     yes: Theano computed a true convolution; canonical kernels are reversed along K")
+            lines.append("Flip     yes: Theano computed a true convolution; canonical kernels are reversed along K (every spatial axis)")
         elif flip is False or self.generation == 3:
             lines.append("Flip     no: this backend cross-correlates like PyTorch and ONNX")
         if self.backend_inferred:
@@ -259,7 +298,7 @@ class KerasFile:
         lines.append("")
         lines += ["  ".join(str(c).ljust(w) for c, w in zip(r[:5], widths)) + "  " + str(r[5]) for r in rows]
         notes = []
-        for layer in self.conv1d_layers:
+        for layer in self.conv1d_layers if self.generation > 1 else self.conv_layers:
             info = self._conv_info(layer) or {}
             if "error" in info:
                 notes.append(f"{layer.name}: {info['error']}")
@@ -486,19 +525,40 @@ class KerasFile:
         settle("activation", *read("activation", lambda name: semantics.keras_activation(name, self.generation)), operator.eq)
         return values, sources
 
-    def hyperparameters_of(self, layer_name: str | None = None, **hyperparameters: Any) -> dict[str, tuple[Any, str]]:
-        """What :meth:`conv1d` will use for each hyperparameter, and where it comes from.
+    def hyperparameters_of(
+        self, layer_name: str | None = None, *, layer_type: str | None = None, **hyperparameters: Any
+    ) -> dict[str, tuple[Any, str]]:
+        """What :meth:`conv1d` (or :meth:`conv`, for other layers) will use for each hyperparameter, and where it comes from.
 
         ``{"padding": ("valid", "default"), "stride": (2, "config"), ...}``: the source
         is ``"config"`` (recorded in the file), ``"argument"`` (given here) or
         ``"default"`` (neither: an assumption the caller should know about; every
         Keras 1 weights file has no config, so everything but the weights is assumed).
+        For 2-D and 3-D layers stride and dilation are per-axis tuples and the padding
+        is canonical per axis; a transposed layer adds ``output_padding``.  Without a
+        name: the file's only Conv1D, else its only convolution.
         """
         with self._context(layer_name):
-            layer = self._conv_layer(layer_name)
-            layout_name, _ = self._layout(layer, None)
-            values, sources = self._resolve(layer, layout_name, hyperparameters)
-        return {key: (values[key], sources[key]) for key in ("padding", "stride", "dilation", "groups", "activation")}
+            layer = self._typed_conv_layer(self._default_name(layer_name), layer_type)
+            if layer.is_conv1d or layer.type is None:
+                layer = self._conv_layer(layer.name)
+                layout_name, _ = self._layout(layer, None)
+                values, sources = self._resolve(layer, layout_name, hyperparameters)
+                return {key: (values[key], sources[key]) for key in ("padding", "stride", "dilation", "groups", "activation")}
+            plan = self._nd_plan(layer, hyperparameters)
+        keys = ("padding", "stride", "dilation", "groups", "activation") + (("output_padding",) if plan.kind == "transpose" else ())
+        return {key: (getattr(plan, key), plan.sources[key]) for key in keys}
+
+    def _default_name(self, layer_name: str | None) -> str | None:
+        """``layer_name``; without one, the file's only Conv1D when it has Conv1D layers (as :meth:`conv1d` picks)."""
+        if layer_name is None and self.conv1d_layers:
+            return self.layer(None).name
+        return layer_name
+
+    def _conv_class(self, layer: Layer) -> tuple[str, int] | None:
+        """``(kind, rank)`` of a convolution layer that is not a Conv1D, by its class name and the Keras that wrote it."""
+        table = semantics.KERAS1_CONV_CLASSES if self.generation == 1 else semantics.CONV_CLASSES
+        return table.get(layer.type or "")
 
     def _any_conv_layer(self, layer_name: str | None) -> Layer:
         if layer_name is None:
@@ -513,85 +573,119 @@ class KerasFile:
                 )
             return convs[0]
         layer = self.layer(layer_name)
-        if layer.is_conv1d or layer.type in semantics.CONV_CLASSES or (layer.type is None and layer.kernel is not None):
+        if layer.is_conv1d or self._conv_class(layer) is not None or (layer.type is None and layer.kernel is not None):
             return layer
+        if self.generation == 1 and layer.type in semantics.KERAS1_UNREAD:
+            raise fail(
+                UnsupportedError,
+                f"Layer {layer.name!r} is a Keras 1 {layer.type}",
+                f"one of {sorted(set(semantics.KERAS1_CONV_CLASSES) | set(semantics.CONV1D_TYPES))}",
+                f"type {layer.type} ({layer.type_source}): {semantics.KERAS1_UNREAD[layer.type]}",
+            )
+        known = semantics.KERAS1_CONV_CLASSES if self.generation == 1 else semantics.CONV_CLASSES
         raise fail(
             ConfigError,
             f"Layer {layer.name!r} is not a convolution layer",
-            f"one of {sorted(set(semantics.CONV_CLASSES) | set(semantics.CONV1D_TYPES))}",
+            f"one of {sorted(set(known) | set(semantics.CONV1D_TYPES))}",
             f"type {layer.type} ({layer.type_source})",
             f"The convolution layers are {[c.name for c in self.conv_layers]}.",
         )
 
-    def _nd_plan(self, layer: Layer, kwargs: dict[str, Any]) -> "_Plan":
-        """Everything but the arrays of a Keras 2/3 convolution layer that is not a Conv1D, checked against its weights' shapes."""
-        assert layer.type is not None
-        kind, rank = semantics.CONV_CLASSES[layer.type]
-        if self.generation == 1:
-            raise fail(
-                UnsupportedError,
-                f"Layer {layer.name!r} is a Keras 1 {layer.type}",
-                "a Keras 2 or 3 file (Keras 1 reads Convolution1D only)",
-                f"a {self.format} file",
-            )
-        self._check_backend()
+    def _typed_conv_layer(self, layer_name: str | None, layer_type: str | None) -> Layer:
+        """The convolution layer, its class settled: the file's, the caller's ``layer_type``, or assumed from the kernel.
+
+        A layer of unknown type stays untyped (read as a Conv1D) when its kernel
+        fits a Conv1D (Keras 2/3: 3 axes; Keras 1: a Convolution1D layout with its
+        size-1 axis, as :meth:`conv1d` reads it); otherwise it is assumed to be the
+        plain convolution of its rank (``Conv2D``/``Conv3D``; Keras 1 ``Convolution2D``/``3D``).
+        """
+        layer = self._any_conv_layer(layer_name)
+        table = semantics.KERAS1_CONV_CLASSES if self.generation == 1 else semantics.CONV_CLASSES
+        if layer_type is not None:
+            if layer_type not in table and layer_type not in semantics.CONV1D_TYPES:
+                raise fail(
+                    ConfigError,
+                    f"Unknown layer_type {layer_type!r} for a Keras {self.generation} file",
+                    f"one of {sorted(set(table) | set(semantics.CONV1D_TYPES))}",
+                    f"layer_type={layer_type!r}",
+                )
+            if layer.type is not None and layer.type != layer_type:
+                raise fail(
+                    ConfigError,
+                    f"layer_type={layer_type!r} contradicts the file",
+                    f"no layer_type, or {layer.type!r}: layer_type only names the class of a layer whose type is unknown",
+                    f"layer {layer.name!r} of type {layer.type} ({layer.type_source})",
+                )
+            return dataclasses.replace(layer, type=layer_type, type_source="given by the caller (layer_type=...)")
+        kernel = layer.kernel
+        if layer.type is not None or kernel is None:
+            return layer
+        fits_1d = bool(semantics.keras1_layouts(kernel.shape)) if self.generation == 1 else len(kernel.shape) == 3
+        rank = len(kernel.shape) - 2
+        guess = {(1, 2): "Convolution2D", (1, 3): "Convolution3D"}.get((self.generation, rank)) or (
+            f"Conv{rank}D" if self.generation > 1 and rank in (2, 3) else None
+        )
+        if fits_1d or guess is None:
+            return layer
+        return dataclasses.replace(
+            layer, type=guess,
+            type_source=f"assumed from its {rank + 2}-axis kernel: the file does not say (pass layer_type= to say otherwise)",
+        )
+
+    def _nd_weights(self, layer: Layer, rank: int, want: tuple[str, ...]) -> tuple[list[Weight], Weight | None]:
+        """The layer's kernels (``rank + 2`` axes each, as many as its class has) and its optional 1-d bias, or an error."""
         kernels = [w for w in layer.weights if len(w.shape) == rank + 2]
         biases = [w for w in layer.weights if len(w.shape) == 1]
-        want = semantics.KIND_KERNELS[kind]
         if len(kernels) != len(want) or len(biases) > 1 or len(kernels) + len(biases) != len(layer.weights):
             raise fail(
                 FileFormatError,
                 f"Layer {layer.name!r} ({layer.type}) does not hold the weights its class has",
-                f"{len(want)} kernel(s) of {rank + 2} axes ({' and '.join(kernel_layout(rank, a) for a in want)}) and at most one 1-d bias",
+                f"{len(want)} kernel(s) of {rank + 2} axes ({' and '.join(want)}) and at most one 1-d bias",
                 f"weights {[(w.name, w.shape) for w in layer.weights]}",
             )
+        return kernels, (biases[0] if biases else None)
+
+    def _nd_plan(self, layer: Layer, kwargs: dict[str, Any]) -> "_Plan":
+        """Everything but the arrays of a convolution layer that is not a Conv1D, checked against its weights' shapes."""
+        found = self._conv_class(layer)
+        assert found is not None
+        kind, rank = found
+        self._check_backend()
+        aliases = semantics.KERAS1_ND_KWARGS if self.generation == 1 else ND_KWARG_ALIASES
         given: dict[str, Any] = {}
         for key, value in kwargs.items():
-            canon = ND_KWARG_ALIASES.get(key)
+            canon = aliases.get(key)
             if canon is None or canon in given:
                 raise fail(
                     ConfigError,
                     f"Unknown or repeated hyperparameter {key!r}",
-                    f"each of {sorted(ND_KWARG_ALIASES)} at most once",
+                    f"each of {sorted(aliases)} at most once",
                     f"{sorted(kwargs)}",
                     "Kernel size, filters and bias come from the weights themselves.",
                 )
             given[canon] = value
-        config = layer.hyperparameters or {}
-        sources: dict[str, str] = {}
-
-        def pick(canon: str, key: str, default: Any, normalise: Any) -> Any:
-            recorded = normalise(config[key]) if config.get(key) is not None else None
-            argument = normalise(given[canon]) if given.get(canon) is not None else None
-            if recorded is not None and argument is not None and recorded != argument:
-                raise fail(
-                    ConfigError,
-                    f"{canon}={given[canon]!r} contradicts the file's config",
-                    f"{key}={config[key]!r} (as recorded) or no {canon} argument",
-                    f"{canon}={given[canon]!r}",
-                )
-            for value, source in ((recorded, "config"), (argument, "argument")):
-                if value is not None:
-                    sources[canon] = source
-                    return value
-            sources[canon] = "default"
-            return default
+        settle = _Settle(layer.hyperparameters or {}, given)
+        if self.generation == 1:
+            return self._keras1_plan(layer, kind, rank, settle)
+        config = settle.config
+        want = tuple(kernel_layout(rank, a) for a in semantics.KIND_KERNELS[kind])
+        kernels, bias = self._nd_weights(layer, rank, want)
 
         def per_axis(v: Any) -> tuple[int, ...]:
             return semantics._per_axis(v, rank)
 
-        def word(v: Any) -> str:
-            return str(v).lower()
-
-        stride = pick("stride", "strides", (1,) * rank, per_axis)
-        dilation = pick("dilation", "dilation_rate", (1,) * rank, per_axis)
-        groups = pick("groups", "groups", 1, int) if kind == "conv" else 1
-        padding_word = pick("padding", "padding", "valid", word)
-        activation = semantics.keras_activation(pick("activation", "activation", "linear", lambda v: v), self.generation)
-        output_padding = pick("output_padding", "output_padding", None, per_axis) if kind == "transpose" else None
+        stride = settle("stride", "strides", (1,) * rank, per_axis)
+        dilation = settle("dilation", "dilation_rate", (1,) * rank, per_axis)
+        if kind == "conv":
+            groups = settle("groups", "groups", 1, int)
+        else:  # depthwise and separable: one group per input channel, read from the kernel; transposed: Keras has none
+            groups = int(kernels[0].shape[-2]) if kind in ("depthwise", "separable") else 1
+            settle.sources["groups"] = "weights" if kind != "transpose" else "config" if layer.hyperparameters is not None else "default"
+        activation = semantics.keras_activation(settle("activation", "activation", "linear", lambda v: v), self.generation)
+        output_padding = settle("output_padding", "output_padding", None, per_axis) if kind == "transpose" else None
         first = kernels[0].shape
         spatial = tuple(first[:rank])
-        read = {"kernel_size": spatial, "use_bias": bool(biases)}
+        read = {"kernel_size": spatial, "use_bias": bias is not None}
         read["filters"] = {"conv": first[-1], "transpose": first[-2], "separable": kernels[-1].shape[-1]}.get(kind)
         if kind in ("depthwise", "separable"):
             read["depth_multiplier"] = first[-1]
@@ -610,6 +704,7 @@ class KerasFile:
                 )
         flip = semantics.BACKEND_FLIPS.get(self.backend or "", False)
         if kind == "transpose":
+            padding_word = settle("padding", "padding", "valid", _word)
             if padding_word not in ("valid", "same"):
                 raise fail(
                     UnsupportedError, f"Layer {layer.name!r} has a padding layoutconv does not read", "'valid' or 'same'",
@@ -627,15 +722,256 @@ class KerasFile:
             padding: Any = tuple(p for p, _ in axes)
             output_padding = tuple(a for _, a in axes)
         else:
-            padding = semantics.canonical_padding(padding_word, self.backend, spatial, dilation)
+            padding, padding_word = self._conv_padding(settle, "padding", spatial, stride, dilation)
+        layout = want[0]
         return _Plan(
             kind, rank, stride, dilation, groups, padding, padding_word, output_padding, activation,
-            str(config.get("data_format") or "channels_last"), flip, sources,
+            str(config.get("data_format") or "channels_last"), flip, settle.sources, layout,
+            f"Keras {self.generation} kernel layout of {layer.type}",
         )
+
+    def _conv_padding(
+        self, settle: "_Settle", key: str, spatial: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
+    ) -> tuple[Any, str]:
+        """A convolution's canonical padding and the Keras word it came from (config ``key``), read under the file's backend.
+
+        The config's word wins; an argument (a Keras word or a canonical padding)
+        must give the same pads for every input size; else the argument; else ``'valid'``.
+        """
+
+        def canonical(value: Any) -> Any:
+            return semantics.canonical_padding(_word(value) if isinstance(value, str) else value, self.backend, spatial, dilation)
+
+        padding = settle("padding", key, "valid", canonical, agree=lambda a, b: _same_padding(a, b, spatial, stride, dilation))
+        raw = settle.config.get(key) if settle.config.get(key) is not None else settle.given.get("padding", "valid")
+        return padding, str(raw)
+
+    def _keras1_plan(self, layer: Layer, kind: str, rank: int, settle: "_Settle") -> "_Plan":
+        """A Keras 1 ``Convolution2D``/``AtrousConvolution2D``/``Convolution3D``/``Deconvolution2D`` (keras/layers/convolutional.py, 1.2.2).
+
+        The kernel's layout follows ``dim_ordering``; stride is ``subsample``, dilation
+        ``atrous_rate`` (Atrous classes only), padding ``border_mode``.  Keras 1 has no
+        groups.
+        """
+        assert layer.type is not None
+        readings = " or ".join(f"{layouts.LAYOUTS[semantics.KERAS1_ND_LAYOUTS[(o, rank)]]} ({o!r})" for o in ("th", "tf"))
+        kernels, bias_w = self._nd_weights(layer, rank, (readings,))
+        kernel = kernels[0]
+        ordering, ordering_source = self._keras1_ordering(layer, rank, kernel.shape, bias_w, settle)
+        layout = semantics.KERAS1_ND_LAYOUTS[(ordering, rank)]
+        size = dict(zip(layouts.parse(layout).names, kernel.shape))
+        spatial = tuple(size[a] for a in layouts.SPATIAL[rank])
+        config = settle.config
+        checks = [("nb_filter", size["O"]), *zip(semantics.KERAS1_KERNEL_KEYS[rank], spatial)]
+        if "bias" in config:
+            checks.append(("bias", bias_w is not None))
+        for key, actual in checks:
+            if key in config and config[key] != actual:
+                raise fail(
+                    FileFormatError,
+                    f"The config of layer {layer.name!r} does not match its weights",
+                    f"{key}={actual!r} as the {ordering!r} kernel {kernel.shape} has it",
+                    f"{key}={config[key]!r} in the config",
+                    "The file is inconsistent; it may have been edited.",
+                )
+
+        def per_axis(v: Any) -> tuple[int, ...]:
+            return semantics._per_axis(v, rank)
+
+        stride = settle("stride", "subsample", (1,) * rank, per_axis)
+        atrous = layer.type.startswith("Atrous") or layer.hyperparameters is None
+        if atrous:
+            dilation = settle("dilation", "atrous_rate", (1,) * rank, per_axis)
+        else:  # the config of a class without atrous_rate records dilation 1
+            dilation = (1,) * rank
+            settle.sources["dilation"] = "config"
+            if settle.given.get("dilation") is not None and per_axis(settle.given["dilation"]) != dilation:
+                raise fail(
+                    ConfigError,
+                    f"dilation={settle.given['dilation']!r} contradicts the file's config",
+                    f"no dilation argument, or 1: a Keras 1 {layer.type} has no atrous_rate (AtrousConvolution2D has)",
+                    f"dilation={settle.given['dilation']!r}",
+                )
+        if self.backend == "tensorflow" and any(d > 1 for d in dilation) and (len(set(dilation)) > 1 or set(stride) != {1}):
+            raise fail(
+                ConfigError,
+                f"Layer {layer.name!r} cannot have run on Keras 1's TensorFlow backend",
+                "equal atrous rates and stride 1 on every axis (Keras 1's TensorFlow conv2d asserts both for a dilated "
+                "convolution, in every release from 1.0.8 to 1.2.2)",
+                f"atrous_rate {dilation} and subsample {stride} with backend 'tensorflow' ({self.backend_source})",
+                "If the model was trained with Theano, open the file with backend='theano'.",
+            )
+        if settle.given.get("groups") not in (None, 1):
+            raise fail(
+                ConfigError,
+                "Keras 1 has no grouped convolutions",
+                "no groups argument, or groups=1",
+                f"groups={settle.given['groups']!r}",
+            )
+        settle.sources["groups"] = "config" if layer.hyperparameters is not None else "default"
+        activation = semantics.keras_activation(settle("activation", "activation", "linear", lambda v: v), 1)
+        flip = semantics.BACKEND_FLIPS.get(self.backend or "", False)
+        output_padding = None
+        if kind == "transpose":
+            padding, output_padding, padding_word = self._keras1_deconv(layer, ordering, spatial, stride, size["O"], settle)
+        else:
+            padding, padding_word = self._conv_padding(settle, "border_mode", spatial, stride, dilation)
+            if flip and rank == 3 and padding_word.lower() == "same" and any(k % 2 == 0 for k in spatial):
+                padding = self._keras1_theano_same_3d(layer, spatial, stride)
+        return _Plan(
+            kind, rank, stride, dilation, 1, padding, padding_word, output_padding, activation,
+            semantics.KERAS1_DATA_FORMATS[ordering], flip, settle.sources, layout,
+            f"Keras 1 {layer.type} with dim_ordering={ordering!r} ({ordering_source})",
+        )
+
+    def _keras1_theano_same_3d(self, layer: Layer, spatial: tuple[int, ...], stride: tuple[int, ...]) -> Any:
+        """Pads of a Theano ``Convolution3D`` with ``border_mode='same'`` and an even kernel size, where Keras 1 had two paths.
+
+        Keras 1.0.0-1.1.0 always ran ``conv3d2d.conv3d`` (a true convolution) on
+        the input padded ``(k - 1) // 2`` in front and ``k // 2`` behind, stride 1
+        only (asserted); from 1.1.1 Keras used ``T.nnet.conv3d`` when Theano had it
+        (0.9 and later: ``'half'`` plus the crop, :func:`semantics.theano_same_pads`),
+        else the old path.  Only a recorded version up to 1.1.0 settles it.
+        """
+        version = _version(self.keras_version)
+        if self.keras_version is None or version > (1, 1, 0):
+            raise fail(
+                UnsupportedError,
+                f"Layer {layer.name!r} is a Theano Convolution3D with border_mode 'same' and an even kernel {spatial}",
+                "odd kernel sizes, border_mode 'valid' or 'full', or a file from Keras 1.0.0-1.1.0 (recorded)",
+                f"keras_version {self.keras_version!r}: from Keras 1.1.1 the result depends on the Theano version: "
+                "before Theano 0.9 (conv3d2d) the input is padded (k - 1) // 2 in front, from 0.9 (T.nnet.conv3d) k // 2",
+                "Which Theano ran is not recorded; layoutconv does not guess.",
+            )
+        if set(stride) != {1}:
+            raise fail(
+                ConfigError,
+                f"Layer {layer.name!r} cannot have run on Keras {self.keras_version}'s Theano backend",
+                "subsample (1, 1, 1): its Convolution3D asserted stride 1 for border_mode 'same'",
+                f"subsample {stride}",
+            )
+        return tuple(((k - 1) // 2, k // 2) for k in spatial)
+
+    def _keras1_ordering(
+        self, layer: Layer, rank: int, shape: tuple[int, ...], bias_w: Weight | None, settle: "_Settle"
+    ) -> tuple[str, str]:
+        """A Keras 1 layer's ``dim_ordering`` and how it was decided: config, argument, or the only reading the bias fits."""
+
+        def check(value: Any) -> str:
+            word = str(value).lower()
+            if word not in ("th", "tf"):
+                raise fail(ConfigError, "Invalid dim_ordering", "'th' or 'tf'", f"dim_ordering={value!r}")
+            return word
+
+        ordering = settle("dim_ordering", "dim_ordering", None, check)
+        if ordering is not None:
+            source = settle.sources["dim_ordering"]
+            return ordering, {"config": "model config", "argument": "given by the caller (dim_ordering=...)"}.get(source, source)
+        config = settle.config
+        sizes = {"O": bias_w.shape[0] if bias_w is not None else config.get("nb_filter")}
+        sizes.update(zip(layouts.SPATIAL[rank], (config.get(k) for k in semantics.KERAS1_KERNEL_KEYS[rank])))
+        readings = {o: dict(zip(layouts.parse(semantics.KERAS1_ND_LAYOUTS[(o, rank)]).names, shape)) for o in ("th", "tf")}
+        fits = [o for o, read in readings.items() if all(read[a] == v for a, v in sizes.items() if v is not None)]
+        if len(fits) == 1 and any(v is not None for v in sizes.values()):
+            settle.sources["dim_ordering"] = "inferred"
+            what = f"bias length {bias_w.shape[0]} (= nb_filter)" if bias_w is not None else "the config's sizes"
+            return fits[0], f"inferred: the {what} fits only this reading of the kernel {shape}"
+        described = "; ".join(
+            f"'{o}' reads nb_filter={r['O']}, input_dim={r['I']}, kernel {tuple(r[a] for a in layouts.SPATIAL[rank])}"
+            for o, r in readings.items()
+        )
+        raise fail(
+            ShapeError,
+            f"The dim_ordering of Keras 1 layer {layer.name!r} is not recorded and its kernel {shape} does not settle it",
+            "a config with dim_ordering, or a bias whose length (nb_filter) fits one reading only",
+            f"{described}; bias {'length ' + str(bias_w.shape[0]) if bias_w is not None else 'none'}"
+            + ("" if fits else " (fits neither reading)"),
+            "Pass dim_ordering='th' (kernel (nb_filter, input_dim, ...)) or dim_ordering='tf' (kernel (..., input_dim, "
+            "nb_filter)), --dim-ordering on the command line: the model's image_dim_ordering, 'th' by default in "
+            "Keras 1.0, 'tf' from Keras 1.1.",
+        )
+
+    def _keras1_deconv(
+        self, layer: Layer, ordering: str, spatial: tuple[int, ...], stride: tuple[int, ...], filters: int, settle: "_Settle"
+    ) -> tuple[Any, tuple[int, ...], str]:
+        """Crops, output_padding and border_mode of a Keras 1 ``Deconvolution2D``, from its ``output_shape``."""
+        rank = len(spatial)
+        theano = self.backend == "theano"
+
+        def word_of(value: Any) -> str:
+            word = _word(value) if isinstance(value, str) else value
+            if word not in ("valid", "same", "full"):
+                raise fail(ConfigError, "Invalid Keras 1 border_mode for Deconvolution2D", "'valid', 'same' or 'full'", f"{value!r}")
+            return word
+
+        def out_sizes(value: Any) -> tuple[int, ...]:
+            try:
+                seq = list(value)
+            except TypeError:
+                seq = []
+            if len(seq) == rank + 2:
+                channels = seq[1] if ordering == "th" else seq[-1]
+                if channels is not None and channels != filters:
+                    raise fail(
+                        FileFormatError, f"The output_shape of layer {layer.name!r} does not match its kernel",
+                        f"{filters} output channels (nb_filter)", f"output_shape={value!r}",
+                    )
+                seq = seq[2:] if ordering == "th" else seq[1:-1]
+            if len(seq) != rank or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in seq):
+                raise fail(
+                    ConfigError, f"Invalid output_shape for Deconvolution2D {layer.name!r}",
+                    f"{rank} positive output sizes, or Keras 1's ({rank + 2}-tuple with batch and channels in dim_ordering {ordering!r})",
+                    f"output_shape={value!r}",
+                )
+            return tuple(int(v) for v in seq)
+
+        word = settle("padding", "border_mode", "valid", word_of)
+        out = settle("output_shape", "output_shape", None, out_sizes)
+        if out is None:
+            raise fail(
+                ConfigError,
+                f"Deconvolution2D {layer.name!r} needs its output_shape, which the file does not record",
+                "output_shape=(rows, cols): Keras 1 fixed the deconvolution's output size in the layer",
+                "no config and no output_shape argument",
+                "Pass the output_shape the model was built with (--output-shape ROWS,COLS on the command line).",
+            )
+        settle.sources["output_padding"] = settle.sources["output_shape"]
+        if word == "full" and not theano:
+            raise fail(
+                ConfigError, "border_mode 'full' is a Theano border mode", "'valid' or 'same' for this backend",
+                f"border_mode='full' with backend {self.backend!r}",
+            )
+        if theano and word == "same" and any(k % 2 == 0 and s > 1 for k, s in zip(spatial, stride)):
+            raise fail(
+                UnsupportedError,
+                f"Layer {layer.name!r} is a Theano Deconvolution2D with border_mode 'same', an even kernel {spatial} and stride {stride}",
+                "an odd kernel size or stride 1 on every axis where border_mode is 'same'",
+                "a configuration where Keras 1's Theano deconv2d crops the output to ceil(input / stride) positions "
+                "(the crop meant for a convolution), far fewer than the output_shape it declares",
+                "That output was never measured; layoutconv does not guess it.",
+            )
+        if theano and ordering == "tf" and _version(self.keras_version) < (1, 2, 1):
+            raise fail(
+                UnsupportedError,
+                f"Layer {layer.name!r} is a Theano Deconvolution2D with dim_ordering 'tf' from Keras {self.keras_version or '(version not recorded)'}",
+                "Keras 1.2.1 or later (recorded in the file), or dim_ordering 'th'",
+                f"keras_version {self.keras_version!r}",
+                "Before Keras 1.2.1 the Theano backend passed the 'tf' output_shape unconverted, so its output sizes "
+                "were not the configured ones; which ones is not recorded.",
+            )
+        axes = [semantics.keras1_deconv_axis(k, s, o, word, self.backend) for k, s, o in zip(spatial, stride, out)]
+        if any(n < 1 for _, _, n in axes):
+            raise fail(
+                ConfigError,
+                f"The output_shape of Deconvolution2D {layer.name!r} is smaller than its kernel allows",
+                f"output sizes that a {word!r} convolution with kernel {spatial} maps back to at least one position",
+                f"output_shape {out}",
+            )
+        return tuple(p for p, _, _ in axes), tuple(a for _, a, _ in axes), word
 
     def _conv_info(self, layer: Layer) -> dict[str, Any] | None:
         if not layer.is_conv1d:
-            return self._nd_info(layer) if layer.type in semantics.CONV_CLASSES else None
+            return self._nd_info(layer) if self._conv_class(layer) is not None else None
         info: dict[str, Any] = {"layout": layer.layout, "layout_source": layer.layout_source}
         try:
             name, source = self._layout(layer, None)
@@ -666,18 +1002,23 @@ class KerasFile:
         )
         return info
 
-
     def _nd_info(self, layer: Layer) -> dict[str, Any]:
         """What ``inspect`` shows for a convolution that is not a Conv1D (read from the config, no weights read)."""
-        assert layer.type is not None
-        kind, rank = semantics.CONV_CLASSES[layer.type]
-        axes = " + ".join(kernel_layout(rank, a) for a in semantics.KIND_KERNELS[kind])
-        info: dict[str, Any] = {"kind": kind, "layout": "keras", "layout_axes": axes, "layout_source": "Keras 2/3 kernel layout of " + layer.type}
+        found = self._conv_class(layer)
+        assert found is not None
+        kind, rank = found
+        if self.generation == 1:  # the layout follows dim_ordering, known once the plan is made
+            info: dict[str, Any] = {"kind": kind, "layout": None, "layout_axes": None, "layout_source": "Keras 1: by dim_ordering"}
+        else:
+            axes = " + ".join(kernel_layout(rank, a) for a in semantics.KIND_KERNELS[kind])
+            info = {"kind": kind, "layout": "keras", "layout_axes": axes, "layout_source": "Keras 2/3 kernel layout of " + layer.type}
         try:
             plan = self._nd_plan(layer, {})
         except LayoutError as exc:
             info["error"] = str(exc)
             return info
+        if self.generation == 1:
+            info.update(layout=plan.layout, layout_axes=layouts.parse(plan.layout).layout, layout_source=plan.layout_source)
         no_config = "" if layer.hyperparameters is not None else "; the file has no config"
         info.update(
             flip=plan.flip,
@@ -697,12 +1038,55 @@ class KerasFile:
         return info
 
 
-#: keyword arguments accepted by ``KerasFile.conv`` for layers other than Conv1D
+#: keyword arguments accepted by ``KerasFile.conv`` for Keras 2/3 layers other than Conv1D
 ND_KWARG_ALIASES = {**semantics.KWARG_ALIASES, "output_padding": "output_padding"}
 
 
+class _Settle:
+    """Settles each hyperparameter of one layer: the config wins, an argument that contradicts it is an error,
+    else the argument, else the default; ``sources[name]`` says which (``config``, ``argument``, ``default``).
+
+    ``config`` is the layer's recorded config (Keras names), ``given`` the caller's
+    keywords in layoutconv's names.
+    """
+
+    def __init__(self, config: dict[str, Any], given: dict[str, Any]) -> None:
+        self.config = config
+        self.given = given
+        self.sources: dict[str, str] = {}
+
+    def __call__(
+        self, name: str, key: str, default: Any, normalise: Callable[[Any], Any], agree: Callable[[Any, Any], bool] = operator.eq
+    ) -> Any:
+        recorded = normalise(self.config[key]) if self.config.get(key) is not None else None
+        argument = normalise(self.given[name]) if self.given.get(name) is not None else None
+        if recorded is not None and argument is not None and not agree(recorded, argument):
+            raise fail(
+                ConfigError,
+                f"{name}={self.given[name]!r} contradicts the file's config",
+                f"{key}={self.config[key]!r} (as recorded) or no {name} argument",
+                f"{name}={self.given[name]!r}",
+            )
+        for value, source in ((recorded, "config"), (argument, "argument")):
+            if value is not None:
+                self.sources[name] = source
+                return value
+        self.sources[name] = "default"
+        return default
+
+
+def _word(value: Any) -> str:
+    return str(value).lower()
+
+
+def _version(text: str | None) -> tuple[int, ...]:
+    """``'1.2.1'`` -> ``(1, 2, 1)``; unknown or unreadable -> ``(0,)`` (older than every release)."""
+    numbers = re.findall(r"\d+", text or "")
+    return tuple(int(n) for n in numbers[:3]) or (0,)
+
+
 class _Plan(NamedTuple):
-    """A Keras 2/3 convolution layer's canonical hyperparameters, before its arrays are read."""
+    """A convolution layer's canonical hyperparameters (other than Conv1D), before its arrays are read."""
 
     kind: str
     rank: int
@@ -716,12 +1100,14 @@ class _Plan(NamedTuple):
     data_format: str
     flip: bool
     sources: dict[str, str]
+    layout: str  # the (first) stored kernel's layout: a name of layouts.LAYOUTS or axis names
+    layout_source: str
 
 
 def _build_conv(plan: _Plan, kernels: list[np.ndarray], bias: Any) -> Conv:
     return Conv(
         kernels[0], bias, stride=plan.stride, dilation=plan.dilation, groups=plan.groups, padding=plan.padding,
-        activation=plan.activation, layout=kernel_layout(plan.rank, "I O"),
+        activation=plan.activation, layout=plan.layout,
     )
 
 
@@ -741,7 +1127,7 @@ def _build_separable(plan: _Plan, kernels: list[np.ndarray], bias: Any) -> Chain
 def _build_transpose(plan: _Plan, kernels: list[np.ndarray], bias: Any) -> ConvTranspose:
     t = ConvTranspose(
         kernels[0], bias, stride=plan.stride, dilation=plan.dilation, padding=plan.padding,
-        output_padding=plan.output_padding, activation=plan.activation, layout=kernel_layout(plan.rank, "O I"),
+        output_padding=plan.output_padding, activation=plan.activation, layout=plan.layout,
     )
     return tidy_transpose(t)
 
@@ -802,13 +1188,17 @@ def _check_config_sizes(layer: Layer, config: dict[str, Any], size: dict[str, in
             )
 
 
-def _same_padding(a: Any, b: Any, kernel_size: int, stride: int, dilation: int) -> bool:
-    """Whether two canonical paddings give the same pads for every input length (decided without enumerating lengths)."""
+def _same_padding(a: Any, b: Any, kernel_size: Any, stride: Any, dilation: Any) -> bool:
+    """Whether two canonical paddings give the same pads for every input size (decided without enumerating sizes).
+
+    ``kernel_size``, ``stride`` and ``dilation`` are integers (1-D) or one value per axis.
+    """
     if a == b:
         return True
-    probe = np.zeros((1, 1, kernel_size), np.float32)  # validates and normalises the values
-    ca = Conv1D(probe, padding=a, stride=stride, dilation=dilation)
-    cb = Conv1D(probe, padding=b, stride=stride, dilation=dilation)
+    sizes = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (kernel_size,)
+    probe = np.zeros((1, 1, *sizes), np.float32)  # validates and normalises the values
+    ca = Conv(probe, padding=a, stride=stride, dilation=dilation)
+    cb = Conv(probe, padding=b, stride=stride, dilation=dilation)
     return ca.same_pads_for_every_size(cb.padding)
 
 

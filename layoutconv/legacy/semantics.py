@@ -43,6 +43,40 @@ CONV1D_TYPES = ("Conv1D", "Convolution1D", "AtrousConvolution1D")
 #: Keras 2/3 class name -> (kind name, spatial rank), from the Keras adapters' table (conv, transpose, depthwise, separable).
 CONV_CLASSES: dict[str, tuple[str, int]] = {cls: (kind.name, rank) for kind in KINDS for rank, cls in kind.classes.items()}
 CONV_CLASSES.update({"Convolution2D": ("conv", 2), "Convolution3D": ("conv", 3)})  # Keras 2 aliases
+#: Keras 1 class name -> (kind name, spatial rank): the 2-D and 3-D classes of keras/layers/convolutional.py (1.0-1.2.2).
+#: ``AtrousConvolution2D`` and ``Deconvolution2D`` exist from Keras 1.0.8; ``Convolution1D`` is read by ``conv1d``.
+KERAS1_CONV_CLASSES: dict[str, tuple[str, int]] = {
+    "Convolution2D": ("conv", 2),
+    "AtrousConvolution2D": ("conv", 2),
+    "Deconvolution2D": ("transpose", 2),
+    "Convolution3D": ("conv", 3),
+}
+#: Keras 1 classes layoutconv names but does not read (``conv`` refuses them with the reason).
+KERAS1_UNREAD = {
+    "SeparableConvolution2D": "Keras 1 SeparableConvolution2D (TensorFlow backend only) is not read by layoutconv",
+}
+#: Keras 1 config keys of the kernel's spatial sizes, by rank
+KERAS1_KERNEL_KEYS: dict[int, tuple[str, ...]] = {2: ("nb_row", "nb_col"), 3: ("kernel_dim1", "kernel_dim2", "kernel_dim3")}
+#: Keras 1 ``dim_ordering`` -> the kernel layout (layouts.LAYOUTS) by rank, and the input layout it implies
+KERAS1_ND_LAYOUTS: dict[tuple[str, int], str] = {
+    ("th", 2): "keras1-th2d", ("tf", 2): "keras1-tf2d", ("th", 3): "keras1-th3d", ("tf", 3): "keras1-tf3d",
+}
+KERAS1_DATA_FORMATS = {"th": "channels_first", "tf": "channels_last"}
+#: keyword arguments accepted by ``KerasFile.conv`` for Keras 1 2-D/3-D layers (Keras 1 and layoutconv spellings)
+KERAS1_ND_KWARGS = {
+    "padding": "padding",
+    "border_mode": "padding",
+    "stride": "stride",
+    "strides": "stride",
+    "subsample": "stride",
+    "dilation": "dilation",
+    "dilation_rate": "dilation",
+    "atrous_rate": "dilation",
+    "groups": "groups",
+    "activation": "activation",
+    "dim_ordering": "dim_ordering",
+    "output_shape": "output_shape",
+}
 #: kind name -> the kernels' axes after the spatial ones, in stored order
 KIND_KERNELS: dict[str, tuple[str, ...]] = {kind.name: kind.kernels for kind in KINDS}
 
@@ -92,6 +126,9 @@ NAME_STEMS = {
     "conv2d": "Conv2D",
     "convolution3d": "Convolution3D",
     "conv3d": "Conv3D",
+    "atrousconvolution2d": "AtrousConvolution2D",
+    "deconvolution2d": "Deconvolution2D",
+    "separableconvolution2d": "SeparableConvolution2D",
     "conv1dtranspose": "Conv1DTranspose",
     "conv2dtranspose": "Conv2DTranspose",
     "conv3dtranspose": "Conv3DTranspose",
@@ -167,7 +204,10 @@ def theano_same_pads(kernel_size: Any, dilation: Any = 1) -> tuple[tuple[int, in
 
 def _per_axis(value: Any, rank: int | None = None) -> tuple[int, ...]:
     """An integer or a sequence as one integer per axis (``rank`` axes when given)."""
-    values = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+    try:
+        values = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+    except (TypeError, ValueError, OverflowError):  # a config value from a file may be anything
+        raise fail(ConfigError, "Invalid per-axis value", "an integer or a list of integers", f"{value!r}") from None
     if rank is not None and len(values) == 1:
         values *= rank
     if rank is not None and len(values) != rank:
@@ -212,8 +252,50 @@ def canonical_padding(padding: Any, backend: str | None, kernel_size: int, dilat
     )
 
 
+def keras1_deconv_axis(k: int, s: int, out: int, word: str, backend: str | None) -> tuple[tuple[int, int], int, int]:
+    """One axis of a Keras 1 ``Deconvolution2D`` with output size ``out``: ``((crop_begin, crop_end), output_padding, n)``.
+
+    Keras 1 fixes the output size (config ``output_shape``), and both backends
+    compute the gradient of a convolution whose input has that size (Keras 1.2.2
+    ``deconv2d`` in ``keras/backend/{tensorflow,theano}_backend.py``).  ``n`` is
+    the input size that convolution gives back, the only one the layer accepts.
+
+    * TensorFlow (``tf.nn.conv2d_transpose``): ``'valid'`` crops nothing and
+      ``n = floor((out - k) / s) + 1``; ``'same'`` crops ``T = max((ceil(out/s) - 1) s + k - out, 0)``,
+      ``T // 2`` first, and ``n = ceil(out / s)``.  ``'full'`` does not exist.
+    * Theano (``AbstractConv2d_gradInputs``): crops ``p`` at both ends, ``p = 0``
+      (``'valid'``), ``k // 2`` (``'same'`` is Theano's ``'half'``) or ``k - 1``
+      (``'full'``), and ``n = floor((out + 2p - k) / s) + 1``.
+
+    ``output_padding = out - (s (n - 1) + k - crop_begin - crop_end)``, always below ``s``.
+
+    >>> keras1_deconv_axis(3, 2, 25, "valid", "tensorflow"), keras1_deconv_axis(4, 2, 10, "same", "tensorflow")
+    (((0, 0), 0, 12), ((1, 1), 0, 5))
+    >>> keras1_deconv_axis(3, 2, 24, "same", "theano"), keras1_deconv_axis(3, 1, 14, "full", "theano")
+    (((1, 1), 1, 12), ((2, 2), 0, 16))
+    """
+    if backend == "theano":
+        p = {"valid": 0, "same": k // 2, "full": k - 1}[word]
+        begin = end = p
+        n = (out + 2 * p - k) // s + 1
+    elif word == "valid":
+        begin = end = 0
+        n = (out - k) // s + 1
+    else:  # TensorFlow SAME
+        n = -(-out // s)
+        total = max((n - 1) * s + k - out, 0)
+        begin, end = total // 2, total - total // 2
+    return (begin, end), out - (s * (n - 1) + k - begin - end), n
+
+
 def convention_for(layout: str, backend: str | None, data_format: str = "channels_last") -> Convention:
-    """The :class:`Convention` a legacy layer's kernel follows."""
+    """The :class:`Convention` a legacy layer's kernel follows (``layout``: a name of :data:`layoutconv.layouts.LAYOUTS`).
+
+    >>> convention_for("keras1-th2d", "theano", "channels_first")
+    Convention(name='keras1-th2d-theano', layout='O I H W', flipped=True, data_format='channels_first')
+    >>> convention_for("H W I O", "tensorflow").name, convention_for("D H W I O", "theano").name
+    ('keras2d', 'keras3d-theano')
+    """
     flipped = BACKEND_FLIPS.get(backend or "", False)
     names = {
         ("keras1.0", False): "keras1.0-tensorflow",
@@ -223,7 +305,13 @@ def convention_for(layout: str, backend: str | None, data_format: str = "channel
         ("keras", False): "keras",
         ("keras", True): "keras-theano",
     }
-    base = CONVENTIONS[names[(layout, flipped)]]
+    key = names.get((layout, flipped))
+    if key is None:  # a 2-d or 3-d layout (keras2d, keras1-th2d, or axis names): named after it and the backend family
+        axes = layouts.LAYOUTS.get(layout, layout)
+        named = layout if layout in layouts.LAYOUTS else next((n for n, a in layouts.LAYOUTS.items() if a == axes and n.startswith("keras")), axes)
+        suffix = "-theano" if flipped else ("-tensorflow" if named.startswith("keras1") else "")
+        return Convention(named + suffix, axes, flipped, data_format)
+    base = CONVENTIONS[key]
     if data_format != base.data_format:
         base = dataclasses.replace(base, name=f"{base.name} ({data_format})", data_format=data_format)
     return base
