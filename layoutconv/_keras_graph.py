@@ -212,6 +212,31 @@ def _activation(call: Call) -> Record:
     return layers.Activation(keras_activation(name, call.generation))
 
 
+@reads("Rescaling")
+def _rescaling(call: Call) -> Record:
+    scale, offset = call.get("scale", default=1.0), call.get("offset", default=0.0)
+    if not isinstance(scale, (int, float)) or not isinstance(offset, (int, float)):
+        raise call.refuse("only one scale and one offset for every channel are supported", "numbers", f"scale={scale!r}, offset={offset!r}")
+    return layers.Scale(scale, offset)
+
+
+@reads("Normalization")
+def _normalization(call: Call) -> Record:
+    if call.get("invert", default=False):
+        raise call.refuse("invert=True is not supported", "invert=False", "invert=True")
+    axis = call.get("axis", default=-1)
+    axes = [axis] if isinstance(axis, int) else list(axis)
+    if len(axes) != 1 or call.axis(axes[0]) != 1:
+        raise call.refuse("only normalisation per channel is supported", "axis=-1", f"axis={axis!r}")
+    arrays = call.arrays()
+    mean, variance = (arrays[0], arrays[1]) if len(arrays) >= 2 else (call.get("mean"), call.get("variance"))
+    mean, variance = np.asarray(mean, dtype=np.float32).reshape(-1), np.asarray(variance, dtype=np.float32).reshape(-1)
+    # Keras divides by max(sqrt(variance), 1e-7): a BatchNorm with epsilon 0 while no deviation is below 1e-7
+    if (np.sqrt(variance.astype(np.float64)) < 1e-7).any():
+        raise call.refuse("a variance below 1e-14 is clamped by Keras, which a BatchNorm does not do", "variances >= 1e-14", f"min {variance.min()!r}")
+    return layers.BatchNorm(mean, variance, epsilon=0.0)
+
+
 @reads("Softmax")
 def _softmax(call: Call) -> Record:
     return layers.Softmax(call.axis(call.get("axis", default=-1)))

@@ -249,6 +249,20 @@ class Softmax(Layer):
         self._set("axis", int(axis))
 
 
+class Scale(Layer):
+    """``y = x * scale + offset`` with two numbers (Keras ``Rescaling``: images from 0..255 to 0..1)."""
+
+    __slots__ = ("scale", "offset")
+    FIELDS = ("scale", "offset")
+
+    def __init__(self, scale: float, offset: float = 0.0) -> None:
+        for name, value in (("scale", scale), ("offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(float(value)):
+                raise fail(ConfigError, f"Invalid value for argument `{name}`", "a finite number", f"{name}={value!r}")
+        self._set("scale", float(scale))
+        self._set("offset", float(offset))
+
+
 class Identity(Layer):
     """A layer that passes its input through at inference (Dropout, SpatialDropout, GaussianNoise ...)."""
 
@@ -468,4 +482,4 @@ class Merge(Layer):
 
 
 #: Every record kind of this module.
-LAYERS = (Dense, BatchNorm, LayerNorm, Embedding, Activation, Softmax, Identity, Pool, GlobalPool, Flatten, Reshape, Permute, Pad, Crop, Merge)
+LAYERS = (Dense, BatchNorm, LayerNorm, Embedding, Activation, Softmax, Scale, Identity, Pool, GlobalPool, Flatten, Reshape, Permute, Pad, Crop, Merge)

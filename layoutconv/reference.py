@@ -336,6 +336,11 @@ def _softmax_forward(sm: layers.Softmax, x: Any, dtype: Any) -> np.ndarray:
     return e / e.sum(axis=sm.axis, keepdims=True)
 
 
+def _scale_forward(layer: layers.Scale, x: Any, dtype: Any) -> np.ndarray:
+    x = _float_input(layer, x, dtype, 1)
+    return x * np.dtype(dtype).type(layer.scale) + np.dtype(dtype).type(layer.offset)
+
+
 def _identity_forward(layer: layers.Identity, x: Any, dtype: Any) -> np.ndarray:
     x = np.asarray(x)
     return x.astype(dtype, copy=False) if np.issubdtype(x.dtype, np.floating) else x
@@ -443,9 +448,13 @@ def _merge_forward(merge: layers.Merge, xs: Any, dtype: Any) -> np.ndarray:
         if len(shapes) != 1 or merge.axis >= xs[0].ndim:
             raise fail(ShapeError, "Inputs do not fit the concatenation", f"equal shapes except on axis {merge.axis}", f"shapes {[x.shape for x in xs]}")
         return np.concatenate(xs, axis=merge.axis)
-    if len({x.shape for x in xs}) != 1:
-        raise fail(ShapeError, f"Inputs do not fit the {merge.op} merge", "inputs of one shape", f"shapes {[x.shape for x in xs]}")
-    return _MERGE[merge.op](xs)
+    try:
+        shape = np.broadcast_shapes(*(x.shape for x in xs))  # Keras broadcasts (squeeze-and-excite: (N, C, 1, 1) * (N, C, H, W))
+    except ValueError:
+        shape = None
+    if shape is None or any(x.ndim != len(shape) for x in xs) or (merge.op == "subtract" and xs[0].shape != xs[1].shape and False):
+        raise fail(ShapeError, f"Inputs do not fit the {merge.op} merge", "inputs of one shape (or shapes that broadcast)", f"shapes {[x.shape for x in xs]}")
+    return _MERGE[merge.op]([np.broadcast_to(x, shape) for x in xs])
 
 
 _FORWARD: dict[type, Callable[[Any, Any, Any], np.ndarray]] = {
@@ -458,6 +467,7 @@ _FORWARD: dict[type, Callable[[Any, Any, Any], np.ndarray]] = {
     layers.Embedding: _embedding_forward,
     layers.Activation: _activation_forward,
     layers.Softmax: _softmax_forward,
+    layers.Scale: _scale_forward,
     layers.Identity: _identity_forward,
     layers.Pool: _pool_forward,
     layers.GlobalPool: _global_pool_forward,

@@ -170,6 +170,20 @@ class Merge(nn.Module):
         return f"{self.op!r}" + (f", axis={self.axis}" if self.op == "concatenate" else "")
 
 
+class Scale(nn.Module):
+    """``x * scale + offset`` (Keras ``Rescaling``)."""
+
+    def __init__(self, scale: float, offset: float) -> None:
+        super().__init__()
+        self.scale, self.offset = scale, offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.offset
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, offset={self.offset}"
+
+
 class GlobalPool(nn.Module):
     """Max or mean over every spatial axis."""
 
@@ -315,6 +329,7 @@ _MAKERS: dict[type, Callable[[Any], nn.Module]] = {
     layers.Activation: lambda r: activation_module(r.activation),
     layers.Softmax: lambda r: nn.Softmax(dim=r.axis),
     layers.Identity: lambda r: nn.Identity(),
+    layers.Scale: lambda r: Scale(r.scale, r.offset),
     layers.Pool: _pool,
     layers.GlobalPool: lambda r: GlobalPool(r.kind, r.keepdims),
     layers.Flatten: lambda r: Flatten(r.order),
