@@ -837,6 +837,42 @@ def tolerance(record: Recurrent | Bidirectional, x: Any, expected: np.ndarray | 
     return _layer_bound(record, x, rtol, atol), rtol, atol
 
 
+# ---------------------------------------------------------------------------
+# Keras' single bias
+# ---------------------------------------------------------------------------
+def _folded(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    if a is None or b is None:
+        return a if b is None else b  # no arithmetic: the same bytes
+    return (a.astype(np.float64) + b.astype(np.float64)).astype(a.dtype)
+
+
+def keras_form(record: Recurrent | Bidirectional) -> Any:
+    """The record as Keras holds it: one bias, except ``GRU(reset_after=True)``, which keeps both.
+
+    An LSTM, a SimpleRNN and a ``GRU(reset_after=False)`` add ``bias`` and
+    ``recurrent_bias`` to the same pre-activation (for the GRU candidate too:
+    ``U_n (r * h) + b_rn`` leaves ``b_rn`` outside the reset gate), so Keras
+    stores their sum, computed in float64 and rounded once to the dtype; when
+    one of them is ``None`` the other is kept as it is.  A ``GRU(reset_after=True)``
+    with only one of the two gets zeros for the other (Keras stores both or none).
+    A record already in Keras form is returned unchanged.
+    """
+    if isinstance(record, Bidirectional):
+        fw, bw = keras_form(record.forward), keras_form(record.backward)
+        return record if fw is record.forward and bw is record.backward else Bidirectional(fw, bw, record.merge_mode)
+    if isinstance(record, GRU) and record.reset_after:
+        if (record.bias is None) == (record.recurrent_bias is None):
+            return record
+        zeros = np.zeros(record.kernel.shape[0], record.dtype)
+        return record.replace(
+            bias=zeros if record.bias is None else record.bias,
+            recurrent_bias=zeros if record.recurrent_bias is None else record.recurrent_bias,
+        )
+    if record.recurrent_bias is None:
+        return record
+    return record.replace(bias=_folded(record.bias, record.recurrent_bias), recurrent_bias=None)
+
+
 #: record class -> its reference pass (``reference.forward`` dispatches through it)
 FORWARD = {Recurrent: forward, Bidirectional: forward}
 #: record class -> its tolerance (``tolerance.tolerance`` dispatches through it)
