@@ -47,7 +47,7 @@ import numpy as np
 
 from . import activations
 from .errors import ConfigError, ShapeError, fail
-from .record import Record, frozen_array
+from .record import FLOAT_DTYPES, Record, frozen_array
 
 #: every framework's order of the gates on the packed axis, by gate name.  ``c`` and
 #: ``g`` (LSTM cell input) are one gate, and so are ``h`` and ``n`` (GRU candidate).
@@ -620,7 +620,7 @@ def check_input(record: Recurrent | Bidirectional, x: Any) -> np.ndarray:
             f"shape {tuple(x.shape)}",
             hint,
         )
-    if x.dtype.kind not in "fiu":
+    if x.dtype.kind not in "fiu" and x.dtype.name not in FLOAT_DTYPES:
         raise fail(ConfigError, "Input is not numeric", "a float array", f"dtype {x.dtype}")
     units = record.out_channels if isinstance(record, Bidirectional) else record.units
     elements = int(x.shape[0]) * int(x.shape[2]) * max(units, f) * 8
