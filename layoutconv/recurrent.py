@@ -47,7 +47,7 @@ import numpy as np
 
 from . import activations
 from .errors import ConfigError, ShapeError, fail
-from .record import FLOAT_DTYPES, Record, frozen_array
+from .record import FLOAT_DTYPES, Record, float_dtype, frozen_array
 
 #: every framework's order of the gates on the packed axis, by gate name.  ``c`` and
 #: ``g`` (LSTM cell input) are one gate, and so are ``h`` and ``n`` (GRU candidate).
@@ -351,6 +351,12 @@ class Recurrent(Record):
     def out_channels(self) -> int:
         return self.units
 
+    def astype(self, dtype: Any) -> "Recurrent":
+        """A copy with every array cast to ``dtype`` (a name of :data:`layoutconv.record.FLOAT_DTYPES` or a dtype)."""
+        target = float_dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
+        cast = {name: None if getattr(self, name) is None else getattr(self, name).astype(target) for name in self.ARRAYS}
+        return self.replace(**cast)
+
     def output_shape(self, batch: int, steps: int) -> tuple[int, ...]:
         """``(N, H, T)`` with ``return_sequences``, else ``(N, H)``."""
         return (batch, self.units, steps) if self.return_sequences else (batch, self.units)
@@ -578,6 +584,10 @@ class Bidirectional(Record):
         if self.merge_mode == "concat":
             return self.forward.units + self.backward.units
         return self.forward.units
+
+    def astype(self, dtype: Any) -> "Bidirectional":
+        """A copy with both directions' arrays cast to ``dtype``."""
+        return Bidirectional(self.forward.astype(dtype), self.backward.astype(dtype), self.merge_mode)
 
     def output_shape(self, batch: int, steps: int) -> tuple[int, ...]:
         return (batch, self.out_channels, steps) if self.return_sequences else (batch, self.out_channels)
