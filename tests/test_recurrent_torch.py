@@ -194,9 +194,8 @@ def test_torch_to_record_to_torch_is_bit_exact(torch, tr, rng):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_within_the_propagated_tolerance(torch, tr, rng, dtype):
-
     record = _lstm(rng, "float32", return_sequences=True).astype(dtype)
-    x = x_for(rng, 3).astype(np_dtype(dtype))
+    x = x_for(rng, 3).astype(record.dtype)
     y = tr.run(tr.to_native(record), x)
     expected = reference.forward(record, x)
     tol, _, _ = tolerance(record, x, expected)
