@@ -108,7 +108,12 @@ def _by_role(items: list[tuple[str | None, np.ndarray]], roles: Sequence[str], w
         return [a for _, a in items]
     found = []
     for role in roles:
-        matches = [a for n, a in items if _base(n) == role or _base(n).endswith("_" + role)]  # type: ignore[arg-type]
+        # "kernel" must not take "recurrent_kernel": a name that ends in a longer role belongs to that role
+        longer = [other for other in roles if other != role and other.endswith("_" + role)]
+        matches = [
+            a for n, a in items
+            if (_base(n) == role or _base(n).endswith("_" + role)) and not any(_base(n).endswith(o) for o in longer)  # type: ignore[arg-type]
+        ]  # fmt: skip
         if len(matches) != 1:
             raise fail(
                 FileFormatError,
@@ -200,8 +205,11 @@ def _keras1_layer(kind: str, config: Mapping[str, Any], items: list[tuple[str | 
 def _halves(items: list[tuple[str | None, np.ndarray]], what: str) -> tuple[list, list]:
     """A Bidirectional's arrays: the ``forward_`` ones and the ``backward_`` ones (else the two halves, as Keras splits them)."""
     if all(n for n, _ in items):
-        fw = [(n, a) for n, a in items if _base(n).startswith("forward_")]  # type: ignore[arg-type]
-        bw = [(n, a) for n, a in items if _base(n).startswith("backward_")]  # type: ignore[arg-type]
+        def side(name: str, prefix: str) -> bool:  # "forward_lstm_1_W_i", ".../forward_gru/gru_cell/kernel"
+            return any(part.startswith(prefix) for part in name.split("/"))
+
+        fw = [(n, a) for n, a in items if side(n, "forward_")]  # type: ignore[arg-type]
+        bw = [(n, a) for n, a in items if side(n, "backward_")]  # type: ignore[arg-type]
         if fw and bw and len(fw) + len(bw) == len(items):
             return fw, bw
     if len(items) % 2:
