@@ -883,6 +883,8 @@ def keras_form(record: Recurrent | Bidirectional) -> Any:
     return record.replace(bias=_folded(record.bias, record.recurrent_bias), recurrent_bias=None)
 
 
+#: the record classes of this module (for ``isinstance`` checks elsewhere)
+LAYER_TYPES = (Recurrent, Bidirectional)
 #: record class -> its reference pass (``reference.forward`` dispatches through it)
 FORWARD = {Recurrent: forward, Bidirectional: forward}
 #: record class -> its tolerance (``tolerance.tolerance`` dispatches through it)

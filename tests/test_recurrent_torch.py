@@ -206,6 +206,8 @@ def test_verify_passes_for_records_and_for_a_users_module(torch, tr, rng):
     record = _gru(rng, reset_after=False, return_sequences=True, recurrent_activation="hard_sigmoid_keras2")
     x = x_for(rng, 3, dtype="float32")
     assert layoutconv.verify(record, frameworks=["torch"], x=x).passed
+    report = layoutconv.verify(record.replace(return_sequences=False), frameworks=["torch"])  # its own (N, F, T) input
+    assert report.passed and report.input_shape == (2, 3, 7)
     mine = randomise(torch, torch.nn.LSTM(3, 4, batch_first=True))
     assert layoutconv.verify(layoutconv.from_torch(mine), native=mine, x=x).passed
 
