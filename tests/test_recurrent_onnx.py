@@ -248,3 +248,26 @@ def test_refusals(onnx, orr, rng):
         orr.run(foreign_model(onnx, "LSTM", W, R_, B, dict(hidden_size=h), outputs=("Y", "")), np.zeros((1, 3, 2), np.float32))
     with pytest.raises(ConfigError, match="recurrent nodes"):
         orr.from_native(foreign_model(onnx, "LSTM", W, R_, B, dict(hidden_size=h)), node="nope")
+
+
+def test_files_and_users_models(onnx, orr, rng, tmp_path):
+    from layoutconv.adapters import onnx_adapter
+
+    record = _records(rng)["lstm_hard_sigmoid_keras2_backwards"].replace(return_sequences=True)
+    path = tmp_path / "lstm.onnx"
+    onnx.save(orr.to_native(record), path)
+    x = rng.normal(size=(2, 3, 7)).astype(np.float32)
+    assert_close(onnx_adapter.run(str(path), x), reference.forward(record, x))  # the ONNX adapter hands files over too
+    assert layoutconv.from_onnx(str(path)) == record
+    assert layoutconv.verify(record, native=onnx.load(path), x=x).passed
+    onnx.save(orr.to_native(record.astype("float64")), tmp_path / "lstm64.onnx")
+    with pytest.raises(UnsupportedError, match="float64"):
+        onnx_adapter.run(str(tmp_path / "lstm64.onnx"), x.astype(np.float64))
+    # the hint says go_backwards with a sequence, but the Slice putting Y in processing order is gone: refused
+    model = orr.to_native(record)
+    slice_node = next(n for n in model.graph.node if n.op_type == "Slice")
+    for node in model.graph.node:
+        node.input[:] = ["Y" if i == "Y_in_order" else i for i in node.input]
+    model.graph.node.remove(slice_node)
+    with pytest.raises(UnsupportedError, match="aligned with the input"):
+        orr.from_native(model)

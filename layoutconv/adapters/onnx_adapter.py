@@ -1454,6 +1454,8 @@ def run(model: Any, x: Any) -> np.ndarray:
     float32 and float16 kernels only: float64 and bfloat16 raise
     :class:`~layoutconv.UnsupportedError`.
     """
+    if isinstance(model, (str, os.PathLike)) and os.path.isfile(model):
+        model = _load(model)
     if isinstance(model, onnx.ModelProto) and onnx_recurrent.reads(model):  # layoutconv.adapters.onnx_recurrent
         return onnx_recurrent.run(model, x)
     x = np.asarray(x)

@@ -481,11 +481,12 @@ def from_native(model_or_path: Any, node: str | int | None = None) -> Recurrent 
         return_sequences = y_used
     if not (y_used or yh_used):
         raise fail(FileFormatError, f"{label}: neither Y nor Y_h is used", "a node whose output is used", f"outputs {list(rnn.output)}")
-    if direction == "reverse" and return_sequences and hint is None:
+    flipped = any(n.op_type == "Slice" and n.input and n.input[0] == rnn.output[0] for n in model.graph.node)
+    if direction == "reverse" and return_sequences and not (hint is not None and flipped):
         raise fail(
             UnsupportedError,
             f"{label} runs in reverse and its sequence Y, aligned with the input steps, is used",
-            "Y_h, or Y in processing order (Keras' go_backwards, what layoutconv writes: Y flipped in time)",
+            "Y_h, or Y in processing order (Keras' go_backwards, what layoutconv writes: Y flipped in time by a Slice)",
             "Y aligned with the input",
             "Read it as the backward half of a bidirectional node, or flip Y in time after it.",
         )
