@@ -479,6 +479,10 @@ _FORWARD: dict[type, Callable[[Any, Any, Any], np.ndarray]] = {
     layers.Merge: _merge_forward,
 }
 
+from . import recurrent as _recurrent  # noqa: E402  (recurrent layers: SimpleRNN, LSTM, GRU, Bidirectional)
+
+_FORWARD.update(_recurrent.FORWARD)
+
 
 def conv1d(conv: Conv1D, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
     """Apply a :class:`Conv1D` to ``x`` of shape ``(N, C, L)``; return ``(N, O, L_out)`` (see :func:`forward`).

@@ -55,7 +55,11 @@ def tolerance(conv: Any, x: np.ndarray, expected: np.ndarray | None = None) -> t
     of each layer is carried through the next: ``tol_next = L * (|W| * tol) + tol_own``.
     """
     from .chain import Chain
+    from .recurrent import TOLERANCE
 
+    own = next((TOLERANCE[cls] for cls in type(conv).__mro__ if cls in TOLERANCE), None)
+    if own is not None:  # recurrent records carry their bound through time (layoutconv.recurrent.tolerance)
+        return own(conv, x, expected)
     if isinstance(conv, Chain):
         return _chain_tolerance(conv, x)
     rtol, atol = ASSERT_CLOSE_DEFAULTS[conv.dtype.name]

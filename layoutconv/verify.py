@@ -99,8 +99,12 @@ def default_input(conv: Any, *, length: int | None = None, batch: int = 2, seed:
     """A symmetry-breaking input ``(N, C, *spatial)``: standard normal values, each spatial size odd and not a
     multiple of its stride (so ``'same'`` pads are asymmetric and the last window partial), sizes differing per axis.
 
-    ``length`` sets every spatial size.
+    ``length`` sets every spatial size.  A recurrent record gets ``(N, F, T)`` with ``T = length or 7``.
     """
+    from .recurrent import LAYER_TYPES, default_input as sequence_input
+
+    if isinstance(conv, LAYER_TYPES):
+        return sequence_input(conv, steps=length or 7, batch=batch, seed=seed)
     rank = conv.spatial_rank
     if length is not None:
         return np.random.default_rng(seed).standard_normal((batch, conv.in_channels, *(int(length),) * rank)).astype(conv.dtype)

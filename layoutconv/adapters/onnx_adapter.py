@@ -1329,6 +1329,8 @@ def from_native(model_or_path: Any, node: str | int | None = None) -> Conv | Con
     """
     model = _load(model_or_path)
     _refuse_external_data(model)
+    if onnx_recurrent.reads(model, node):  # RNN, LSTM, GRU nodes: layoutconv.adapters.onnx_recurrent
+        return onnx_recurrent.from_native(model, node)
     convs = [n for n in model.graph.node if n.op_type in CONV_OPS and n.domain in ("", "ai.onnx")]
     conv_node = _pick(convs, node)
     op = conv_node.op_type
@@ -1452,6 +1454,10 @@ def run(model: Any, x: Any) -> np.ndarray:
     float32 and float16 kernels only: float64 and bfloat16 raise
     :class:`~layoutconv.UnsupportedError`.
     """
+    if isinstance(model, (str, os.PathLike)) and os.path.isfile(model):
+        model = _load(model)
+    if isinstance(model, onnx.ModelProto) and onnx_recurrent.reads(model):  # layoutconv.adapters.onnx_recurrent
+        return onnx_recurrent.run(model, x)
     x = np.asarray(x)
     if not 3 <= x.ndim <= 5:
         raise fail(
@@ -1505,3 +1511,5 @@ def run(model: Any, x: Any) -> np.ndarray:
 
 registry.register(Conv, NAME, to_native=to_native, run=run)
 registry.register(ConvTranspose, NAME, to_native=to_native, run=run)
+
+from . import onnx_recurrent  # noqa: E402  (RNN, LSTM, GRU nodes)

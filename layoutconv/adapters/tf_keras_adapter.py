@@ -32,6 +32,8 @@ _FLAVOUR = _common.Flavour(NAME, tf_keras)
 
 def from_native(layer: Any) -> Conv | ConvTranspose | Chain:
     """A built tf_keras convolution layer (any kind, rank, data_format, dtype, padding) or a model from :func:`to_native`."""
+    if keras_recurrent.reads(_FLAVOUR, layer):  # recurrent layers: layoutconv.adapters.keras_recurrent
+        return keras_recurrent.from_native(_FLAVOUR, layer)
     return _common.from_native(_FLAVOUR, layer)
 
 
@@ -60,8 +62,14 @@ def to_native(record: Conv | ConvTranspose | Chain, data_format: str = "channels
 
 def run(native: Any, x: Any) -> np.ndarray:
     """Apply ``native`` to ``x`` given as ``(N, C, *spatial)`` numpy; return ``(N, O, *spatial_out)`` numpy."""
+    if keras_recurrent.reads(_FLAVOUR, native):  # a recurrent layer takes (N, T, F): layoutconv.adapters.keras_recurrent
+        return keras_recurrent.run(_FLAVOUR, native, x)
     return _common.run(_FLAVOUR, native, x)
 
 
 for _kind in (Conv, ConvTranspose, Chain):
     _registry.register(_kind, NAME, to_native=to_native, run=run)
+
+from . import keras_recurrent  # noqa: E402  (SimpleRNN, LSTM, GRU, Bidirectional)
+
+keras_recurrent.register(_FLAVOUR)

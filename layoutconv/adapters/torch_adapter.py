@@ -510,6 +510,8 @@ def from_native(module: Any) -> Conv | ConvTranspose:
     ``Sequential`` of padding, convolution and activation modules.  Weights are
     copied with their dtype and bytes unchanged.
     """
+    if torch_recurrent.reads(module):  # recurrent modules: layoutconv.adapters.torch_recurrent
+        return torch_recurrent.from_native(module)
     parsed = parse(module)
     inner = parsed.conv
     kernel = to_numpy(inner.weight)
@@ -609,6 +611,8 @@ def run(native: Any, x: Any) -> np.ndarray:
     """
     if not isinstance(native, nn.Module):
         raise _unsupported(native)
+    if torch_recurrent.reads(native):  # a recurrent module takes (N, T, F): layoutconv.adapters.torch_recurrent
+        return torch_recurrent.run(native, x)
     first = next(iter(native.parameters()), None)
     if first is None or nn.parameter.is_lazy(first):
         raise fail(
@@ -656,3 +660,4 @@ registry.register(ConvTranspose, NAME, to_native=to_native, run=run)
 registry.register(Chain, NAME, to_native=to_native, run=run)
 
 from . import torch_layers  # noqa: E402,F401  (registers the layer and graph converters)
+from . import torch_recurrent  # noqa: E402  (registers SimpleRNN, LSTM, GRU, Bidirectional)
