@@ -39,7 +39,8 @@ class _FileSource:
         return self.kf.conv(layer)
 
     def recurrent(self, layer: str, class_name: str, config: dict, arrays: list[np.ndarray]) -> Record:
-        return _recurrent(self.generation, class_name, config, arrays, layer)
+        names = [w.name for w in self.kf.layer(layer).weights]
+        return _recurrent(self.generation, class_name, config, dict(zip(names, arrays)), layer)
 
 
 class _LiveSource:
@@ -61,20 +62,13 @@ class _LiveSource:
         return _recurrent(self.generation, class_name, config, arrays, layer)
 
 
-def _recurrent(generation: int, class_name: str, config: dict, arrays: list[np.ndarray], layer: str) -> Record:
-    try:
-        from . import recurrent
-    except ImportError:
-        recurrent = None  # type: ignore[assignment]
-    reader = getattr(recurrent, "from_keras_config", None)
-    if reader is None:
-        raise fail(
-            UnsupportedError,
-            f"Layer {layer!r} ({class_name}): recurrent layers are not read in whole models yet",
-            "convolution, dense, normalisation, pooling, reshaping and merge layers",
-            f"a {class_name}",
-        )
-    return reader(generation, class_name, config, arrays, name=layer)
+def _recurrent(generation: int, class_name: str, config: dict, arrays: Any, layer: str) -> Record:
+    """A recurrent layer from its Keras config and arrays (a list in stored order, or ``{weight name: array}``)."""
+    from .legacy import recurrent
+
+    if generation == 1:
+        return recurrent.from_keras1_weights(class_name, config, arrays)
+    return recurrent.from_keras2_weights(class_name, config, arrays, generation=generation)
 
 
 def _keras_flavour(obj: Any) -> str | None:

@@ -354,7 +354,9 @@ CHANNELS_LAST: tuple[type, ...] = (layers.Dense, layers.LayerNorm)
 
 
 def _wants_last(record: Any) -> bool:
-    return isinstance(record, CHANNELS_LAST) or getattr(record, "TORCH_CHANNELS_LAST", False)
+    from ..recurrent import Bidirectional, Recurrent  # batch-first modules: (N, T, F) in, (N, T, H) or (N, H) out
+
+    return isinstance(record, CHANNELS_LAST + (Recurrent, Bidirectional))
 
 
 # -- whole graphs ------------------------------------------------------------------------------------
