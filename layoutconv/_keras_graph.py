@@ -39,6 +39,21 @@ class WeightSource(Protocol):
     def recurrent(self, layer: str, class_name: str, config: dict, arrays: list[np.ndarray]) -> Record: ...
 
 
+def _with_constant(cls: str, name: str, constants: tuple[tuple[int, float], ...], tensors: int) -> Record:
+    """``Add``/``Subtract``/``Multiply`` of one tensor and one number as a :class:`~layoutconv.layers.Scale`."""
+    if tensors != 1 or len(constants) != 1 or cls not in ("Add", "Subtract", "Multiply"):
+        raise fail(
+            UnsupportedError, f"Layer {name!r} ({cls}) is called with numbers among its inputs",
+            "Add, Subtract or Multiply of one tensor and one number", f"{tensors} tensor(s) and numbers {[v for _, v in constants]}",
+        )
+    position, value = constants[0]
+    if cls == "Add":
+        return layers.Scale(1.0, value)
+    if cls == "Multiply":
+        return layers.Scale(value, 0.0)
+    return layers.Scale(1.0, -value) if position == 1 else layers.Scale(-1.0, value)
+
+
 class Call(NamedTuple):
     """The context a reader gets for one layer: its class, config, and what it is called on."""
 
@@ -411,9 +426,14 @@ def out_rank(record: Record, ranks: tuple[int, ...]) -> int:
 Ref = tuple[str, int, int]  # (layer name, node index, tensor index), as Keras configs write tensors
 
 
-def _refs(value: Any) -> list[Ref]:
-    """Every tensor reference in a Keras 3 ``args`` structure, in order."""
+def _refs(value: Any, constants: list[tuple[int, float]] | None = None) -> list[Ref]:
+    """Every tensor reference in a Keras 3 ``args`` structure, in order; numbers among them go to ``constants``.
+
+    A number's position is its index among all arguments (``x + 3.0`` is recorded
+    as ``Add`` called on ``[x, 3.0]``).
+    """
     found: list[Ref] = []
+    count = [0]
 
     def walk(v: Any, depth: int = 0) -> None:
         if depth > 32:
@@ -422,25 +442,30 @@ def _refs(value: Any) -> list[Ref]:
             if v.get("class_name") == "__keras_tensor__":
                 h = v.get("config", {}).get("keras_history")
                 found.append((str(h[0]), int(h[1]), int(h[2])))
+                count[0] += 1
                 return
             for item in v.values():
                 walk(item, depth + 1)
         elif isinstance(v, (list, tuple)):
             for item in v:
                 walk(item, depth + 1)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and constants is not None:
+            constants.append((count[0], float(v)))
+            count[0] += 1
 
     walk(value)
     return found
 
 
-def _calls(entry: dict) -> list[list[Ref]]:
-    """A functional layer entry's calls, each the list of tensors it reads."""
+def _calls(entry: dict) -> list[tuple[list[Ref], tuple[tuple[int, float], ...]]]:
+    """A functional layer entry's calls: the tensors each reads, and numbers passed with them (Keras 3)."""
     calls = []
     for node in entry.get("inbound_nodes") or []:
         if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
-            calls.append(_refs(node.get("args", [])))
+            constants: list[tuple[int, float]] = []
+            calls.append((_refs(node.get("args", []), constants), tuple(constants)))
         else:  # Keras 1/2: [[name, node, tensor(, kwargs)], ...]
-            calls.append([(str(t[0]), int(t[1]), int(t[2])) for t in node])
+            calls.append(([(str(t[0]), int(t[1]), int(t[2])) for t in node], ()))
     return calls
 
 
@@ -492,7 +517,7 @@ def _normalise(config: Any) -> tuple[str, list[tuple[str, dict, str, list[list[R
                 shape = _batch_shape(lcfg)
                 out.append(("InputLayer", {"batch_input_shape": shape, "dtype": lcfg.get("dtype") or lcfg.get("input_dtype")}, "input", []))
                 previous = ("input", 0, 0)
-            out.append((lcls, lcfg, lname, [[previous]]))
+            out.append((lcls, lcfg, lname, [([previous], ())]))
             previous = (lname, 0, 0)
         assert previous is not None
         return name, out, [(out[0][2], 0, 0)], [previous]
@@ -522,6 +547,8 @@ def build(config: Any, source: WeightSource, *, name: str | None = None) -> Grap
     parts_layers: dict[str, Record] = {}
     nodes: list[Node] = []
     pending = [(c, cfg, n, i, call) for c, cfg, n, calls in entries if c != "InputLayer" for i, call in enumerate(calls)]
+    constants_of = {(n, i): call[1] for _, _, n, i, call in pending}
+    pending = [(c, cfg, n, i, call[0]) for c, cfg, n, i, call in pending]
     while pending:
         progressed = False
         for item in list(pending):
@@ -532,6 +559,15 @@ def build(config: Any, source: WeightSource, *, name: str | None = None) -> Grap
             progressed = True
             ins = tuple(edge_of[r] for r in refs)
             ranks = tuple(rank_of[e] for e in ins)
+            constants = constants_of.get((lname, index), ())
+            if constants:  # a merge called with a number: x + 3.0, x * (1 / 6)
+                record_c = _with_constant(cls, lname, constants, len(refs))
+                key = f"{lname}" if index == 0 else f"{lname}:{index}"
+                parts_layers[key] = record_c
+                nodes.append(Node(key, key, ins, "channels_last" if ranks[0] >= 3 else "flat"))
+                edge_of[(lname, index, 0)] = key
+                rank_of[key] = ranks[0]
+                continue
             if lname not in records:
                 reader = READERS.get(cls)
                 if reader is None:
