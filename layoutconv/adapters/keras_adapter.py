@@ -63,3 +63,5 @@ def run(native: Any, x: Any) -> np.ndarray:
 
 for _kind in (Conv, ConvTranspose, Chain):
     _registry.register(_kind, NAME, to_native=to_native, run=run)
+
+from . import keras_layers  # noqa: E402,F401  (registers the layer and graph converters of both Keras flavours)
