@@ -15,7 +15,7 @@ model is the one a Keras user expects.  At the edges, ``layout`` decides:
   them.  A PyTorch model's twin takes ``(N, C, *spatial)`` and a
   ``Permute`` layer (``<input>.channels_last``) moves the channels last behind
   each such input; outputs held channels first are moved back
-  (``<output>.channels_first``).  ``model(x)`` is then a drop-in replacement
+  (``<output>.output``).  ``model(x)`` is then a drop-in replacement
   for ``torch_model(x)``;
 - ``"channels_last"``: Keras' own layout, no transposition at the edges;
 - ``"channels_first"``: the canonical layout of the records.
@@ -71,7 +71,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .. import frameworks, layers, registry
+from .. import activations, frameworks, layers, registry
 from ..chain import Chain
 from ..conv import Conv
 from ..errors import ConfigError, LayoutError, ShapeError, UnsupportedError, fail
@@ -133,7 +133,7 @@ class Builder:
         self.keras = flavour.keras
         self.dtype = dtype
         self._names: set[str] = set()
-        self._made: dict[str, Any] = {}
+        self._made: dict[tuple[str, ...], Any] = {}
         self._weights: list[tuple[Any, list[np.ndarray]]] = []
         self._set: set[int] = set()
 
@@ -147,11 +147,16 @@ class Builder:
         return name
 
     def make(self, key: str, class_name: str, *args: Any, **options: Any) -> Any:
-        """The layer called ``key`` (created once: a graph layer used by two nodes is one Keras layer)."""
-        if key not in self._made:
+        """The layer called ``key`` (created once: a graph layer used by two nodes is one Keras layer).
+
+        Only a request with the same class and arguments gets the same layer back;
+        any other gets a layer of its own (named ``key_1`` ...).
+        """
+        ident = (key, class_name, repr(args), repr(sorted(options.items())))
+        if ident not in self._made:
             cls = getattr(self.keras.layers, class_name)
-            self._made[key] = cls(*args, **options, dtype=self.dtype, name=self.name(key))
-        return self._made[key]
+            self._made[ident] = cls(*args, **options, dtype=self.dtype, name=self.name(key))
+        return self._made[ident]
 
     def spatial_layer(self, key: str, what: str, pairs: Sequence[tuple[int, int]]) -> Any:
         """A ``ZeroPadding*D`` or ``Cropping*D`` for ``(begin, end)`` pairs, channels last."""
@@ -191,9 +196,6 @@ class Builder:
                     f"arrays {[(w.shape, w.dtype.name) for w in weights]} stored unchanged",
                     f"{[(b.shape, b.dtype.name) for b in back]}",
                 )
-
-    def activation(self, record: Any) -> str:
-        return common.keras_activation(self.flavour, record)
 
 
 def _static(x: Any) -> tuple[int, ...] | None:
@@ -235,15 +237,39 @@ def _conv(b: Builder, record: Any, layer: str, node: str, xs: list) -> Any:
     return x
 
 
+#: activations a flavour has no function for, built from layers it has: (scale, offset) of a
+#: ``Rescaling``, then ``ReLU(max_value=1)``, then (``True``) a ``Multiply`` with the input
+_BUILT_ACTIVATIONS: dict[str, tuple[float, float, bool]] = {
+    "hard_sigmoid_keras2": (0.2, 0.5, False),  # clip(0.2 x + 0.5, 0, 1): Keras 3 has no such function
+    "hard_sigmoid_keras3": (1 / 6, 0.5, False),  # clip(x / 6 + 0.5, 0, 1): tf_keras's hard_sigmoid is the other one
+    "hard_silu": (1 / 6, 0.5, True),  # x * clip(x / 6 + 0.5, 0, 1): tf_keras has no hard_silu
+}
+
+
+def _has(b: Builder, activation: str) -> bool:
+    return activation in activations.KERAS_NAMES[b.flavour.name].values()
+
+
+def _apply_activation(b: Builder, activation: str, key: str, x: Any) -> Any:
+    """``activation`` applied to ``x``: an ``Activation`` layer, or the construction of :data:`_BUILT_ACTIVATIONS`."""
+    if _has(b, activation) or activation not in _BUILT_ACTIVATIONS:
+        return b.make(key, "Activation", common.keras_activation(b.flavour, layers.Activation(activation)))(x)
+    scale, offset, times_input = _BUILT_ACTIVATIONS[activation]
+    y = b.make(f"{key}.affine", "Rescaling", scale, offset)(x)
+    y = b.make(f"{key}.clip" if times_input else key, "ReLU", max_value=1.0)(y)
+    return b.make(key, "Multiply")([x, y]) if times_input else y
+
+
 @builds(layers.Dense)
 def _dense(b: Builder, record: layers.Dense, layer: str, node: str, xs: list) -> Any:
+    fused = record.activation if _has(b, record.activation) else "linear"
     made = b.make(
-        layer, "Dense", record.out_channels, activation=b.activation(record), use_bias=record.bias is not None,
-        kernel_initializer="zeros",
+        layer, "Dense", record.out_channels, activation=common.keras_activation(b.flavour, record.replace(activation=fused)),
+        use_bias=record.bias is not None, kernel_initializer="zeros",
     )
     y = made(xs[0])
     b.set_weights(made, [record.kernel.T] + ([record.bias] if record.bias is not None else []))
-    return y
+    return y if fused == record.activation else _apply_activation(b, record.activation, f"{layer}.activation", y)
 
 
 @builds(layers.BatchNorm)
@@ -285,7 +311,7 @@ def _embedding(b: Builder, record: layers.Embedding, layer: str, node: str, xs: 
 
 @builds(layers.Activation)
 def _activation(b: Builder, record: layers.Activation, layer: str, node: str, xs: list) -> Any:
-    return b.make(layer, "Activation", b.activation(record))(xs[0])
+    return _apply_activation(b, record.activation, layer, xs[0])
 
 
 @builds(layers.Softmax)
@@ -505,7 +531,7 @@ def graph_to_native(flavour: common.Flavour, graph: Graph, data_format: str = "c
         y = tensors[name]
         rank = len(y.shape)
         first = rank > 2 and (layout == "channels_first" or layout == "source" and graph.layout_of(name) == "channels_first")
-        outputs.append(b.permute(f"{name}.channels_first", y, to_first(rank)) if first else y)
+        outputs.append(b.permute(f"{name}.output", y, to_first(rank)) if first else y)
     one_in, one_out = len(model_inputs) == 1, len(outputs) == 1  # a list of one makes Keras 3 warn when called on a tensor
     model = keras.Model(model_inputs[0] if one_in else model_inputs, outputs[0] if one_out else outputs, name=sanitise(graph.name))
     b.check()

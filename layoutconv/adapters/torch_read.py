@@ -108,6 +108,7 @@ class _Tracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.stack: list[str] = []
+        self.failed_in: str | None = None  # the innermost module being traced when an error went up
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, _LEAVES) or super().is_leaf_module(m, module_qualified_name)
@@ -116,6 +117,10 @@ class _Tracer(fx.Tracer):
         self.stack.append(self.path_of_module(m))
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = self.stack[-1]
+            raise
         finally:
             self.stack.pop()
 
@@ -139,7 +144,7 @@ def trace(module: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(module)
     except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError ... from user code
-        inner = tracer.stack[-1] if tracer.stack else ""
+        inner = tracer.failed_in or ""
         where = f"in submodule {inner!r} ({type(module.get_submodule(inner)).__name__})" if inner else f"in {type(module).__name__}.forward"
         frame = _user_frame(exc)
         raise fail(
