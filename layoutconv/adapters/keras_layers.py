@@ -31,7 +31,10 @@ Dense                ``Dense`` (kernel transposed to ``(in, out)``)
 BatchNorm            ``BatchNormalization(axis=-1, epsilon)`` with the moving statistics
 LayerNorm            ``LayerNormalization(axis=...)``, axes mapped to channels last
 Embedding            ``Embedding``
-Activation/Softmax   ``Activation(name)`` (per flavour, :data:`layoutconv.activations.KERAS_NAMES`) / ``Softmax``
+Activation/Softmax   ``Activation(name)`` (per flavour, :data:`layoutconv.activations.KERAS_NAMES`) / ``Softmax``;
+                     a hard sigmoid or hard_silu the flavour has no function for is built from
+                     ``Rescaling(scale, offset)``, ``ReLU(max_value=1)`` (and ``Multiply`` with the input),
+                     never substituted by the flavour's other ``hard_sigmoid``
 Identity             nothing
 Pool                 ``Max/AveragePooling*D``: ``'valid'``; ``'same'`` where Keras' own pads are the
                      record's and Keras ignores them as the record does; zero pads in front of an
