@@ -184,6 +184,26 @@ class Reflect(nn.Module):
         return self.body(x)
 
 
+class Odds(nn.Module):
+    """Constant and negative (cropping) pads, adaptive pooling to a dividing size, nn.Softmax, Unflatten, a layoutconv module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from layoutconv.adapters import torch_layers
+
+        self.pad = nn.ConstantPad2d((1, 0, 2, 1), 0.0)
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.pool = nn.AdaptiveAvgPool2d((3, 4))
+        self.softmax = nn.Softmax(dim=1)
+        self.unflatten = nn.Unflatten(1, (4, 12))
+        self.keras_flatten = torch_layers.Flatten("channels_last")
+
+    def forward(self, x):
+        y = F.pad(self.conv(self.pad(x)), (-1, 0, 0, -1))  # (N, 4, 9, 8)
+        y = self.softmax(self.pool(y))  # (N, 4, 3, 4)
+        return self.unflatten(y.flatten(1)).unsqueeze(2), self.keras_flatten(y)
+
+
 def _float(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(*shape, generator=_generator())
 
@@ -197,6 +217,7 @@ MODELS = {
     "functional2d": (Functional2D, lambda: _float((2, 2, 9, 7))),
     "net3d": (Net3D, lambda: _float((2, 2, 7, 6, 5))),
     "reflect": (Reflect, lambda: _float((2, 3, 11))),
+    "odds": (Odds, lambda: _float((2, 2, 9, 10))),
 }
 KERAS_REFUSED = {"reflect": "padding_mode='reflect'"}
 
@@ -211,9 +232,19 @@ def case(name: str):
         model = perturbed(cls())
         x = make_x()
         with torch.no_grad():
-            expected = model(x).numpy()
+            out = model(x)
+        expected = tuple(t.numpy() for t in out) if isinstance(out, tuple) else out.numpy()
         _CACHE[name] = (model, x, read_model(model, example_inputs=x), expected)
     return _CACHE[name]
+
+
+def compare(actual, expected) -> None:
+    """Each output has the model's shape and matches it within the float32 tolerance."""
+    pairs = zip(actual, expected) if isinstance(expected, tuple) else [(actual, expected)]
+    assert len(actual) == len(expected) if isinstance(expected, tuple) else not isinstance(actual, tuple)
+    for a, e in pairs:
+        assert a.shape == e.shape
+        np.testing.assert_allclose(a, e, **FLOAT32)
 
 
 def max_error(actual, expected) -> float:
@@ -223,17 +254,14 @@ def max_error(actual, expected) -> float:
 @pytest.mark.parametrize("name", MODELS)
 def test_reference_matches_the_model(name):
     model, x, graph, expected = case(name)
-    y = reference.forward(graph, x.numpy(), layout="source")
-    assert y.shape == expected.shape
-    np.testing.assert_allclose(y, expected, **FLOAT32)
+    compare(reference.forward(graph, x.numpy(), layout="source"), expected)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_to_torch_matches_the_model(name):
     model, x, graph, expected = case(name)
     native = layoutconv.to_torch(graph)
-    y = registry.converter(graph, "torch").run(native, x.numpy())
-    np.testing.assert_allclose(y, expected, **FLOAT32)
+    compare(registry.converter(graph, "torch").run(native, x.numpy()), expected)
 
 
 @pytest.mark.parametrize("flavor", ["keras", "tf_keras"])
@@ -246,9 +274,7 @@ def test_to_keras_matches_the_model(name, flavor):
             layoutconv.to_keras(graph, flavor=flavor)
         return
     native = layoutconv.to_keras(graph, flavor=flavor)  # takes the PyTorch model's input as it is
-    y = registry.converter(graph, flavor).run(native, x.numpy())
-    assert y.shape == expected.shape
-    np.testing.assert_allclose(y, expected, **FLOAT32)
+    compare(registry.converter(graph, flavor).run(native, x.numpy()), expected)
 
 
 # -- what the reader makes of PyTorch's layouts -------------------------------------------------------
@@ -297,6 +323,16 @@ def test_linear_over_the_length_axis_moves_the_data():
     assert graph.layout_of("tanh") == "channels_last"  # the Linear's output, held as PyTorch holds it
     assert graph.node("pool").inputs == ("pool.channels_first",)  # and moved back for the pooling
     assert graph.layers["reshape"] == layers.Reshape((2, 6), "channels_first")
+
+
+def test_pads_crops_adaptive_pooling_and_layoutconv_modules():
+    _, _, graph, _ = case("odds")
+    assert graph.layers["pad"] == layers.Pad(((2, 1), (1, 0)))
+    assert graph.layers["pad_1"] == layers.Crop(((0, 1), (1, 0)))  # F.pad with negative pads, named after its fx node
+    assert graph.layers["pool"] == layers.Pool("avg", (3, 2), (3, 2))
+    assert graph.layers["softmax"] == layers.Softmax(1)
+    assert graph.layers["unflatten"] == layers.Reshape((4, 12), "channels_first")
+    assert graph.layers["keras_flatten"] == layers.Flatten("channels_last")
 
 
 def test_reflection_pad_is_folded_into_the_convolution():
