@@ -113,6 +113,10 @@ def from_onnx(model_or_path: Any, node: str | int | None = None) -> Any:
 def to_keras(conv: Any, flavor: str = "keras", data_format: str = "channels_last", **options: Any) -> Any:
     """A built Keras layer (or small model, when a padding layer is needed) with the weights set.
 
+    A :class:`~layoutconv.graph.Graph` becomes a functional model computing channels last
+    inside and taking its inputs as the source did (``layout="source"``; see
+    :mod:`layoutconv.adapters.keras_layers`).
+
     ``flavor`` is ``"keras"`` (Keras 3) or ``"tf_keras"`` (Keras 2).  The result is
     callable on a numpy array in ``data_format``.  Note that TensorFlow without a
     GPU has no ``channels_first`` convolution kernel: call such a layer through

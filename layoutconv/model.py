@@ -1,6 +1,7 @@
-"""Whole models in: :func:`read_model` turns a Keras model or file into a :class:`~layoutconv.graph.Graph`.
+"""Whole models in: :func:`read_model` turns a Keras model or file, or a PyTorch module, into a :class:`~layoutconv.graph.Graph`.
 
 >>> graph = layoutconv.read_model("model.h5")                                  # doctest: +SKIP
+>>> graph = layoutconv.read_model(torch_module, example_inputs=x)              # doctest: +SKIP
 >>> graph = layoutconv.read_model("weights.h5", architecture="model.json")     # doctest: +SKIP
 >>> graph = layoutconv.read_model(keras_model)                                 # doctest: +SKIP
 >>> y = layoutconv.reference.forward(graph, x)          # numpy, in Keras' layout  # doctest: +SKIP
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -82,6 +84,12 @@ def _keras_flavour(obj: Any) -> str | None:
     return None
 
 
+def _is_torch_module(obj: Any) -> bool:
+    """True for a ``torch.nn.Module`` (torch is never imported here: a module exists only once torch is)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
 def _live_config(model: Any) -> dict:
     try:
         config = model.get_config()
@@ -119,8 +127,8 @@ def _architecture(architecture: Any) -> Any:
     raise fail(ConfigError, "Invalid value for argument `architecture`", "a model.json path, JSON text, a dict or a Keras model", f"a {type(architecture).__name__}")
 
 
-def read_model(source: Any, *, architecture: Any = None, backend: str | None = None) -> Graph:
-    """A whole model as a :class:`~layoutconv.graph.Graph`: a Keras model (Keras 3 or tf_keras) or a Keras file.
+def read_model(source: Any, *, architecture: Any = None, backend: str | None = None, example_inputs: Any = None) -> Graph:
+    """A whole model as a :class:`~layoutconv.graph.Graph`: a Keras model (Keras 3 or tf_keras), a Keras file, or a PyTorch module.
 
     ``source`` is a built Keras ``Sequential`` or functional model, or the path of
     a Keras file of any version: a full save (``.h5`` with ``model_config``,
@@ -129,11 +137,36 @@ def read_model(source: Any, *, architecture: Any = None, backend: str | None = N
     model with the same layers).  Theano-trained convolutions are flipped as
     :meth:`~layoutconv.legacy.KerasFile.conv` does; ``backend`` overrides the
     file's (see :func:`layoutconv.open`).
+
+    A ``torch.nn.Module`` is traced with ``torch.fx`` and needs
+    ``example_inputs`` (a tensor, or a tuple with one per ``forward`` argument,
+    batch first), which fix every shape in the graph; see
+    :mod:`layoutconv.adapters.torch_read` for what is read and how.
     """
     from . import _keras_graph
 
     if isinstance(source, Graph):
         return source
+    if _is_torch_module(source):
+        if example_inputs is None:
+            raise fail(
+                ConfigError,
+                f"Reading the PyTorch model {type(source).__name__} needs example inputs",
+                "example_inputs=<a tensor, or a tuple with one tensor per forward argument, batch first>",
+                "example_inputs=None",
+                "torch.fx gives the operations; the shapes (the rank of a BatchNorm input, the target of a view) "
+                "come from running the model once on them.",
+            )
+        from .adapters import torch_read
+
+        return torch_read.read_module(source, example_inputs)
+    if example_inputs is not None:
+        raise fail(
+            ConfigError,
+            "example_inputs is only for PyTorch models",
+            "example_inputs=None for a Keras model or file (their configs give every shape)",
+            f"example_inputs for a {type(source).__name__}",
+        )
     flavour = _keras_flavour(source)
     if flavour is not None:
         config = _live_config(source) if architecture is None else _architecture(architecture)
@@ -157,6 +190,6 @@ def read_model(source: Any, *, architecture: Any = None, backend: str | None = N
     raise fail(
         UnsupportedError,
         "read_model cannot read this object yet",
-        "a Keras model (Keras 3 or tf_keras), a Keras file path, or a layoutconv Graph",
+        "a Keras model (Keras 3 or tf_keras), a Keras file path, a torch.nn.Module, or a layoutconv Graph",
         f"a {type(source).__module__}.{type(source).__name__}",
     )

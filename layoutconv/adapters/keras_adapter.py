@@ -71,3 +71,4 @@ for _kind in (Conv, ConvTranspose, Chain):
 from . import keras_recurrent  # noqa: E402  (SimpleRNN, LSTM, GRU, Bidirectional)
 
 keras_recurrent.register(_FLAVOUR)
+from . import keras_layers  # noqa: E402,F401  (registers the layer and graph converters of both Keras flavours)
