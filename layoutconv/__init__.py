@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import activations, layouts, reference
+from . import activations, layers, layouts, reference
 from .conv import PADDING_MODES, PADDING_RULES, Conv, Conv1D, Conv2D, Conv3D
 from .errors import (
     ConfigError,
@@ -66,6 +66,12 @@ __all__ = [
     "read_model",
     "port",
     "Graph",
+    "SimpleRNN",
+    "LSTM",
+    "GRU",
+    "Bidirectional",
+    "recurrent",
+    "layers",
     "open",
     "from_keras1",
     "explain",
@@ -155,11 +161,15 @@ def __getattr__(name: str) -> Any:
         "read_model": ("layoutconv.model", "read_model"),
         "port": ("layoutconv.porting", "port"),
         "Graph": ("layoutconv.graph", "Graph"),
+        "SimpleRNN": ("layoutconv.recurrent", "SimpleRNN"),
+        "LSTM": ("layoutconv.recurrent", "LSTM"),
+        "GRU": ("layoutconv.recurrent", "GRU"),
+        "Bidirectional": ("layoutconv.recurrent", "Bidirectional"),
     }
-    if name == "legacy":
+    if name in ("legacy", "recurrent"):
         import importlib
 
-        return importlib.import_module("layoutconv.legacy")
+        return importlib.import_module(f"layoutconv.{name}")
     if name in lazy:
         import importlib
 

@@ -181,3 +181,54 @@ def test_unknown_layer_class_is_named():
     model = keras.Model(inp, keras.layers.UpSampling1D(2)(inp))
     with pytest.raises(UnsupportedError, match="UpSampling1D"):
         layoutconv.read_model(model)
+
+
+class _ConvRecurrentNet(torch.nn.Module):
+    """A PyTorch model with Conv/BN, a bidirectional LSTM and a stacked GRU (batch first), flattened into a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(4, 6, 3)
+        self.bn = torch.nn.BatchNorm1d(6)
+        self.lstm = torch.nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+        self.gru = torch.nn.GRU(10, 7, batch_first=True, num_layers=2)
+        self.fc = torch.nn.Linear(7 * 9, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x))).transpose(1, 2)
+        x, _ = self.lstm(x)
+        x, _ = self.gru(x)
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("flavor", ["keras", "tf_keras"])
+def test_pytorch_recurrent_model_to_keras_matches_pytorch(flavor):
+    torch.manual_seed(5)
+    model = _ConvRecurrentNet().eval()
+    with torch.no_grad():
+        model.bn.running_mean.normal_()
+        model.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 4, 11)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    graph = layoutconv.read_model(model, example_inputs=x)
+    assert sum(isinstance(r, layoutconv.recurrent.GRU) for r in graph.layers.values()) == 2  # one record per stacked layer
+    np.testing.assert_allclose(reference.forward(graph, x.numpy()), expected, rtol=1e-5, atol=1e-6)
+    keras_model = layoutconv.to_keras(graph, flavor=flavor)
+    np.testing.assert_allclose(np.asarray(keras_model(x.numpy())), expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(layoutconv.to_torch(graph)(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_final_states_of_a_recurrent_module_are_refused_by_name():
+    class LastState(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(3, 4, batch_first=True)
+
+        def forward(self, x):
+            _, (h, c) = self.lstm(x)
+            return h[0]
+
+    with pytest.raises(UnsupportedError, match="final states"):
+        layoutconv.read_model(LastState(), example_inputs=torch.randn(2, 5, 3))

@@ -75,6 +75,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import activations, frameworks, layers, registry
+from ..recurrent import Bidirectional, Recurrent
 from ..chain import Chain
 from ..conv import Conv
 from ..errors import ConfigError, LayoutError, ShapeError, UnsupportedError, fail
@@ -459,6 +460,25 @@ def _merge(b: Builder, record: layers.Merge, layer: str, node: str, xs: list) ->
 
 
 # -- whole graphs --------------------------------------------------------------------------------------
+
+
+@builds(Recurrent, Bidirectional)
+def _recurrent(b: Builder, record: Any, layer: str, node: str, xs: list) -> Any:
+    """A recurrent layer as the recurrent adapter writes it, re-made under the graph's layer name."""
+    from . import keras_recurrent
+
+    key = ("recurrent", layer)
+    made = b._made.get(key)
+    if made is None:
+        built = keras_recurrent.to_native(b.flavour, record)  # checks what it wrote against the record's Keras form
+        config = built.get_config()
+        config["name"] = b.name(layer)
+        made = type(built).from_config(config)
+        b._made[key] = made
+        y = made(xs[0])
+        b.set_weights(made, [b.flavour.to_numpy(v) for v in built.weights])
+        return y
+    return made(xs[0])
 
 
 def _dtype(graph: Graph) -> str:

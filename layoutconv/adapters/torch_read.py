@@ -244,6 +244,12 @@ class Edge(NamedTuple):
         return len(self.shape)
 
 
+class _Sequences(NamedTuple):
+    """What a plain ``nn.RNN/LSTM/GRU`` returns: ``(output, states)``; only ``output`` (element 0) is a graph edge."""
+
+    edge: Edge
+
+
 class _Pending(NamedTuple):
     """A padding module waiting for the convolution it is folded into."""
 
@@ -423,6 +429,12 @@ class Reader:
         return [self.edge(i, "output").name for i in items]
 
     def _call(self, node: fx.Node) -> None:
+        if node.op == "call_module" and isinstance(self.gm.get_submodule(str(node.target)), nn.RNNBase):
+            self.edges[node] = _rnn_module(self, node)
+            return
+        if node.op == "call_function" and node.target is operator.getitem and isinstance(self.edges.get(node.args[0]), _Sequences):
+            self.edges[node] = _rnn_output(self, node)
+            return
         value = self.values[node.name]
         if value.shape is None:
             if value.holds_tensors:
@@ -604,6 +616,50 @@ def _embedding(r: Reader, node: fx.Node) -> Edge:
     record = layers.Embedding(base.to_numpy(module.weight))
     out = r.out_shape()
     return r.emit(r.current_layer(), record, [edge], "channels_last", out)._replace(dtype=module.weight.dtype)
+
+
+# -- readers: recurrent layers ----------------------------------------------------------------------
+
+
+def _rnn_module(r: Reader, node: fx.Node) -> _Sequences:
+    """A plain ``nn.RNN/LSTM/GRU`` (batch first): one record per stacked layer, each returning its sequence."""
+    from . import torch_recurrent
+
+    module = r.module_of(node)
+    if not module.batch_first:
+        raise r.refuse("it takes (T, N, F) (batch_first=False)", "batch_first=True", "batch_first=False", "Build it with batch_first=True.")
+    if len(node.args) != 1 or node.kwargs:
+        raise r.refuse("it is given initial states", "module(x): zero initial states", f"{len(node.args)} positional arguments")
+    edge = r.relayout(r.edge(node.args[0]), "channels_last", r.current_layer())  # (N, T, F): features last
+    units = module.hidden_size * (2 if module.bidirectional else 1)
+    for k, record in enumerate(torch_recurrent.stacked_layers(module)):
+        name = r.current_layer() if k == 0 else f"{r.current_layer()}.layer{k}"
+        edge = r.emit(name, record, [edge], "channels_last", edge.shape[:2] + (units,))
+    return _Sequences(edge)
+
+
+def _rnn_output(r: Reader, node: fx.Node) -> Edge | None:
+    index = node.args[1]
+    if index != 0 and not node.users:
+        return None  # `out, _ = self.lstm(x)`: the states are unpacked and never used
+    if index != 0:
+        raise r.refuse(
+            "it reads the final states of a recurrent module",
+            "the output sequence (element 0)",
+            f"element {index!r}",
+            "Use the sequence, e.g. output[:, -1] for the last step, or build the layer with layoutconv.to_torch(record).",
+        )
+    return r.edges[node.args[0]].edge
+
+
+def _recurrent_layer(r: Reader, node: fx.Node) -> Edge:
+    """layoutconv's own recurrent modules: ``(N, T, F)`` in, one tensor out."""
+    from . import torch_recurrent
+
+    record = torch_recurrent.from_native(r.module_of(node))
+    edge = r.relayout(_one_input(r, node), "channels_last", r.current_layer())
+    out = r.out_shape()
+    return r.emit(r.current_layer(), record, [edge], "channels_last" if len(out) > 2 else "flat", out)
 
 
 # -- readers: activations, softmax, identity ----------------------------------------------------------
@@ -1021,6 +1077,16 @@ MODULE_READERS: dict[type, Read] = {
 }
 for _cls in base._ACTIVATION_MODULES:
     MODULE_READERS.setdefault(_cls, _activation_module)
+
+
+def _register_recurrent() -> None:
+    from . import torch_recurrent
+
+    for cls in (torch_recurrent.RecurrentLayer, torch_recurrent.BidirectionalLayer, torch_recurrent.LoopRNN):
+        MODULE_READERS[cls] = _recurrent_layer
+
+
+_register_recurrent()
 for _cls in (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout):
     MODULE_READERS[_cls] = _passthrough
 for _cls in _POOL_RANKS:
