@@ -28,6 +28,7 @@ whatever mix of ``view``, ``flatten``, ``permute`` or ``transpose`` your
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
@@ -89,6 +90,7 @@ class PortReport:
     tolerance: float | None = None
     layers: tuple[LayerCheck, ...] = ()
     notes: tuple[str, ...] = ()
+    loaded: bool = True  # False for a check of a module that already held the weights (verify(source, target, x))
 
     @property
     def first_divergence(self) -> LayerCheck | None:
@@ -113,7 +115,7 @@ class PortReport:
         first = self.first_divergence
         if first is not None:
             lines.append(f"first divergence: {first.source} -> {first.target}: {first.cause}")
-        lines.append("PASSED" if self.passed else "FAILED (the target module was left unchanged)")
+        lines.append("PASSED" if self.passed else "FAILED" + (" (the target module was left unchanged)" if self.loaded else ""))
         return "\n".join(lines)
 
 
@@ -621,40 +623,21 @@ def _read_source(source: Any, architecture: Any) -> tuple[Graph | None, list[Sou
     return read_model(source, architecture=architecture), None, None
 
 
-def port(
-    source: Any,
-    target: Any,
-    *,
-    example_inputs: Any = None,
-    mapping: dict[str, str] | None = None,
-    architecture: Any = None,
-    strict: bool = True,
-) -> PortReport:
-    """Load a trained model's weights into your own PyTorch module and prove it computes the same (module docs).
+class _Prepared(NamedTuple):
+    graph: Graph | None
+    edges: dict[str, np.ndarray] | None
+    how: list[str]
+    pairs: list[tuple[SourceLayer, TargetCall]]
+    plan: list[tuple[Any, dict[str, np.ndarray], dict[str, Any]]]
+    mappings: list[Mapping]
+    ported: dict[str, Record]
+    notes: list[str]
 
-    ``source``: anything :func:`layoutconv.read_model` reads (a Keras model, a
-    Keras file of any version, with ``architecture=`` for weights-only files), or
-    a weights-only Keras file alone (then nothing can run the source: the
-    weights are loaded and checked for kind and shape, and the report says it is
-    not verified).  ``target``: a ``torch.nn.Module``.  ``example_inputs``: a
-    tensor or tuple of tensors your module takes (channels first, or in the
-    source's layout), required.
 
-    Returns a :class:`PortReport`.  When the check fails the module is restored
-    and, with ``strict`` (default), a :class:`~layoutconv.VerificationError`
-    carrying the report (``error.report``) is raised.
-    """
-    import torch
-
+def _prepare(source: Any, target: Any, example: list[Any], mapping: dict[str, str] | None, architecture: Any) -> _Prepared:
+    """Read the source, trace the target, pair layers, and compute every tensor to load (nothing is written)."""
     from .adapters import torch_adapter
 
-    if not isinstance(target, torch.nn.Module):
-        raise fail(UnsupportedError, "port writes into PyTorch modules", "a torch.nn.Module", f"a {type(target).__name__}",
-                   "For Keras targets use layoutconv.to_keras(layoutconv.read_model(source)).")
-    if example_inputs is None:
-        raise fail(ConfigError, "port needs example_inputs", "a tensor (or tuple of tensors) your module takes", "None")
-    example = list(example_inputs) if isinstance(example_inputs, (tuple, list)) else [example_inputs]
-    example = [x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x)) for x in example]
     graph, file_layers, _ = _read_source(source, architecture)
     notes: list[str] = []
 
@@ -717,6 +700,45 @@ def port(
         mappings.append(Mapping(layer.name, call.name, _kind_of_record(layer.record), tuple(layer_notes)))
         ported[layer.name] = record
 
+    return _Prepared(graph, edges, how, pairs, plan, mappings, ported, notes)
+
+
+def port(
+    source: Any,
+    target: Any,
+    *,
+    example_inputs: Any = None,
+    mapping: dict[str, str] | None = None,
+    architecture: Any = None,
+    strict: bool = True,
+) -> PortReport:
+    """Load a trained model's weights into your own PyTorch module and prove it computes the same (module docs).
+
+    ``source``: anything :func:`layoutconv.read_model` reads (a Keras model, a
+    Keras file of any version, with ``architecture=`` for weights-only files), or
+    a weights-only Keras file alone (then nothing can run the source: the
+    weights are loaded and checked for kind and shape, and the report says it is
+    not verified).  ``target``: a ``torch.nn.Module``.  ``example_inputs``: a
+    tensor or tuple of tensors your module takes (channels first, or in the
+    source's layout), required.
+
+    Returns a :class:`PortReport`.  When the check fails the module is restored
+    and, with ``strict`` (default), a :class:`~layoutconv.VerificationError`
+    carrying the report (``error.report``) is raised.
+    """
+    import torch
+
+    from .adapters import torch_adapter
+
+    if not isinstance(target, torch.nn.Module):
+        raise fail(UnsupportedError, "port writes into PyTorch modules", "a torch.nn.Module", f"a {type(target).__name__}",
+                   "For Keras targets use layoutconv.to_keras(layoutconv.read_model(source)).")
+    if example_inputs is None:
+        raise fail(ConfigError, "port needs example_inputs", "a tensor (or tuple of tensors) your module takes", "None")
+    example = list(example_inputs) if isinstance(example_inputs, (tuple, list)) else [example_inputs]
+    example = [x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x)) for x in example]
+    prepared = _prepare(source, target, example, mapping, architecture)
+    graph, edges, how, pairs, plan, mappings, ported, notes = prepared
     snapshot = {k: v.detach().clone() for k, v in target.state_dict().items()}
     saved_attrs = [(module, {k: getattr(module, k) for k in attrs}) for module, _, attrs in plan]
     _load(plan, torch_adapter)
@@ -842,7 +864,7 @@ def _verify_port(graph: Graph, target: Any, example: list[Any], how: list[str], 
             own = _rel(y_c, own_expected)[1]
         except LayoutError:
             own_expected, own = None, math.inf
-        passed = carried <= tol
+        passed = carried <= tol and own <= tol  # a saturating activation after it can hide a wrong layer downstream
         cause = "" if passed else _cause(record, x_c, own, tol, previous)
         previous = (record, call.name)
         checks.append(LayerCheck(layer.name, call.name, carried, own, passed, cause))
@@ -891,3 +913,37 @@ def _cause(record: Record, x: np.ndarray, own: float, tol: float, previous: tupl
     if isinstance(record, (Conv, ConvTranspose)):
         return "this layer itself computes something else: check its padding, stride, dilation and activation"
     return f"this layer itself computes something else (own error {own:.2e})"
+
+
+def compare(source: Any, target: Any, inputs: Any, *, mapping: dict[str, str] | None = None, architecture: Any = None) -> PortReport:
+    """Check a PyTorch module that already holds a model's weights against the source: nothing is loaded or changed.
+
+    What ``layoutconv.verify(source, target, inputs)`` runs for a ``torch.nn.Module``
+    target: the layers are paired as :func:`port` pairs them, each pair's tensors
+    are compared with the source's (converted to your module's layout), and the
+    module runs against the reference end to end and layer by layer.
+    """
+    import torch
+
+    if not isinstance(target, torch.nn.Module):
+        raise fail(UnsupportedError, "compare checks PyTorch modules", "a torch.nn.Module", f"a {type(target).__name__}")
+    example = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+    example = [x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x)) for x in example]
+    prepared = _prepare(source, target, example, mapping, architecture)
+    graph, edges, how, pairs, plan, mappings, ported, notes = prepared
+    checked = []
+    for (module, tensors, attrs), m in zip(plan, mappings):
+        params = dict(module.named_parameters(recurse=False))
+        params.update(dict(module.named_buffers(recurse=False)))
+        worst = 0.0
+        for name, value in tensors.items():
+            have = params[name].detach().to(torch.float64).cpu().numpy()
+            worst = max(worst, float(np.max(np.abs(have - value.astype(np.float64)))) if value.size else 0.0)
+        differs = [f"{k}={getattr(module, k):g} where the source has {v:g}" for k, v in attrs.items()]
+        note = "weights equal" if worst == 0 else f"weights differ by up to {worst:.3g}"
+        checked.append(Mapping(m.source, m.target, m.kind, (note, *differs)))
+    if graph is None:
+        return PortReport(tuple(checked), verified=False, passed=all(n.notes == ("weights equal",) for n in checked), notes=tuple(notes), loaded=False)
+    assert edges is not None
+    report = _verify_port(graph, target, example, how, edges, pairs, ported, tuple(checked), notes)
+    return dataclasses.replace(report, loaded=False)

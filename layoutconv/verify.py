@@ -268,6 +268,12 @@ def _verify_native(conv: Conv1D, native: Any, x: np.ndarray, expected: np.ndarra
     return replace(result, status="fail", message="; ".join(notes + ([result.message] if result.message else [])))
 
 
+def _is_model(obj: Any) -> bool:
+    """A framework model object (a torch Module) rather than a list of framework names."""
+    module = type(obj).__module__ or ""
+    return module.startswith("torch") or hasattr(obj, "named_modules")
+
+
 def verify(
     conv: Conv1D,
     frameworks: Iterable[str] | None = None,
@@ -311,6 +317,11 @@ def verify(
     """
     from .graph import Graph
 
+    if frameworks is not None and not isinstance(frameworks, str) and _is_model(frameworks):
+        # verify(source, target, inputs): your own PyTorch model, checked against the source model
+        from .porting import compare
+
+        return compare(conv, frameworks, x)  # type: ignore[return-value]
     if isinstance(conv, Graph):
         if native is not None:
             raise fail(ConfigError, "verify(graph, native=...) is not supported", "layoutconv.port(graph, module, example_inputs=...) to check a module of your own", "native=")

@@ -232,3 +232,19 @@ def test_padding_that_differs_from_keras_same_is_refused_or_caught(keras_model):
         layoutconv.port(keras_model, net, example_inputs=x)
     first = caught.value.report.first_divergence
     assert first.source == "conv1d" and "before it" in first.cause and "padding" in first.cause
+
+
+def test_verify_source_against_your_own_module_changes_nothing(keras_model):
+    x = torch.from_numpy(np.random.default_rng(8).normal(size=(2, 5, 33)).astype(np.float32))
+    net = Twin()
+    layoutconv.port(keras_model, net, example_inputs=x)
+    report = layoutconv.verify(keras_model, net, x)
+    assert report.passed and all(m.notes[0] == "weights equal" for m in report.mappings)
+    with torch.no_grad():
+        net.fc.bias[0] += 0.25  # one wrong number
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    report = layoutconv.verify(keras_model, net, x)
+    assert not report.passed
+    assert report.first_divergence.source == "dense" and "itself" in report.first_divergence.cause
+    assert [m.notes[0] for m in report.mappings if m.source == "dense"] == ["weights differ by up to 0.25"]
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
