@@ -304,6 +304,8 @@ def _inspect_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true")
     p.add_argument("--backend", choices=["theano", "tensorflow"], help="override the inferred backend (Keras files)")
+    p.add_argument("--model", action="store_true", help="also read the whole model: every layer, its record and the layout of its output")
+    p.add_argument("--architecture", help="model.json for a weights-only Keras file (implies --model)")
 
 
 @command("inspect", "what a weight file holds: convolutions, layouts, NaN/Inf (exit 1 if any weight is not finite)", _inspect_args)
@@ -311,6 +313,16 @@ def _inspect(args: argparse.Namespace) -> int:
     from ._inspect import inspect_text
 
     text, report = inspect_text(args.path, as_json=args.json, backend=args.backend)
+    if args.model or args.architecture:
+        from .model import read_model
+
+        graph = read_model(args.path, architecture=args.architecture, backend=args.backend)
+        if args.json:
+            payload = json.loads(text)
+            payload["model"] = graph.to_dict()
+            text = json.dumps(payload, indent=2)
+        else:
+            text += "\n\n" + graph.summary()
     print(text)
     return 1 if report.nonfinite() else 0
 
@@ -406,6 +418,19 @@ def _convert(args: argparse.Namespace) -> int:
         print(report)
         print(f"wrote {args.output}")
     return 0
+
+
+def _port_args(p: argparse.ArgumentParser) -> None:
+    from ._port_cli import add_arguments
+
+    add_arguments(p)
+
+
+@command("port", "load a Keras model's weights into your own PyTorch class, verified; save its state_dict", _port_args)
+def _port(args: argparse.Namespace) -> int:
+    from ._port_cli import run
+
+    return run(args)
 
 
 def _diagnose_args(p: argparse.ArgumentParser) -> None:

@@ -190,8 +190,42 @@ class Graph(Record):
         lines.append(f"  outputs: {', '.join(self.outputs)}")
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: inputs, nodes (layer kind, hyperparameters, inputs, layout) and outputs."""
+
+        def plain(v: Any) -> Any:
+            if isinstance(v, (tuple, list)):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, Record):
+                return {"kind": type(v).__name__, **{k: plain(x) for k, x in _hyper(v).items()}}
+            return v if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
+
+        return {
+            "name": self.name,
+            "inputs": [{"name": i.name, "shape": list(i.shape), "layout": i.layout, "kind": i.kind} for i in self.inputs],
+            "nodes": [
+                {"name": n.name, "layer": n.layer, "inputs": list(n.inputs), "layout": n.layout, "record": plain(self.layers[n.layer])}
+                for n in self.nodes
+            ],
+            "outputs": list(self.outputs),
+        }
+
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {len(self.nodes)} nodes, inputs {[i.name for i in self.inputs]}, outputs {list(self.outputs)})"
+
+
+def _hyper(record: Record) -> dict[str, Any]:
+    """A record's hyperparameters and array shapes, for reports."""
+    out: dict[str, Any] = {}
+    if hasattr(record, "hyperparameters"):
+        out.update(record.hyperparameters())
+    for name in record.ARRAYS:
+        value = getattr(record, name, None)
+        if value is not None:
+            out[f"{name}_shape"] = list(value.shape)
+    return out
 
 
 def to_canonical(x: np.ndarray, layout: str) -> np.ndarray:

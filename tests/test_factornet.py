@@ -96,3 +96,17 @@ def test_pytorch_matches(graph, expected):
         got = module(torch.from_numpy(x1), torch.from_numpy(x2)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # float32, a 34x5 conv and 57 LSTM steps
     assert layoutconv.verify(graph, frameworks=["torch"], x=list(_inputs(seed=3))).passed
+
+
+def test_cli_inspect_lists_every_layer_of_the_model(capsys):
+    import json
+
+    from layoutconv import cli
+
+    assert cli.main(["inspect", str(WEIGHTS), "--architecture", str(ARCHITECTURE), "--json"]) == 0
+    model = json.loads(capsys.readouterr().out)["model"]
+    kinds = [n["record"]["kind"] for n in model["nodes"]]
+    assert kinds.count("Bidirectional") == 2 and kinds[-1] == "Merge"
+    lstm = next(n for n in model["nodes"] if n["record"]["kind"] == "Bidirectional")["record"]["forward"]
+    assert lstm["recurrent_activation"] == "hard_sigmoid_keras2" and lstm["units"] == 32
+    assert [n["layout"] for n in model["nodes"][:2]] == ["channels_last", "channels_last"]

@@ -248,3 +248,32 @@ def test_verify_source_against_your_own_module_changes_nothing(keras_model):
     assert report.first_divergence.source == "dense" and "itself" in report.first_divergence.cause
     assert [m.notes[0] for m in report.mappings if m.source == "dense"] == ["weights differ by up to 0.25"]
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_cli_port_into_a_class_from_a_file_and_save(tmp_path, capsys):
+    from layoutconv import cli
+
+    (tmp_path / "seqnet.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv1d(4, 80, 5)\n"
+        "        self.fc1, self.fc2, self.fc3, self.out = nn.Linear(1200, 80), nn.Linear(80, 40), nn.Linear(40, 40), nn.Linear(40, 1)\n\n"
+        "    def forward(self, x):\n"
+        "        x = nn.functional.avg_pool1d(torch.relu(self.conv(x)), 2).flatten(1)\n"
+        "        return self.out(torch.relu(self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))))\n"
+    )
+    out = tmp_path / "seq.pt"
+    code = cli.main(["port", str(SEQ_FILE), f"{tmp_path / 'seqnet.py'}:Net", "--input-shape", "2,4,34", "--output", str(out)])
+    assert code == 0 and "NOT VERIFIED" in capsys.readouterr().out
+    net = SeqDeepCpf1()
+    state = torch.load(out, weights_only=True)
+    net.load_state_dict({"conv.weight": state["conv.weight"], "conv.bias": state["conv.bias"],
+                         **{f"{a}.{p}": state[f"{b}.{p}"] for a, b in (("fc1", "fc1"), ("fc2", "fc2"), ("fc3", "fc3"), ("out", "out")) for p in ("weight", "bias")}})
+    seq, _, published, _ = _examples()
+    with torch.no_grad():
+        got = net.eval()(torch.from_numpy(seq.transpose(0, 2, 1).copy())).numpy()[:, 0]
+    np.testing.assert_allclose(got, published, rtol=0, atol=5e-5)
+    assert cli.main(["port", str(SEQ_FILE), f"{tmp_path / 'seqnet.py'}:Net", "--input-shape", "2,4,34", "--output", str(out)]) == 2  # exists
+    assert cli.main(["port", str(SEQ_FILE), f"{tmp_path / 'seqnet.py'}:Nope", "--input-shape", "2,4,34"]) == 2
