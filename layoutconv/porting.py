@@ -726,13 +726,21 @@ def port(
     and, with ``strict`` (default), a :class:`~layoutconv.VerificationError`
     carrying the report (``error.report``) is raised.
     """
+    from .model import _keras_flavour
+
+    flavour = _keras_flavour(target)
+    if flavour is not None:
+        if example_inputs is None:
+            raise fail(ConfigError, "port needs example_inputs", "an array (or tuple of arrays) your Keras model takes", "None")
+        example_np = [np.asarray(x) for x in (example_inputs if isinstance(example_inputs, (tuple, list)) else [example_inputs])]
+        return _port_keras(source, target, example_np, mapping, architecture, strict, flavour)
     import torch
 
     from .adapters import torch_adapter
 
     if not isinstance(target, torch.nn.Module):
-        raise fail(UnsupportedError, "port writes into PyTorch modules", "a torch.nn.Module", f"a {type(target).__name__}",
-                   "For Keras targets use layoutconv.to_keras(layoutconv.read_model(source)).")
+        raise fail(UnsupportedError, "port writes into PyTorch modules and Keras models", "a torch.nn.Module or a Keras model",
+                   f"a {type(target).__name__}")
     if example_inputs is None:
         raise fail(ConfigError, "port needs example_inputs", "a tensor (or tuple of tensors) your module takes", "None")
     example = list(example_inputs) if isinstance(example_inputs, (tuple, list)) else [example_inputs]
@@ -947,3 +955,189 @@ def compare(source: Any, target: Any, inputs: Any, *, mapping: dict[str, str] | 
     assert edges is not None
     report = _verify_port(graph, target, example, how, edges, pairs, ported, tuple(checked), notes)
     return dataclasses.replace(report, loaded=False)
+
+
+# -- Keras targets -----------------------------------------------------------------------------------
+
+
+def _keras_weights_for(record: Record, in_shape: tuple[int, ...], flavour: str) -> list[np.ndarray]:
+    """The arrays a Keras layer computing ``record`` holds, in Keras' order and layouts (built by the Keras adapter)."""
+    from . import registry
+    from .graph import Input, Node
+
+    kind = "int" if isinstance(record, layers.Embedding) else "float"
+    rank = len(in_shape)
+    shape = tuple(in_shape[1:]) + tuple(in_shape[:1]) if rank > 1 and kind == "float" else tuple(in_shape)
+    layout = "channels_last" if rank > 1 and kind == "float" else "flat"
+    one = Graph({"layer": record}, [Input("x", shape, layout, kind)], [Node("y", "layer", ("x",), layout)], ["y"], name="port")
+    model = registry.converter(one, flavour).to_native(one)
+    weighted = [layer for layer in model.layers if layer.get_weights()]
+    if len(weighted) != 1:
+        raise fail(UnsupportedError, f"A {type(record).__name__} is not one Keras layer with weights", "one layer", f"{[l.name for l in weighted]}")
+    return [np.asarray(w) for w in weighted[0].get_weights()]
+
+
+def _port_keras(source: Any, target: Any, example: list[np.ndarray], mapping: dict[str, str] | None, architecture: Any,
+                strict: bool, flavour: str) -> PortReport:
+    from . import graph as graph_module
+    from .model import read_model
+
+    sgraph = source if isinstance(source, Graph) else read_model(source, architecture=architecture)
+    tgraph = read_model(target)
+    # the example inputs are the target's (Keras: channels last); the source may hold them otherwise
+    t_edges = graph_module.run(tgraph, example, lambda r, x: reference.forward(r, x), keep=True)
+    canonical_inputs = [t_edges[i.name] for i in tgraph.inputs]
+    s_edges = graph_module.run(sgraph, canonical_inputs, lambda r, x: reference.forward(r, x), layout="channels_first", keep=True)
+    sources = _graph_layers(sgraph, {k: v.shape for k, v in s_edges.items()})
+    targets = _graph_layers(tgraph, {k: v.shape for k, v in t_edges.items()})
+    pairs = _match_layers(sources, targets, mapping)
+    plan: list[tuple[Any, list[np.ndarray], dict[str, Any]]] = []
+    mappings: list[Mapping] = []
+    for s, t in pairs:
+        record, notes = s.record, []
+        if isinstance(record, layers.Dense) and (s.flatten or t.flatten):
+            record, note = _refold_columns(s, t)
+            if note:
+                notes.append(note)
+        if isinstance(record, (Conv, ConvTranspose)):
+            size = s_edges[s.input_edge].shape[2:] if s.input_edge in s_edges else None
+            for name in ("stride", "dilation", "groups"):
+                if getattr(record, name) != getattr(t.record, name):
+                    raise fail(ConfigError, f"Your layer {t.name!r} has another {name} than source layer {s.name!r}",
+                               f"{name}={getattr(record, name)}", f"{name}={getattr(t.record, name)}")
+            if size is not None and isinstance(record, Conv) and record.pads(size) != t.record.pads(size):
+                raise fail(ConfigError, f"Your layer {t.name!r} pads differently from source layer {s.name!r} at input size {size}",
+                           f"pads {record.pads(size)}", f"pads {t.record.pads(size)}", "Add a ZeroPadding layer and use padding='valid'.")
+            record = record.replace(padding=t.record.padding, activation=t.record.activation)
+        elif hasattr(record, "activation") and hasattr(t.record, "activation") and not isinstance(record, layers.Activation):
+            record = record.replace(activation=t.record.activation)  # the fused activation is the target's business: checked by running
+        attrs: dict[str, Any] = {}
+        if isinstance(record, (layers.BatchNorm, layers.LayerNorm)) and record.epsilon != t.record.epsilon:
+            attrs["epsilon"] = record.epsilon
+            notes.append(f"epsilon set to {record.epsilon:g} (was {t.record.epsilon:g})")
+        keras_layer = target.get_layer(t.name)
+        in_shape = t_edges[t.input_edge].shape[1:] if t.input_edge in t_edges else None
+        weights = _keras_weights_for(record, in_shape, flavour)
+        have = keras_layer.get_weights()
+        if [w.shape for w in weights] != [w.shape for w in have]:
+            raise fail(ConfigError, f"Source layer {s.name!r} does not fit your layer {t.name!r}", f"weights {[w.shape for w in weights]}",
+                       f"weights {[w.shape for w in have]}")
+        plan.append((keras_layer, [w.astype(h.dtype) for w, h in zip(weights, have)], attrs))
+        mappings.append(Mapping(s.name, t.name, _kind_of_record(s.record), tuple(notes)))
+    saved = [(layer, layer.get_weights(), {k: getattr(layer, k) for k in attrs}) for layer, _, attrs in plan]
+    for layer, weights, attrs in plan:
+        layer.set_weights(weights)
+        for k, v in attrs.items():
+            setattr(layer, k, v)
+    report = _verify_keras(sgraph, s_edges, target, example, pairs, tuple(mappings), flavour)
+    if not report.passed:
+        for layer, weights, attrs in saved:
+            layer.set_weights(weights)
+            for k, v in attrs.items():
+                setattr(layer, k, v)
+        if strict:
+            err = VerificationError(str(report))
+            err.report = report  # type: ignore[attr-defined]
+            raise err
+    return report
+
+
+def _match_layers(sources: list[SourceLayer], targets: list[SourceLayer], mapping: dict[str, str] | None) -> list[tuple[SourceLayer, SourceLayer]]:
+    """Pair weighted layers: pinned by ``mapping``, else the next in order when kind and shapes fit, else the only fit."""
+
+    def fits(s: SourceLayer, t: SourceLayer) -> bool:
+        if _kind_of_record(s.record) != _kind_of_record(t.record):
+            return False
+        try:
+            a, b = _expected_tensors(s.record), _expected_tensors(t.record)
+        except LayoutError:
+            return type(s.record) is type(t.record)
+        return {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+
+    by_name = {t.name: t for t in targets}
+    pairs: list[tuple[SourceLayer, SourceLayer]] = []
+    pinned = dict(mapping or {})
+    for src, tgt in pinned.items():
+        s = next((x for x in sources if x.name == src), None)
+        if s is None or tgt not in by_name:
+            raise fail(ConfigError, "mapping names an unknown layer", f"source layers {[x.name for x in sources]}, target layers {list(by_name)}", f"{src!r}: {tgt!r}")
+        pairs.append((s, by_name[tgt]))
+    unused = [t for t in targets if t.name not in pinned.values()]
+    free = [s for s in sources if s.name not in pinned]
+    if len(free) != len(unused):
+        raise fail(ConfigError, "The source and your model have different numbers of layers with weights",
+                   f"{[s.name for s in free]}", f"{[t.name for t in unused]}", "Pass mapping= for the pairs that differ.")
+    for s in free:
+        if fits(s, unused[0]):
+            chosen = unused[0]
+        else:
+            candidates = [t for t in unused if fits(s, t)]
+            if len(candidates) != 1:
+                raise fail(ConfigError, f"Source layer {s.name!r} ({_describe_record(s.record)}) does not fit your layer {unused[0].name!r}",
+                           "one layer of the same kind and weight shapes", f"{'several' if candidates else 'no'} that fit: {[t.name for t in candidates]}",
+                           "Pass mapping={" + repr(s.name) + ": 'layer_name'}.")
+            chosen = candidates[0]
+        unused.remove(chosen)
+        pairs.append((s, chosen))
+    order = {t.name: i for i, t in enumerate(targets)}
+    return sorted(pairs, key=lambda p: order[p[1].name])
+
+
+def _refold_columns(s: SourceLayer, t: SourceLayer) -> tuple[Record, str]:
+    """A Dense's columns from the source's flatten order to the target's (both known from the graphs)."""
+    s_order, s_shape = s.flatten or ("channels_first", None)
+    t_order, t_shape = t.flatten or ("channels_first", None)
+    shape = s_shape or t_shape
+    if shape is None or (s_shape is not None and t_shape is not None and tuple(s_shape) != tuple(t_shape)):
+        raise fail(ShapeError, f"The tensors flattened before {s.name!r} and {t.name!r} differ", f"{s_shape}", f"{t_shape}")
+    if s_order == t_order:
+        return s.record, ""
+    n = int(np.prod(shape))
+    canonical = np.arange(n).reshape(shape)
+    listed = {o: (canonical if o == "channels_first" else np.moveaxis(canonical, 0, -1)).reshape(-1) for o in (s_order, t_order)}
+    column_of = np.empty(n, dtype=np.int64)
+    column_of[listed[s_order]] = np.arange(n)
+    columns = column_of[listed[t_order]]
+    record = s.record.replace(kernel=np.ascontiguousarray(s.record.kernel[:, columns]))
+    return record, f"columns permuted: the source flattened {s_order.replace('_', ' ')}, yours {t_order.replace('_', ' ')}"
+
+
+def _verify_keras(sgraph: Graph, s_edges: dict[str, np.ndarray], target: Any, example: list[np.ndarray],
+                  pairs: list[tuple[SourceLayer, SourceLayer]], mappings: tuple[Mapping, ...], flavour: str) -> PortReport:
+    """Run the Keras target against the source's reference; name the first matched layer whose output differs."""
+    from . import graph as graph_module
+    from .model import read_model
+
+    got = target.predict(example if len(example) > 1 else example[0], verbose=0)
+    outs = got if isinstance(got, (list, tuple)) else [got]
+    rtol, atol = ASSERT_CLOSE_DEFAULTS.get(str(np.asarray(outs[0]).dtype), ASSERT_CLOSE_DEFAULTS["float32"])
+    tol = rtol * END_TO_END_FACTOR * max(1, len(pairs))
+    abs_err = rel_err = 0.0
+    ok = True
+    for name, y in zip(sgraph.outputs, outs):
+        y = np.asarray(y, dtype=np.float64)
+        expected = s_edges[name]
+        y_c = _as_canonical(y, expected.shape)
+        if y_c is None:
+            ok = False
+            continue
+        a, r = _rel(y_c, expected)
+        abs_err, rel_err = max(abs_err, a), max(rel_err, r)
+        ok = ok and (r <= tol or a <= atol)
+    # layer by layer: the target as it now is, read back and run in numpy, against the source
+    tgraph = read_model(target)
+    t_edges = graph_module.run(tgraph, example, lambda r, x: reference.forward(r, x), keep=True)
+    checks = []
+    for s, t in pairs:
+        if s.edge is None or t.edge is None:
+            continue
+        expected, mine = s_edges[s.edge], t_edges[t.edge]
+        fused_t = getattr(t.record, "activation", "linear")
+        fused_s = getattr(s.record, "activation", "linear")
+        if fused_t != fused_s and fused_t == "linear":
+            mine = activations.apply(fused_s, mine)
+        carried = _rel(mine, expected)[1] if mine.shape == expected.shape else math.inf
+        checks.append(LayerCheck(s.name, t.name, carried, math.nan, carried <= tol, "" if carried <= tol else
+                                 "this layer's output differs from the source's: check it and what comes before it"))
+    passed = ok and all(c.passed for c in checks)
+    return PortReport(mappings, True, passed, abs_err, rel_err, tol, tuple(checks))
