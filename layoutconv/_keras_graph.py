@@ -77,9 +77,10 @@ class Call(NamedTuple):
         return fail(UnsupportedError, f"Layer {self.name!r} ({self.class_name}) cannot be read: {why}", expected, received, remedy)
 
 
-Reader = Callable[[Call], "Record | None"]
+Reader = Callable[[Call], "Record | tuple[Record, ...] | None"]
 
-#: Keras class name -> reader (``None`` from a reader: the layer is the identity at inference).
+#: Keras class name -> reader (``None`` from a reader: the layer is the identity at inference; a tuple:
+#: records applied one after the other, e.g. ``Dense(activation="softmax")`` as a Dense and a Softmax).
 READERS: dict[str, Reader] = {}
 
 
@@ -135,16 +136,23 @@ def _conv(call: Call) -> Record:
     return call.source.conv(call.name)
 
 
+def _is_softmax(value: Any) -> bool:
+    return value == "softmax" or (isinstance(value, dict) and "softmax" in (value.get("config"), value.get("class_name")))
+
+
 @reads("Dense")
-def _dense(call: Call) -> Record:
+def _dense(call: Call) -> Record | tuple[Record, ...]:
     arrays = call.arrays()
     if not arrays or arrays[0].ndim != 2:
         raise call.refuse("no kernel", "a (in, out) kernel", f"arrays {[a.shape for a in arrays]}")
-    return layers.Dense(arrays[0], arrays[1] if len(arrays) > 1 else None, activation=keras_activation(call.get("activation"), call.generation), layout="I O")
+    bias = arrays[1] if len(arrays) > 1 else None
+    if _is_softmax(call.get("activation")):  # not elementwise: a layer of its own after the Dense (every classifier head)
+        return layers.Dense(arrays[0], bias, layout="I O"), layers.Softmax(1)
+    return layers.Dense(arrays[0], bias, activation=keras_activation(call.get("activation"), call.generation), layout="I O")
 
 
 @reads("TimeDistributed")
-def _time_distributed(call: Call) -> Record:
+def _time_distributed(call: Call) -> Record | tuple[Record, ...]:
     inner = call.config.get("layer") or {}
     if inner.get("class_name") != "Dense":
         raise call.refuse("only TimeDistributed(Dense) is supported", "a wrapped Dense layer", f"a wrapped {inner.get('class_name')}")
@@ -202,7 +210,7 @@ def _embedding(call: Call) -> Record:
 @reads("Activation")
 def _activation(call: Call) -> Record:
     name = call.get("activation")
-    if name == "softmax" or (isinstance(name, dict) and name.get("config") == "softmax"):
+    if _is_softmax(name):
         return layers.Softmax(1)
     return layers.Activation(keras_activation(name, call.generation))
 
@@ -328,6 +336,13 @@ _MERGE_CLASSES = {
 
 @reads(*_MERGE_CLASSES)
 def _merge(call: Call) -> Record:
+    if len(call.in_ranks) < 2:  # Keras 3 writes `x + 3.0` as an `Add` operation of one tensor and a constant
+        raise call.refuse(
+            "a merge of one tensor (and a constant) is a Keras operation such as `x + 3.0`, not a Merge layer",
+            "a merge of two or more tensors",
+            f"{len(call.in_ranks)} tensor input(s)",
+            "Write the constant as a layer (e.g. Activation('hard_sigmoid') instead of ReLU(6)(x + 3) / 6).",
+        )
     return layers.Merge(_MERGE_CLASSES[call.class_name])
 
 
@@ -488,7 +503,8 @@ def build(config: Any, source: WeightSource, *, name: str | None = None) -> Grap
         graph_inputs.append(spec)
         edge_of[ref] = spec.name
         rank_of[spec.name] = len(spec.shape) + 1
-    records: dict[str, Record | None] = {}
+    records: dict[str, Record | tuple[Record, ...] | None] = {}
+    parts_of: dict[str, list[tuple[str, Record]]] = {}  # layer -> (graph layer name, record) per record it reads as
     nodes: list[Node] = []
     pending = [(c, cfg, n, i, call) for c, cfg, n, calls in entries if c != "InputLayer" for i, call in enumerate(calls)]
     while pending:
@@ -516,11 +532,18 @@ def build(config: Any, source: WeightSource, *, name: str | None = None) -> Grap
             if record is None:  # the identity at inference: the tensor passes through
                 edge_of[(lname, index, 0)] = ins[0]
                 continue
+            if lname not in parts_of:
+                several = record if isinstance(record, tuple) else (record,)
+                parts_of[lname] = [(lname if i == 0 else f"{lname}/{type(r).__name__.lower()}", r) for i, r in enumerate(several)]
             edge = lname if index == 0 else f"{lname}:{index}"
-            rank = out_rank(record, ranks)
-            nodes.append(Node(edge, lname, ins, "channels_last" if rank >= 3 else "flat"))
+            for i, (part, part_record) in enumerate(parts_of[lname]):
+                last = i == len(parts_of[lname]) - 1
+                part_edge = edge if last else f"{edge}/{type(part_record).__name__.lower()}"
+                rank = out_rank(part_record, ranks)
+                nodes.append(Node(part_edge, part, ins, "channels_last" if rank >= 3 else "flat"))
+                rank_of[part_edge] = rank
+                ins, ranks = (part_edge,), (rank,)
             edge_of[(lname, index, 0)] = edge
-            rank_of[edge] = rank
         if not progressed:
             stuck = sorted({item[2] for item in pending})
             raise fail(ConfigError, "The model config's layers read tensors nobody makes", "a connected model", f"layers {stuck[:10]}")
@@ -531,7 +554,7 @@ def build(config: Any, source: WeightSource, *, name: str | None = None) -> Grap
             raise fail(ConfigError, "A model output is not computed", "outputs made by the model's layers", f"{ref}")
         outputs.append(edge_of[ref])
     return Graph(
-        {n: r for n, r in records.items() if r is not None and n in used},
+        {part: r for parts in parts_of.values() for part, r in parts if part in used},
         graph_inputs,
         nodes,
         outputs,
