@@ -58,6 +58,7 @@ __all__ = [
     "from_keras",
     "from_torch",
     "from_onnx",
+    "read_model",
     "to_keras",
     "to_torch",
     "to_onnx",
@@ -126,7 +127,8 @@ def to_torch(record: Any) -> Any:
 
 
 def to_onnx(conv: Any, **options: Any) -> Any:
-    """An ONNX ``ModelProto`` (input ``x`` of shape ``(N, C, *spatial)``, dynamic sizes) that passes the full checker."""
+    """An ONNX ``ModelProto`` that passes the full checker: a convolution (input ``x``, ``(N, C, *spatial)``, dynamic
+    sizes), a layer record, or a whole graph (inputs and outputs named and laid out as in the source model)."""
     return _converter(conv, "onnx").to_native(conv, **options)
 
 
@@ -140,6 +142,7 @@ def __getattr__(name: str) -> Any:
         "open": ("layoutconv.legacy", "open"),
         "from_keras1": ("layoutconv.legacy", "from_keras1"),
         "save": ("layoutconv.convert", "save"),
+        "read_model": ("layoutconv.model", "read_model"),
     }
     if name == "legacy":
         import importlib

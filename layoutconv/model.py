@@ -125,8 +125,18 @@ def _architecture(architecture: Any) -> Any:
     raise fail(ConfigError, "Invalid value for argument `architecture`", "a model.json path, JSON text, a dict or a Keras model", f"a {type(architecture).__name__}")
 
 
+def _is_onnx(source: Any) -> bool:
+    """An ``onnx.ModelProto`` (recognised without importing onnx) or a path ending in ``.onnx``."""
+    if type(source).__name__ == "ModelProto" and (type(source).__module__ or "").startswith("onnx"):
+        return True
+    return isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().endswith(".onnx")
+
+
 def read_model(source: Any, *, architecture: Any = None, backend: str | None = None) -> Graph:
-    """A whole model as a :class:`~layoutconv.graph.Graph`: a Keras model (Keras 3 or tf_keras) or a Keras file.
+    """A whole model as a :class:`~layoutconv.graph.Graph`: a Keras model (Keras 3 or tf_keras), a Keras file, or ONNX.
+
+    An ONNX model (``onnx.ModelProto`` or a ``.onnx`` path) is read node by node without
+    running any of it (see :mod:`layoutconv.adapters.onnx_layers`).
 
     ``source`` is a built Keras ``Sequential`` or functional model, or the path of
     a Keras file of any version: a full save (``.h5`` with ``model_config``,
@@ -140,6 +150,13 @@ def read_model(source: Any, *, architecture: Any = None, backend: str | None = N
 
     if isinstance(source, Graph):
         return source
+    if _is_onnx(source):
+        if architecture is not None or backend is not None:
+            raise fail(ConfigError, "An ONNX model carries its own architecture", "no architecture= or backend=", "one of them")
+        frameworks.adapter("onnx")  # FrameworkMissingError with the install hint when onnx is missing
+        from .adapters.onnx_layers import read_model as read_onnx
+
+        return read_onnx(source)
     flavour = _keras_flavour(source)
     if flavour is not None:
         config = _live_config(source) if architecture is None else _architecture(architecture)
@@ -163,6 +180,6 @@ def read_model(source: Any, *, architecture: Any = None, backend: str | None = N
     raise fail(
         UnsupportedError,
         "read_model cannot read this object yet",
-        "a Keras model (Keras 3 or tf_keras), a Keras file path, or a layoutconv Graph",
+        "a Keras model (Keras 3 or tf_keras), a Keras file path, an ONNX model or .onnx path, or a layoutconv Graph",
         f"a {type(source).__module__}.{type(source).__name__}",
     )

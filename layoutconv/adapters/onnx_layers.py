@@ -847,5 +847,843 @@ def run(model: Any, inputs: Any) -> Any:
     return ys[0] if len(ys) == 1 else tuple(ys)
 
 
+
+# ---------------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------------
+
+
+class _View(NamedTuple):
+    """An ONNX tensor as a graph edge: ``tensor == canonical(edge).transpose(perm)``."""
+
+    edge: str
+    perm: tuple[int, ...]
+    tensor: str
+
+
+OpReader = Callable[["_Reader", onnx.NodeProto], None]
+#: ONNX op -> the function reading one node of it into the graph.
+OP_READERS: dict[str, OpReader] = {}
+
+
+def reads(*ops: str) -> Callable[[OpReader], OpReader]:
+    def register(fn: OpReader) -> OpReader:
+        for op in ops:
+            if op in OP_READERS:
+                raise RuntimeError(f"two ONNX readers for {op}")
+            OP_READERS[op] = fn
+        return fn
+
+    return register
+
+
+#: The first op of every activation recipe: such a node is tried as an activation before its own reader.
+_ACTIVATION_STARTS = frozenset(steps[0].op for recipes in base.ACTIVATION_RECIPES.values() for steps in recipes)
+#: Weight names as the writer (and PyTorch) gives them: ``<layer>.weight``, ``<layer>.<i>.weight`` ...
+_WEIGHT_NAME = re.compile(r"^(.+?)\.(?:\d+\.)?(?:weight|bias|running_mean|running_var)$")
+#: ONNX's "to the end" in Slice: anything at or above this is read as no crop at the end.
+_SLICE_END = (1 << 31) - 1
+
+
+def _f32(value: float) -> float:
+    """A float32 attribute (epsilon) as the shortest decimal that rounds to it: 1e-3 stays 1e-3."""
+    return float(np.format_float_scientific(np.float32(value), unique=True))
+
+
+class _Reader:
+    """One walk over an ONNX graph's nodes, in order, building a :class:`Graph` (see the module docs)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.g = base._Graph(model)
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in model.graph.node:
+            for name in dict.fromkeys(n.input):
+                if name:
+                    self.consumers.setdefault(name, []).append(n)
+        self.output_names = [o.name for o in model.graph.output]
+        self.graph_outputs = set(self.output_names)
+        self.views: dict[str, _View] = {}
+        self.ranks: dict[str, int] = {}
+        self.layers: dict[str, Record] = {}
+        self.nodes: list[Node] = []
+        self.inputs: list[Input] = []
+        self.edges: set[str] = set()
+        self.done: set[int] = set()
+        self.deferred: dict[str, onnx.NodeProto] = {}
+        self.permuted: dict[tuple[str, tuple[int, ...]], str] = {}
+        self.pool_rules: dict[str, str] = {}
+        self.defer = True  # a foreign Pad before Convs waits: they take it as their padding
+
+    # -- names -------------------------------------------------------------------------------------
+    def _unique(self, name: str, taken: Any) -> str:
+        out, i = name, 1
+        while out in taken:
+            out = f"{name}_{i}"
+            i += 1
+        return out
+
+    def _layer_name(self, node: onnx.NodeProto, weights: Sequence[str]) -> str:
+        hinted = _hints(node).get("layer")
+        if hinted:
+            return hinted
+        for w in weights:
+            m = _WEIGHT_NAME.match(w or "")
+            if m:
+                return m.group(1)
+        return node.name or (node.output[0] if node.output else "") or node.op_type.lower()
+
+    def add(
+        self, record: Record, node: onnx.NodeProto, inputs: Sequence[str], final: str, perm: Sequence[int], rank: int,
+        weights: Sequence[str] = (), edge: str | None = None,
+    ) -> str:
+        """A graph node computing ``record`` on ``inputs`` (edges); the ONNX tensor ``final`` is its output transposed by ``perm``."""
+        if rank > MAX_RANK:
+            raise fail(UnsupportedError, f"{node.op_type} node {node.name!r} makes a tensor of too many axes", f"at most {MAX_RANK}", f"rank {rank}")
+        layer = self._layer_name(node, weights)
+        existing = self.layers.get(layer)
+        if existing is not None and not (type(existing) is type(record) and existing == record):
+            layer = self._unique(layer, self.layers)
+        self.layers[layer] = record
+        if edge is None:
+            edge = final if final in self.graph_outputs else (node.name or final)
+        edge = self._unique(edge, self.edges)
+        self.edges.add(edge)
+        self.ranks[edge] = rank
+        self.nodes.append(Node(edge, layer, tuple(inputs), "channels_first" if rank > 2 else "flat"))
+        self.views[final] = _View(edge, tuple(perm), final)
+        return edge
+
+    # -- tensors -----------------------------------------------------------------------------------
+    def constant(self, name: str, max_elements: int | None = None, depth: int = 0) -> tuple[np.ndarray, str] | None:
+        """The value of a constant tensor and the initializer it comes from (through Transpose/Identity), or None."""
+        if not name or depth > 8:
+            return None
+        value = self.g.constant(name, max_elements)
+        if value is not None:
+            return value, name
+        node = self.g.producers.get(name)
+        if node is None or node.op_type not in ("Transpose", "Identity") or node.domain not in ("", "ai.onnx"):
+            return None
+        inner = self.constant(node.input[0], max_elements, depth + 1)
+        if inner is None:
+            return None
+        if node.op_type == "Identity":
+            return inner
+        perm = base._attrs(node).get("perm")
+        try:
+            return np.transpose(inner[0], perm), inner[1]
+        except (ValueError, TypeError) as exc:
+            raise fail(FileFormatError, f"Transpose node {node.name!r} does not fit its constant", "a permutation of its axes", f"{exc}") from None
+
+    def weight(self, name: str, node: onnx.NodeProto, role: str, ndim: int | None = None) -> tuple[np.ndarray, str]:
+        found = self.constant(name)
+        if found is None:
+            producer = self.g.producers.get(name)
+            if producer is not None:
+                kind, source = "node", f"computed by {producer.op_type} node {producer.name!r}"
+            elif name in self.g.inputs:
+                kind, source = "input", "a graph input (fed at run time)"
+            else:
+                kind, source = "missing", "defined nowhere in the graph (missing initializer)"
+            cls, remedy = base._WEIGHT_SOURCES[kind]
+            raise fail(cls, f"{node.op_type} node {node.name!r}: {role} {name!r} is not stored in the model", "an initializer or a Constant node", source, remedy)
+        value, source = found
+        if value.dtype.name not in base.DTYPE_OPSET:
+            raise fail(UnsupportedError, f"{node.op_type} node {node.name!r}: {role} {name!r} is not a float tensor", f"one of {sorted(base.DTYPE_OPSET)}", f"{value.dtype}", "Quantized layers are not supported.")
+        if ndim is not None and value.ndim != ndim:
+            raise fail(UnsupportedError, f"{node.op_type} node {node.name!r}: {role} {name!r} has the wrong rank", f"{ndim} axes", f"shape {value.shape}")
+        return np.ascontiguousarray(value), source
+
+    def view(self, name: str, node: onnx.NodeProto) -> _View:
+        if name in self.views:
+            return self.views[name]
+        if name in self.deferred:
+            self._read(self.deferred.pop(name), defer=False)
+            return self.views[name]
+        label = f"{node.op_type} node {node.name!r}"
+        if self.constant(name) is not None:
+            raise fail(
+                UnsupportedError,
+                f"{label} reads the constant {name!r} where layoutconv expects a tensor computed from the model's inputs",
+                "constants only as weights (a bias after MatMul, a BatchNorm's statistics ...)",
+                f"a constant operand of {node.op_type}",
+                "Fold the constant into a layer's weights before exporting.",
+            )
+        raise fail(FileFormatError, f"{label} reads tensor {name!r}, which no earlier node computes", "nodes in topological order", f"an unknown tensor {name!r}")
+
+    def canonical(self, name: str, node: onnx.NodeProto) -> str:
+        """The edge holding tensor ``name`` channels first (a Permute layer when it is a transposition of one)."""
+        v = self.view(name, node)
+        return v.edge if _identity(v.perm) else self.permute(v.edge, v.perm, v.tensor)
+
+    def permute(self, edge: str, perm: tuple[int, ...], hint: str) -> str:
+        key = (edge, perm)
+        if key in self.permuted:
+            return self.permuted[key]
+        if perm[0] != 0:
+            raise fail(UnsupportedError, f"Tensor {hint!r} moves the batch axis", "transpositions that keep axis 0 in place", f"perm {list(perm)}")
+        name = self._unique(f"{hint}/permute", self.edges | set(self.layers))
+        record = layers.Permute(perm[1:], "channels_first")
+        self.layers[name] = record
+        self.edges.add(name)
+        self.ranks[name] = len(perm)
+        self.nodes.append(Node(name, name, (edge,), "channels_first" if len(perm) > 2 else "flat"))
+        self.permuted[key] = name
+        return name
+
+    def channels_last(self, name: str, node: onnx.NodeProto) -> _View:
+        """A view of tensor ``name`` whose last axis is the channel axis of its edge (a Permute layer if needed)."""
+        v = self.view(name, node)
+        rank = len(v.perm)
+        if v.perm[-1] == 1 or rank < 2:
+            return v
+        edge = self.permute(v.edge, compose(v.perm, to_first(rank)), v.tensor)
+        return _View(edge, to_last(rank), v.tensor)
+
+    def sole_consumer(self, tensor: str) -> onnx.NodeProto | None:
+        users = self.consumers.get(tensor, [])
+        if len(users) != 1 or tensor in self.graph_outputs or id(users[0]) in self.done:
+            return None
+        return users[0]
+
+    def alias(self, node: onnx.NodeProto, source: str) -> None:
+        v = self.view(source, node)
+        self.views[node.output[0]] = _View(v.edge, v.perm, node.output[0])
+
+    # -- activations -------------------------------------------------------------------------------
+    def _match(self, steps: tuple[Any, ...], z: str, first: onnx.NodeProto | None) -> list[onnx.NodeProto] | None:
+        tensors: dict[Any, str] = {"z": z}
+        matched: list[onnx.NodeProto] = []
+        for i, step in enumerate(steps):
+            anchor = tensors[next(ref for ref in step.inputs if not isinstance(ref, float))]
+            candidates = [first] if i == 0 and first is not None else self.consumers.get(anchor, [])
+            found = next(
+                (
+                    n for n in candidates
+                    if n.op_type == step.op and n.domain in ("", "ai.onnx") and len(n.output) > 0
+                    and (n is first or id(n) not in self.done) and not any(n is m for m in matched)
+                    and base._inputs_match(self.g, n, step, tensors) and base._attrs_match(n, step, self.g.opset)
+                ),
+                None,
+            )
+            if found is None:
+                return None
+            matched.append(found)
+            tensors[i] = found.output[0]
+        return matched
+
+    def activation(self, z: str, first: onnx.NodeProto | None = None, owner: onnx.NodeProto | None = None) -> tuple[str, list[onnx.NodeProto]] | None:
+        """The longest activation recipe applied to ``z`` whose inner tensors nothing else reads.
+
+        ``first``: the recipe must start with this node (a standalone activation).
+        ``owner``: fused into that Conv/Dense node, so ``z`` itself must have no other reader;
+        in a file layoutconv wrote, the activation's nodes are named ``<owner>/...``.
+        """
+        if owner is not None and z in self.graph_outputs:
+            return None
+        best: tuple[str, list[onnx.NodeProto]] | None = None
+        for name, recipes in base.ACTIVATION_RECIPES.items():
+            for steps in recipes:
+                matched = self._match(steps, z, first)
+                if matched is None or (best is not None and len(matched) <= len(best[1])):
+                    continue
+                inner = ([z] if owner is not None else []) + [m.output[0] for m in matched[:-1]]
+                others = [n for t in inner for n in self.consumers.get(t, []) if not any(n is m for m in matched)]
+                if others or self.graph_outputs & set(inner):
+                    continue
+                if owner is not None and _hints(owner) and not all(m.name.startswith(f"{owner.name}/") for m in matched):
+                    continue  # layoutconv wrote this activation as a layer of its own
+                best = (name, matched)
+        return best
+
+    def fused(self, owner: onnx.NodeProto, z: str) -> tuple[str, str]:
+        """``(activation, output tensor)`` after ``z``, the output of ``owner``; the activation's nodes are consumed."""
+        found = self.activation(z, owner=owner)
+        if found is None:
+            return "linear", z
+        for m in found[1]:
+            self.done.add(id(m))
+        return found[0], found[1][-1].output[0]
+
+    # -- the walk ----------------------------------------------------------------------------------
+    def _read_inputs(self) -> None:
+        for vi in self.model.graph.input:
+            if vi.name in self.g.initializers:
+                continue
+            label = f"Graph input {vi.name!r}"
+            if not vi.type.HasField("tensor_type"):
+                raise fail(UnsupportedError, f"{label} is not a tensor", "tensor inputs", f"a {vi.type.WhichOneof('value')}")
+            tt = vi.type.tensor_type
+            if tt.elem_type in _FLOAT_TYPES:
+                kind = "float"
+            elif tt.elem_type in _INT_TYPES:
+                kind = "int"
+            else:
+                raise fail(UnsupportedError, f"{label} has an unsupported element type", "float or integer data", f"element type {tt.elem_type}")
+            if not tt.HasField("shape") or not 1 <= len(tt.shape.dim) <= MAX_RANK:
+                raise fail(UnsupportedError, f"{label} has no usable rank", f"a declared shape of 1 to {MAX_RANK} axes", "no shape" if not tt.HasField("shape") else f"{len(tt.shape.dim)} axes")
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+            rank = len(dims)
+            users = self.consumers.get(vi.name, [])
+            last = (
+                rank > 2 and kind == "float" and bool(users) and vi.name not in self.graph_outputs
+                and all(u.op_type == "Transpose" and tuple(base._attrs(u).get("perm", ())) == to_first(rank) for u in users)
+            )
+            layout = "channels_last" if last else "channels_first" if rank > 2 else "flat"
+            self.inputs.append(Input(vi.name, tuple(dims[1:]), layout, kind))
+            self.edges.add(vi.name)
+            self.ranks[vi.name] = rank
+            self.views[vi.name] = _View(vi.name, to_last(rank) if last else tuple(range(rank)), vi.name)
+
+    def _read(self, node: onnx.NodeProto, defer: bool = True) -> None:
+        self.done.add(id(node))
+        label = f"{node.op_type} node {node.name!r}"
+        if node.domain not in ("", "ai.onnx"):
+            raise fail(UnsupportedError, f"{label} is in domain {node.domain!r}", "operators of the default ONNX domain", f"domain {node.domain!r}")
+        outer, self.defer = self.defer, defer
+        try:
+            if node.op_type in _ACTIVATION_STARTS and node.input and self.constant(node.input[0]) is None and self._standalone_activation(node):
+                return
+            reader = OP_READERS.get(node.op_type)
+            if reader is None:
+                raise fail(
+                    UnsupportedError,
+                    f"ONNX op {node.op_type} ({label}) cannot be read into a layoutconv graph",
+                    f"one of the ops layoutconv reads: {', '.join(READ_OPS)}",
+                    f"op {node.op_type}",
+                )
+            reader(self, node)
+        except LayoutError as exc:
+            if repr(node.name) in str(exc) or not node.name:
+                raise
+            raise type(exc)(f"{label}: {exc}") from None
+        finally:
+            self.defer = outer
+
+    def _standalone_activation(self, node: onnx.NodeProto) -> bool:
+        z = node.input[0]
+        found = self.activation(z, first=node)
+        if found is None:
+            return False
+        name, matched = found
+        for m in matched:
+            self.done.add(id(m))
+        v = self.view(z, node)
+        self.add(layers.Activation(name), node, [v.edge], matched[-1].output[0], v.perm, len(v.perm))
+        return True
+
+    def _outputs(self) -> tuple[list[str], dict[str, str]]:
+        outputs, layouts = [], {}
+        inputs = {i.name for i in self.inputs}
+        for name in self.output_names:
+            v = self.view(name, onnx.NodeProto(op_type="output", name=name))
+            rank = len(v.perm)
+            edge = v.edge
+            if _identity(v.perm):
+                layout = None
+            elif rank > 2 and v.perm == to_last(rank) and edge not in inputs:
+                layout = "channels_last"
+            else:
+                edge, layout = self.permute(v.edge, v.perm, name), None
+            if layout is not None and layouts.get(edge, layout) != layout:
+                edge, layout = self.permute(v.edge, v.perm, name), None
+            if layout is not None:
+                layouts[edge] = layout
+            outputs.append(edge)
+        return outputs, layouts
+
+    def read(self) -> Graph:
+        self._read_inputs()
+        for node in self.model.graph.node:
+            if id(node) not in self.done:
+                self._read(node)
+        outputs, layouts = self._outputs()
+        nodes = [n._replace(layout=layouts.get(n.name, n.layout)) for n in self.nodes]
+        used = {n.layer for n in nodes}
+        graph = Graph({k: v for k, v in self.layers.items() if k in used}, self.inputs, nodes, outputs, name=self.model.graph.name or "onnx")
+        return self._pool_rules(graph)
+
+    def _pool_rules(self, graph: Graph) -> Graph:
+        """Pools written with a 'same' rule at a fixed size read back with the rule, when it gives the same pads there."""
+        if not self.pool_rules:
+            return graph
+        shapes = static_shapes(graph)
+        if shapes is None:
+            return graph
+        renamed = dict(graph.layers)
+        for layer, rule in self.pool_rules.items():
+            pool = graph.layers[layer]
+            sizes = [shapes[n.inputs[0]][1:] for n in graph.nodes if n.layer == layer]
+            try:
+                named = pool.replace(padding=rule)
+            except LayoutError:
+                continue
+            if sizes and all(named.pads(s) == pool.pads(s) for s in sizes):
+                renamed[layer] = named
+        return Graph(renamed, graph.inputs, graph.nodes, graph.outputs, name=graph.name)
+
+
+def read_model(model_or_path: Any) -> Graph:
+    """An ONNX model (``ModelProto`` or ``.onnx`` path) as a :class:`~layoutconv.graph.Graph`, without running any of it.
+
+    Inputs keep their names and shapes; one fed straight into a ``Transpose`` to channels
+    first (a Keras twin) is read as channels last, and so is an output that ends with
+    the opposite ``Transpose``.  Every layer becomes a record (weights bit for bit);
+    an op layoutconv does not read raises :class:`~layoutconv.UnsupportedError` naming it.
+    """
+    model = base._load(model_or_path)
+    base._refuse_external_data(model)
+    return _Reader(model).read()
+
+
+# -- the op readers ----------------------------------------------------------------------------------
+
+
+def _unused_extra_outputs(r: _Reader, node: onnx.NodeProto) -> None:
+    for out in node.output[1:]:
+        if out and (r.consumers.get(out) or out in r.graph_outputs):
+            raise fail(UnsupportedError, f"{node.op_type} node {node.name!r}: its output {out!r} is used", "only the first output used (inference)", f"output {out!r} read")
+
+
+@reads("Constant")
+def _read_constant(r: _Reader, node: onnx.NodeProto) -> None:
+    """Constants are read by the nodes that use them."""
+
+
+@reads("Conv", "ConvTranspose")
+def _read_conv(r: _Reader, node: onnx.NodeProto) -> None:
+    data = node.input[0] if node.input else ""
+    pad = r.g.producers.get(data)
+    record = None
+    if node.op_type == "Conv" and pad is not None and data in r.deferred:
+        try:  # a foreign Pad before a Conv (PyTorch's reflect padding ...) is the conv's padding
+            record = base.read_conv(r.g, node, fold_pad=True, activation=False)
+            data = pad.input[0]
+        except UnsupportedError:
+            record = None
+    if record is None:
+        record = base.read_conv(r.g, node, fold_pad=False, activation=False)
+    x = r.canonical(data, node)
+    weights = [node.input[1]]
+    activation, final = r.fused(node, node.output[0])
+    record = record.replace(activation=activation)
+    chain = re.match(r"^(.+)\.0\.weight$", node.input[1])
+    if chain and isinstance(record, Conv):
+        parts, last, out = [record], node, final
+        while True:
+            nxt = r.sole_consumer(out)
+            if nxt is None or nxt.op_type != "Conv" or len(nxt.input) < 2 or nxt.input[1] != f"{chain.group(1)}.{len(parts)}.weight":
+                break
+            part = base.read_conv(r.g, nxt, fold_pad=False, activation=False)
+            r.done.add(id(nxt))
+            act, out = r.fused(nxt, nxt.output[0])
+            parts.append(part.replace(activation=act))
+            last = nxt
+        if len(parts) > 1:
+            r.add(Chain(parts), last, [x], out, tuple(range(parts[0].spatial_rank + 2)), parts[0].spatial_rank + 2, weights)
+            return
+    rank = record.spatial_rank + 2
+    r.add(record, node, [x], final, tuple(range(rank)), rank, weights)
+
+
+@reads("Gemm")
+def _read_gemm(r: _Reader, node: onnx.NodeProto) -> None:
+    a = base._attrs(node)
+    if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or (len(node.input) > 2 and node.input[2] and a.get("beta", 1.0) != 1.0):
+        raise fail(UnsupportedError, f"Gemm node {node.name!r} scales or transposes its input", "alpha=1, beta=1, transA=0", f"{a}")
+    w, w_name = r.weight(node.input[1], node, "weight B", ndim=2)
+    kernel = w if a.get("transB", 0) else np.ascontiguousarray(w.T)
+    bias, names = None, [w_name]
+    if len(node.input) > 2 and node.input[2]:
+        c, c_name = r.weight(node.input[2], node, "bias C")
+        if c.size != kernel.shape[0] or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+            raise fail(UnsupportedError, f"Gemm node {node.name!r}: bias C is not one value per output", f"shape ({kernel.shape[0]},)", f"shape {c.shape}")
+        bias, names = c.reshape(-1), [w_name, c_name]
+    x = r.canonical(node.input[0], node)
+    if r.ranks[x] != 2:
+        raise fail(UnsupportedError, f"Gemm node {node.name!r} reads a tensor of rank {r.ranks[x]}", "rank 2 (N, features)", f"rank {r.ranks[x]}")
+    activation, final = r.fused(node, node.output[0])
+    r.add(layers.Dense(kernel, bias, activation=activation), node, [x], final, (0, 1), 2, names)
+
+
+@reads("MatMul")
+def _read_matmul(r: _Reader, node: onnx.NodeProto) -> None:
+    if r.constant(node.input[1]) is None:
+        raise fail(UnsupportedError, f"MatMul node {node.name!r} multiplies two computed tensors", "a constant weight as second input (a Dense layer)", f"{node.input[1]!r} computed at run time")
+    w, w_name = r.weight(node.input[1], node, "weight", ndim=2)
+    kernel = np.ascontiguousarray(w.T)
+    v = r.channels_last(node.input[0], node)
+    out, bias, names = node.output[0], None, [w_name]
+    add = r.sole_consumer(out)
+    if add is not None and add.op_type == "Add" and len(add.input) == 2:
+        other = add.input[1] if add.input[0] == out else add.input[0]
+        found = r.constant(other)
+        if found is not None and found[0].size == kernel.shape[0] and found[0].shape[-1:] == (kernel.shape[0],) and found[0].dtype.name in base.DTYPE_OPSET:
+            bias, names = np.ascontiguousarray(found[0].reshape(-1)), [w_name, found[1]]
+            r.done.add(id(add))
+            out = add.output[0]
+    activation, final = r.fused(node, out)
+    r.add(layers.Dense(kernel, bias, activation=activation), node, [v.edge], final, v.perm, len(v.perm), names)
+
+
+#: ONNX op -> (Merge op, number of inputs it takes: 2 or None for any)
+_MERGES = {"Add": ("add", 2), "Sum": ("add", None), "Sub": ("subtract", 2), "Mul": ("multiply", 2), "Mean": ("average", None), "Max": ("maximum", None), "Min": ("minimum", None)}
+
+
+def _same_views(r: _Reader, node: onnx.NodeProto, names: Sequence[str]) -> tuple[list[str], tuple[int, ...]]:
+    """The edges of ``names`` and their common perm (each made channels first when they differ)."""
+    views = [r.view(t, node) for t in names]
+    if len({v.perm for v in views}) == 1:
+        return [v.edge for v in views], views[0].perm
+    edges = [r.canonical(t, node) for t in names]
+    return edges, tuple(range(r.ranks[edges[0]]))
+
+
+@reads(*_MERGES)
+def _read_merge(r: _Reader, node: onnx.NodeProto) -> None:
+    op, arity = _MERGES[node.op_type]
+    names = [t for t in node.input if t]
+    if len(names) < 2 or (arity is not None and len(names) != arity):
+        raise fail(UnsupportedError, f"{node.op_type} node {node.name!r} has {len(names)} input(s)", "2 or more" if arity is None else f"{arity}", f"{len(names)}")
+    edges, perm = _same_views(r, node, names)
+    ranks = {r.ranks[e] for e in edges}
+    if len(ranks) != 1:
+        raise fail(UnsupportedError, f"{node.op_type} node {node.name!r} broadcasts tensors of different ranks", "inputs of one shape", f"ranks {sorted(ranks)}")
+    r.add(layers.Merge(op), node, edges, node.output[0], perm, len(perm))
+
+
+@reads("Concat")
+def _read_concat(r: _Reader, node: onnx.NodeProto) -> None:
+    names = [t for t in node.input if t]
+    edges, perm = _same_views(r, node, names)
+    rank = len(perm)
+    axis = base._attrs(node).get("axis")
+    if not isinstance(axis, int) or not -rank <= axis < rank or perm[axis % rank] == 0:
+        raise fail(UnsupportedError, f"Concat node {node.name!r} does not join along a sample axis", f"an axis in 1..{rank - 1}", f"axis={axis!r}")
+    if len(names) < 2:
+        r.alias(node, names[0])
+        return
+    r.add(layers.Merge("concatenate", perm[axis % rank]), node, edges, node.output[0], perm, rank)
+
+
+@reads("BatchNormalization")
+def _read_batch_norm(r: _Reader, node: onnx.NodeProto) -> None:
+    a = base._attrs(node)
+    if a.get("training_mode", 0) or a.get("spatial", 1) != 1 or len(node.input) != 5:
+        raise fail(UnsupportedError, f"BatchNormalization node {node.name!r} is not an inference batch norm", "training_mode=0, spatial=1, 5 inputs", f"{a}, {len(node.input)} inputs")
+    _unused_extra_outputs(r, node)
+    (scale, s_name), (offset, o_name), (mean, m_name), (var, v_name) = (
+        r.weight(t, node, role, ndim=1) for t, role in zip(node.input[1:], ("scale", "B", "input_mean", "input_var"))
+    )
+    hints = _hints(node)
+    x = r.canonical(node.input[0], node)
+    record = layers.BatchNorm(
+        mean, var,
+        None if hints.get("scale") == "none" and np.all(scale == 1) else scale,
+        None if hints.get("offset") == "none" and np.all(offset == 0) else offset,
+        epsilon=_f32(a.get("epsilon", 1e-5)),
+    )
+    rank = r.ranks[x]
+    r.add(record, node, [x], node.output[0], tuple(range(rank)), rank, [s_name, o_name, m_name, v_name])
+
+
+@reads("LayerNormalization")
+def _read_layer_norm(r: _Reader, node: onnx.NodeProto) -> None:
+    _unused_extra_outputs(r, node)
+    a = base._attrs(node)
+    v = r.view(node.input[0], node)
+    rank = len(v.perm)
+    axis = a.get("axis", -1)
+    if not isinstance(axis, int) or not -rank <= axis < rank:
+        raise fail(FileFormatError, f"LayerNormalization node {node.name!r}: axis out of range", f"an axis of a rank-{rank} tensor", f"axis={axis!r}")
+    axis %= rank
+    normalised = v.perm[axis:]
+    if 0 in normalised:
+        raise fail(UnsupportedError, f"LayerNormalization node {node.name!r} normalises over the batch axis", "normalisation within each sample", f"axis={axis}")
+    order = [int(i) for i in np.argsort(normalised)]  # the scale's axes in channels-first order
+    arrays, names = [], []
+    for i, role in ((1, "scale"), (2, "B")):
+        if len(node.input) > i and node.input[i]:
+            value, name = r.weight(node.input[i], node, role)
+            if value.ndim != rank - axis:
+                raise fail(UnsupportedError, f"LayerNormalization node {node.name!r}: {role} does not have the normalised shape", f"{rank - axis} axes", f"shape {value.shape}")
+            arrays.append(np.ascontiguousarray(value.transpose(order)))
+            names.append(name)
+        else:
+            arrays.append(None)
+    scale, offset = arrays
+    if _hints(node).get("scale") == "none" and scale is not None and np.all(scale == 1):
+        scale = None
+    record = layers.LayerNorm(scale, offset, axes=tuple(sorted(normalised)), epsilon=_f32(a.get("epsilon", 1e-5)))
+    r.add(record, node, [v.edge], node.output[0], v.perm, rank, names)
+
+
+@reads("MaxPool", "AveragePool")
+def _read_pool(r: _Reader, node: onnx.NodeProto) -> None:
+    _unused_extra_outputs(r, node)
+    x = r.canonical(node.input[0], node)
+    rank = r.ranks[x]
+    if not 3 <= rank <= 5:
+        raise fail(UnsupportedError, f"{node.op_type} node {node.name!r} pools a rank-{rank} tensor", "1 to 3 spatial axes", f"rank {rank}")
+    a = base._attrs(node)
+    spatial = rank - 2
+    kernel = base._spatial(node, a, "kernel_shape", [], spatial)
+    stride = base._spatial(node, a, "strides", [1] * spatial, spatial)
+    if any(d != 1 for d in base._spatial(node, a, "dilations", [1] * spatial, spatial)) or a.get("ceil_mode", 0):
+        raise fail(UnsupportedError, f"{node.op_type} node {node.name!r} uses dilations or ceil_mode", "dilations of 1, ceil_mode=0", f"{a}")
+    _, padding = base._own_padding(node, a, spatial)
+    if isinstance(padding, tuple) and not any(v for pair in padding for v in pair):
+        padding = "valid"
+    kind = "max" if node.op_type == "MaxPool" else "avg"
+    record = layers.Pool(kind, kernel, stride, padding=padding, count_include_pad=bool(a.get("count_include_pad", 0)), rank=spatial)
+    edge = r.add(record, node, [x], node.output[0], tuple(range(rank)), rank)
+    rule = _hints(node).get("padding")
+    if rule in ("same_upper", "same_lower") and isinstance(padding, tuple):
+        r.pool_rules[next(n.layer for n in r.nodes if n.name == edge)] = rule
+
+
+@reads("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
+def _read_global_pool(r: _Reader, node: onnx.NodeProto) -> None:
+    kind = "max" if "Max" in node.op_type else "avg"
+    v = r.view(node.input[0], node)
+    rank = len(v.perm)
+    spatial = set(range(2, rank))
+    if rank < 3:
+        raise fail(UnsupportedError, f"{node.op_type} node {node.name!r} pools a rank-{rank} tensor", "a tensor with spatial axes", f"rank {rank}")
+    a = base._attrs(node)
+    if node.op_type.startswith("Reduce"):
+        axes = a.get("axes")
+        if len(node.input) > 1 and node.input[1]:
+            found = r.constant(node.input[1], max_elements=MAX_RANK)
+            axes = None if found is None else [int(i) for i in found[0].ravel()]
+        if not axes or {v.perm[i % rank] for i in axes if -rank <= i < rank} != spatial or len(axes) != len(spatial):
+            raise fail(UnsupportedError, f"{node.op_type} node {node.name!r} does not reduce exactly the spatial axes", f"axes {sorted(spatial)} of the channels-first tensor", f"axes={axes}")
+        keep = bool(a.get("keepdims", 1))
+        perm = v.perm if keep else tuple(p for p in v.perm if p < 2)
+        if not keep and perm != (0, 1):
+            raise fail(UnsupportedError, f"{node.op_type} node {node.name!r} leaves (C, N)", "(N, C)", f"perm {v.perm}")
+        r.add(layers.GlobalPool(kind, keepdims=keep), node, [v.edge], node.output[0], perm, rank if keep else 2)
+        return
+    x = r.canonical(node.input[0], node)
+    out, keep = node.output[0], True
+    nxt = r.sole_consumer(out)
+    if nxt is not None and nxt.op_type == "Flatten" and base._attrs(nxt).get("axis", 1) == 1:
+        keep = False
+    elif nxt is not None and nxt.op_type == "Squeeze":
+        axes = base._attrs(nxt).get("axes")
+        if len(nxt.input) > 1 and nxt.input[1]:
+            found = r.constant(nxt.input[1], max_elements=MAX_RANK)
+            axes = None if found is None else [int(i) for i in found[0].ravel()]
+        keep = not (axes and {i % rank for i in axes} == spatial and len(axes) == len(spatial))
+    if not keep:
+        assert nxt is not None
+        r.done.add(id(nxt))
+        out = nxt.output[0]
+    r.add(layers.GlobalPool(kind, keepdims=keep), node, [x], out, tuple(range(rank if keep else 2)), rank if keep else 2)
+
+
+@reads("Flatten")
+def _read_flatten(r: _Reader, node: onnx.NodeProto) -> None:
+    if base._attrs(node).get("axis", 1) != 1:
+        raise fail(UnsupportedError, f"Flatten node {node.name!r} does not keep the batch axis alone", "axis=1", f"axis={base._attrs(node).get('axis')}")
+    v = r.view(node.input[0], node)
+    rank = len(v.perm)
+    if rank <= 2:
+        r.alias(node, node.input[0])
+        return
+    if _identity(v.perm) or v.perm == to_last(rank):
+        order, edge = ("channels_first" if _identity(v.perm) else "channels_last"), v.edge
+    else:
+        order, edge = "channels_first", r.canonical(node.input[0], node)
+    r.add(layers.Flatten(order), node, [edge], node.output[0], (0, 1), 2)
+
+
+@reads("Reshape")
+def _read_reshape(r: _Reader, node: onnx.NodeProto) -> None:
+    found = r.constant(node.input[1] if len(node.input) > 1 else "", max_elements=MAX_RANK + 1)
+    if found is None:
+        raise fail(
+            UnsupportedError,
+            f"Reshape node {node.name!r} computes its target shape at run time",
+            "a constant shape",
+            f"shape from {node.input[1] if len(node.input) > 1 else 'nowhere'!r}",
+            "Export with a constant shape (torch.flatten, or onnxsim to fold the Shape arithmetic).",
+        )
+    target = [int(v) for v in found[0].ravel()]
+    allowzero = base._attrs(node).get("allowzero", 0)
+    rest = target[1:]
+    keeps_batch = (target[:1] == [0] and not allowzero) or (target[:1] == [-1] and -1 not in rest)
+    if not keeps_batch or not rest or 0 in rest:
+        raise fail(
+            UnsupportedError,
+            f"Reshape node {node.name!r} does not keep the batch axis",
+            "a shape [0, ...] (batch copied) or [-1, sizes...] without zeros after the batch",
+            f"shape {target}",
+            "A model exported for one batch size fixes it; export with a dynamic batch axis.",
+        )
+    v = r.view(node.input[0], node)
+    rank = len(v.perm)
+    out_rank = len(rest) + 1
+    if rank > 2 and v.perm == to_last(rank) and not _identity(v.perm):
+        r.add(layers.Reshape(rest, "channels_last"), node, [v.edge], node.output[0], to_last(out_rank), out_rank)
+        return
+    edge = v.edge if _identity(v.perm) else r.canonical(node.input[0], node)
+    r.add(layers.Reshape(rest, "channels_first"), node, [edge], node.output[0], tuple(range(out_rank)), out_rank)
+
+
+@reads("Transpose")
+def _read_transpose(r: _Reader, node: onnx.NodeProto) -> None:
+    if r.constant(node.input[0]) is not None:
+        return  # a weight's transposition: read by the node that uses it
+    v = r.view(node.input[0], node)
+    rank = len(v.perm)
+    perm = base._attrs(node).get("perm", list(range(rank))[::-1])
+    if not isinstance(perm, list) or sorted(perm) != list(range(rank)):
+        raise fail(FileFormatError, f"Transpose node {node.name!r}: perm is not a permutation of the axes", f"a permutation of 0..{rank - 1}", f"perm={perm!r}")
+    r.views[node.output[0]] = _View(v.edge, compose(v.perm, perm), node.output[0])
+
+
+@reads("Identity", "Dropout")
+def _read_identity(r: _Reader, node: onnx.NodeProto) -> None:
+    if r.constant(node.input[0]) is not None:
+        return
+    _unused_extra_outputs(r, node)
+    if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+        mode = r.constant(node.input[2])
+        if mode is None or np.any(mode[0]):
+            raise fail(UnsupportedError, f"Dropout node {node.name!r} may run in training mode", "training_mode absent or false", f"training_mode from {node.input[2]!r}")
+    hints = _hints(node)
+    if node.op_type == "Identity" and hints:
+        v = r.view(node.input[0], node)
+        r.add(layers.Identity(hints.get("was", "")), node, [v.edge], node.output[0], v.perm, len(v.perm))
+        return
+    r.alias(node, node.input[0])
+
+
+@reads("Cast")
+def _read_cast(r: _Reader, node: onnx.NodeProto) -> None:
+    if r.constant(node.input[0]) is not None:
+        return
+    to = base._attrs(node).get("to")
+    users = r.consumers.get(node.output[0], [])
+    if to in _INT_TYPES and users and all(u.op_type == "Gather" and len(u.input) > 1 and u.input[1] == node.output[0] for u in users):
+        r.alias(node, node.input[0])  # ids cast to integers for Gather: the Embedding reads integral floats as ids
+        return
+    raise fail(UnsupportedError, f"Cast node {node.name!r} changes the element type of data", "a Cast of Embedding ids to integers", f"to={to!r}")
+
+
+@reads("Gather")
+def _read_gather(r: _Reader, node: onnx.NodeProto) -> None:
+    if base._attrs(node).get("axis", 0) != 0:
+        raise fail(UnsupportedError, f"Gather node {node.name!r} gathers along another axis than the rows", "axis=0 (an Embedding lookup)", f"axis={base._attrs(node).get('axis')}")
+    weights, name = r.weight(node.input[0], node, "table", ndim=2)
+    ids = r.canonical(node.input[1], node)
+    rank = r.ranks[ids] + 1
+    r.add(layers.Embedding(weights), node, [ids], node.output[0], to_last(rank), rank, [name])
+
+
+@reads("Pad")
+def _read_pad(r: _Reader, node: onnx.NodeProto) -> None:
+    users = r.consumers.get(node.output[0], [])
+    if r.defer and not _hints(node) and users and node.output[0] not in r.graph_outputs and all(u.op_type == "Conv" for u in users):
+        r.deferred[node.output[0]] = node  # read only if a Conv cannot take it as its padding
+        return
+    a = base._attrs(node)
+    if a.get("mode", "constant") != "constant":
+        raise fail(UnsupportedError, f"Pad node {node.name!r} pads in mode {a.get('mode')!r} before something else than a Conv", "mode constant", f"mode={a.get('mode')!r}")
+    x = r.canonical(node.input[0], node)
+    rank = r.ranks[x]
+    if not 3 <= rank <= 5:
+        raise fail(UnsupportedError, f"Pad node {node.name!r} pads a rank-{rank} tensor", "1 to 3 spatial axes", f"rank {rank}")
+    if r.g.opset < 11:
+        pads, value, axes = np.array(a.get("pads", [])), a.get("value", 0.0), None
+    else:
+        found = r.constant(node.input[1] if len(node.input) > 1 else "", max_elements=2 * MAX_RANK)
+        if found is None:
+            raise fail(UnsupportedError, f"Pad node {node.name!r} computes its pads at run time", "constant pads", f"pads from {node.input[1] if len(node.input) > 1 else 'nowhere'!r}")
+        pads = found[0]
+        value = 0.0
+        if len(node.input) > 2 and node.input[2]:
+            v = r.constant(node.input[2], max_elements=1)
+            if v is None:
+                raise fail(UnsupportedError, f"Pad node {node.name!r} computes its value at run time", "a constant value", f"{node.input[2]!r}")
+            value = float(v[0].ravel()[0]) if v[0].size else 0.0
+        axes = None
+        if len(node.input) > 3 and node.input[3]:
+            found_axes = r.constant(node.input[3], max_elements=MAX_RANK)
+            if found_axes is None:
+                raise fail(UnsupportedError, f"Pad node {node.name!r}: axes computed at run time", "constant axes", f"{node.input[3]!r}")
+            axes = found_axes[0]
+    pairs = base._spatial_pads(node, pads, axes, rank - 2)
+    r.add(layers.Pad(pairs, value), node, [x], node.output[0], tuple(range(rank)), rank)
+
+
+@reads("Slice")
+def _read_slice(r: _Reader, node: onnx.NodeProto) -> None:
+    x = r.canonical(node.input[0], node)
+    rank = r.ranks[x]
+    values = []
+    for i, default in ((1, None), (2, None), (3, list(range(rank))), (4, None)):
+        if len(node.input) > i and node.input[i]:
+            found = r.constant(node.input[i], max_elements=MAX_RANK)
+            if found is None:
+                raise fail(UnsupportedError, f"Slice node {node.name!r} computes its bounds at run time", "constant starts, ends, axes and steps", f"{node.input[i]!r}")
+            values.append([int(v) for v in found[0].ravel()])
+        else:
+            values.append(default)
+    starts, ends, axes, steps = values
+    if starts is None or ends is None:
+        raise fail(FileFormatError, f"Slice node {node.name!r} lacks starts or ends", "Slice(data, starts, ends, ...)", f"inputs {list(node.input)}")
+    steps = steps or [1] * len(starts)
+    crops = {}
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis = axis % rank if -rank <= axis < rank else -1
+        if axis < 2 or step != 1 or start < 0 or (0 <= end < _SLICE_END):
+            raise fail(
+                UnsupportedError,
+                f"Slice node {node.name!r} is not a crop of the spatial axes",
+                "starts >= 0, ends < 0 (counted from the end) or 'to the end', step 1, on axes 2 and up",
+                f"start {start}, end {end}, axis {axis}, step {step}",
+            )
+        crops[axis] = (start, 0 if end >= _SLICE_END else -end)
+    if not 3 <= rank <= 5:
+        raise fail(UnsupportedError, f"Slice node {node.name!r} crops a rank-{rank} tensor", "1 to 3 spatial axes", f"rank {rank}")
+    pairs = tuple(crops.get(a, (0, 0)) for a in range(2, rank))
+    r.add(layers.Crop(pairs), node, [x], node.output[0], tuple(range(rank)), rank)
+
+
+@reads("Softmax")
+def _read_softmax(r: _Reader, node: onnx.NodeProto) -> None:
+    v = r.view(node.input[0], node)
+    rank = len(v.perm)
+    axis = base._attrs(node).get("axis", -1 if r.g.opset >= 13 else 1)
+    if not isinstance(axis, int) or not -rank <= axis < rank:
+        raise fail(FileFormatError, f"Softmax node {node.name!r}: axis out of range", f"an axis of a rank-{rank} tensor", f"axis={axis!r}")
+    axis %= rank
+    if r.g.opset < 13 and axis != rank - 1:
+        raise fail(UnsupportedError, f"Softmax node {node.name!r} (opset {r.g.opset}) normalises over several axes", "opset 13 or later, or the last axis", f"axis={axis} of rank {rank}")
+    if v.perm[axis] == 0:
+        raise fail(UnsupportedError, f"Softmax node {node.name!r} normalises over the batch", "an axis within each sample", f"axis={axis}")
+    r.add(layers.Softmax(v.perm[axis]), node, [v.edge], node.output[0], v.perm, rank)
+
+
+def _unknown_activation(r: _Reader, node: onnx.NodeProto) -> None:
+    alike = [f"{base._recipe_text(steps)} ({name})" for name, recipes in base.ACTIVATION_RECIPES.items() for steps in recipes if steps[0].op == node.op_type]
+    raise fail(
+        UnsupportedError,
+        f"{node.op_type} node {node.name!r} is an activation layoutconv cannot record",
+        " or ".join(alike) if alike else f"one of the activations layoutconv records: {', '.join(base.ACTIVATION_RECIPES)}",
+        base._node_text(r.g, node),
+    )
+
+
+for _op in sorted(base.ACTIVATION_OPS - set(OP_READERS)):
+    OP_READERS[_op] = _unknown_activation
+
+_RECIPE_OPS = {step.op for recipes in base.ACTIVATION_RECIPES.values() for steps in recipes for step in steps}
+READ_OPS = tuple(sorted((set(OP_READERS) - base.ACTIVATION_OPS - {"Constant"}) | (base.ACTIVATION_OPS & _RECIPE_OPS)))
+
+
 for _kind in (*layers.LAYERS, Chain, Graph):
     registry.register(_kind, base.NAME, to_native=to_native, run=run)
