@@ -642,15 +642,15 @@ def _dims(name: str, shape: Sequence[int | None]) -> list[Any]:
     return ["N"] + [s if s is not None else f"{name}_{k}" for k, s in enumerate(shape, start=1)]
 
 
-def write_graph(graph: Graph, opset: Any = None, layout: str = "source", dtype: Any = None, free: frozenset[str] = frozenset()) -> onnx.ModelProto:
-    """The ONNX model of ``graph`` (see :func:`to_native`); inputs named in ``free`` are declared without a shape."""
+def write_graph(graph: Graph, opset: Any = None, layout: str = "source", dtype: Any = None) -> onnx.ModelProto:
+    """The ONNX model of ``graph`` (see :func:`to_native`)."""
     if layout not in ("source", "channels_first"):
         raise fail(ConfigError, "Invalid value for argument `layout`", "'source' or 'channels_first'", f"layout={layout!r}")
     dt = _graph_dtype(graph, dtype)
     opset = _choose_opset(graph, dt, opset)
     elem = helper.np_dtype_to_tensor_dtype(dt)
-    shapes = None if free else static_shapes(graph)
-    ranks: dict[str, int | None] = {i.name: None if i.name in free else len(i.shape) + 1 for i in graph.inputs}
+    shapes = static_shapes(graph)
+    ranks: dict[str, int | None] = {i.name: len(i.shape) + 1 for i in graph.inputs}
     kinds = {i.name: i.kind for i in graph.inputs}
     for n in graph.nodes:
         ranks[n.name] = _out_rank(graph.layers[n.layer], [ranks[e] for e in n.inputs])
@@ -667,15 +667,13 @@ def write_graph(graph: Graph, opset: Any = None, layout: str = "source", dtype: 
     inputs = []
     for spec in graph.inputs:
         in_elem = TensorProto.INT64 if spec.kind == "int" else elem
-        if spec.name in free:
-            inputs.append(helper.make_tensor_value_info(spec.name, in_elem, None))
-            tensor_of[spec.name] = spec.name
-            continue
         declared = spec.shape if layout == "source" or spec.layout != "channels_last" or len(spec.shape) < 2 else (spec.shape[-1], *spec.shape[:-1])
         inputs.append(helper.make_tensor_value_info(spec.name, in_elem, _dims(spec.name, declared)))
         tensor_of[spec.name] = spec.name
         if moved(spec.name):
-            tensor_of[spec.name] = b.transpose(spec.name, to_first(ranks[spec.name] or 0), b.name(f"{spec.name}/channels_first"), f"{spec.name}/channels_first")
+            rank = ranks[spec.name] or 0
+            tensor_of[spec.name] = b.name(f"{spec.name}/channels_first")
+            b.node("Transpose", [spec.name], [tensor_of[spec.name]], f"{spec.name}/channels_first", doc=_hint(layout="channels_last"), perm=list(to_first(rank)))
     out_names = {o: (b.name(f"{o}/channels_first") if moved(o) else o) for o in graph.outputs}
     for node in graph.nodes:
         record = graph.layers[node.layer]
@@ -701,14 +699,14 @@ def write_graph(graph: Graph, opset: Any = None, layout: str = "source", dtype: 
             name = b.name(f"{o}/output")
         written.add(name)
         if moved(o):
-            b.transpose(tensor_of[o], to_last(rank or 0), name, f"{o}/channels_last")
+            b.node("Transpose", [tensor_of[o]], [name], f"{o}/channels_last", doc=_hint(layout="channels_last"), perm=list(to_last(rank or 0)))
         elif tensor_of[o] != name:
             b.node("Identity", [tensor_of[o]], [name], f"{o}/output")
         if shapes is not None:
             cf = shapes[o]
             dims = _dims(o, (*cf[1:], cf[0]) if moved(o) else cf)
         else:
-            dims = None if rank is None else _dims(o, [None] * (rank - 1))
+            dims = _dims(o, [None] * ((rank or 2) - 1))
         outputs.append(helper.make_tensor_value_info(name, elem, dims))
     onnx_graph = helper.make_graph(b.nodes, graph.name, inputs, outputs, list(b.initializers.values()), doc_string=f"layoutconv graph {graph.name!r}")
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="layoutconv", producer_version=__version__)
@@ -726,39 +724,44 @@ def write_graph(graph: Graph, opset: Any = None, layout: str = "source", dtype: 
     return model
 
 
-#: record kind -> its default per-sample input shape (channels first) when written alone; None: any rank
-_ALONE_SHAPES: dict[type, Callable[[Any], tuple[int | None, ...] | None]] = {
+#: record kind -> its default per-sample input shape (channels first, ``None`` for a free size) when written alone
+_ALONE_SHAPES: dict[type, Callable[[Any], tuple[int | None, ...]]] = {
     layers.Dense: lambda r: (r.in_channels,),
+    layers.BatchNorm: lambda r: (r.in_channels, None),
     layers.LayerNorm: lambda r: (None,) * max(r.axes),
     layers.Embedding: lambda r: (None,),
-    layers.Flatten: lambda r: None if r.order == "channels_first" else (None, None),
-    layers.Reshape: lambda r: None if r.order == "channels_first" else (None, None),
+    layers.Softmax: lambda r: (None,) * max(r.axis, 2),
     layers.Permute: lambda r: (None,) * len(r.dims),
     layers.Pool: lambda r: (None,) * (r.spatial_rank + 1),
     layers.Pad: lambda r: (None,) * (len(r.pads) + 1),
     layers.Crop: lambda r: (None,) * (len(r.crops) + 1),
+    layers.Merge: lambda r: (None,) * max(r.axis, 2),
     Conv: lambda r: (r.in_channels, *(None,) * r.spatial_rank),
     ConvTranspose: lambda r: (r.in_channels, *(None,) * r.spatial_rank),
     Chain: lambda r: (r.in_channels, *(None,) * r.spatial_rank),
-}
+}  # anything else: (N, C, L)
 
 
-def _alone(record: Record, input_shape: Any) -> tuple[Graph, frozenset[str]]:
-    """A one-node graph around ``record``, channels first: input ``x`` (``x0, x1, ...`` for a merge), output ``y``."""
+def _alone(record: Record, input_shape: Any) -> Graph:
+    """A one-node graph around ``record``, channels first: input ``x`` (``x0, x1`` for a merge), output ``y``."""
+    default = next((f(record) for c, f in _ALONE_SHAPES.items() if isinstance(record, c)), (None, None))
     if isinstance(record, layers.Merge):
-        shapes = list(input_shape) if input_shape is not None else [None, None]
-        if input_shape is not None and (not shapes or not all(s is None or isinstance(s, (tuple, list)) for s in shapes)):
-            raise fail(ConfigError, "Invalid value for argument `input_shape`", "a list of per-sample shapes, one per merged input", f"{input_shape!r}")
+        shapes = [default, default] if input_shape is None else list(input_shape)
         names = [f"x{i}" for i in range(len(shapes))]
     else:
-        shapes = [input_shape if input_shape is not None else next((f(record) for c, f in _ALONE_SHAPES.items() if isinstance(record, c)), None)]
-        names = ["x"]
-    free = frozenset(n for n, s in zip(names, shapes) if s is None)
+        shapes, names = [default if input_shape is None else input_shape], ["x"]
+    try:
+        shapes = [tuple(None if v is None else int(v) for v in s) for s in shapes]
+    except (TypeError, ValueError):
+        raise fail(
+            ConfigError,
+            "Invalid value for argument `input_shape`",
+            "a per-sample shape, channels first, e.g. (3, None) (a list of them for a merge)",
+            f"input_shape={input_shape!r}",
+        ) from None
     kind = "int" if isinstance(record, layers.Embedding) else "float"
-    ins = [Input(n, tuple(s) if s is not None else (), "channels_first" if s is None or len(s) >= 2 else "flat", kind) for n, s in zip(names, shapes)]
-    out_layout = "channels_first"
-    graph = Graph({"layer": record}, ins, [Node("y", "layer", tuple(names), out_layout)], ["y"], name=type(record).__name__.lower())
-    return graph, free
+    ins = [Input(n, s, "channels_first" if len(s) >= 2 else "flat", kind) for n, s in zip(names, shapes)]
+    return Graph({"layer": record}, ins, [Node("y", "layer", tuple(names), "channels_first")], ["y"], name=type(record).__name__.lower())
 
 
 def to_native(record: Any, opset: int | None = None, *, layout: str = "source", input_shape: Any = None, dtype: Any = None) -> onnx.ModelProto:
@@ -782,8 +785,8 @@ def to_native(record: Any, opset: int | None = None, *, layout: str = "source", 
         ``"channels_first"``: the canonical layout everywhere.
     input_shape:
         A layer alone: its per-sample input shape, channels first (``None`` for a free
-        size; a list of shapes for a merge).  By default the rank the record implies, or
-        any rank when the ONNX form does not depend on it.
+        size; a list of shapes for a merge).  By default free sizes at the rank the
+        record implies (``(C,)`` for a Dense, ``(C, L)`` where nothing implies one).
     dtype:
         The float dtype of a graph without weights (default float32).
     """
@@ -792,8 +795,7 @@ def to_native(record: Any, opset: int | None = None, *, layout: str = "source", 
     if not isinstance(record, Record):
         raise fail(ConfigError, "onnx.to_native needs a layoutconv record", "a layer record or a Graph", f"{type(record).__name__}")
     _emitter(record)  # an unknown kind is refused before anything is built
-    graph, free = _alone(record, input_shape)
-    return write_graph(graph, opset, "channels_first", dtype, free)
+    return write_graph(_alone(record, input_shape), opset, "channels_first", dtype)
 
 
 # -- running -----------------------------------------------------------------------------------------
@@ -859,6 +861,7 @@ class _View(NamedTuple):
     edge: str
     perm: tuple[int, ...]
     tensor: str
+    origin: onnx.NodeProto | None = None  # the Transpose that made this view (names a Permute layer made of it)
 
 
 OpReader = Callable[["_Reader", onnx.NodeProto], None]
@@ -1015,22 +1018,19 @@ class _Reader:
     def canonical(self, name: str, node: onnx.NodeProto) -> str:
         """The edge holding tensor ``name`` channels first (a Permute layer when it is a transposition of one)."""
         v = self.view(name, node)
-        return v.edge if _identity(v.perm) else self.permute(v.edge, v.perm, v.tensor)
+        return v.edge if _identity(v.perm) else self.permute(v.edge, v.perm, v.tensor, v.origin)
 
-    def permute(self, edge: str, perm: tuple[int, ...], hint: str) -> str:
+    def permute(self, edge: str, perm: tuple[int, ...], hint: str, origin: onnx.NodeProto | None = None) -> str:
+        """A Permute layer (channels first) giving ``canonical(edge).transpose(perm)``, named after the Transpose that asked for it."""
         key = (edge, perm)
         if key in self.permuted:
             return self.permuted[key]
         if perm[0] != 0:
             raise fail(UnsupportedError, f"Tensor {hint!r} moves the batch axis", "transpositions that keep axis 0 in place", f"perm {list(perm)}")
-        name = self._unique(f"{hint}/permute", self.edges | set(self.layers))
-        record = layers.Permute(perm[1:], "channels_first")
-        self.layers[name] = record
-        self.edges.add(name)
-        self.ranks[name] = len(perm)
-        self.nodes.append(Node(name, name, (edge,), "channels_first" if len(perm) > 2 else "flat"))
-        self.permuted[key] = name
-        return name
+        node = origin if origin is not None else onnx.NodeProto(name=f"{hint}/permute", op_type="Transpose")
+        made = self.add(layers.Permute(perm[1:], "channels_first"), node, [edge], f"\0permute:{hint}", tuple(range(len(perm))), len(perm), edge=node.name or f"{hint}/permute")
+        self.permuted[key] = made
+        return made
 
     def channels_last(self, name: str, node: onnx.NodeProto) -> _View:
         """A view of tensor ``name`` whose last axis is the channel axis of its edge (a Permute layer if needed)."""
@@ -1038,7 +1038,7 @@ class _Reader:
         rank = len(v.perm)
         if v.perm[-1] == 1 or rank < 2:
             return v
-        edge = self.permute(v.edge, compose(v.perm, to_first(rank)), v.tensor)
+        edge = self.permute(v.edge, compose(v.perm, to_first(rank)), v.tensor, v.origin)
         return _View(edge, to_last(rank), v.tensor)
 
     def sole_consumer(self, tensor: str) -> onnx.NodeProto | None:
@@ -1128,13 +1128,23 @@ class _Reader:
             users = self.consumers.get(vi.name, [])
             last = (
                 rank > 2 and kind == "float" and bool(users) and vi.name not in self.graph_outputs
-                and all(u.op_type == "Transpose" and tuple(base._attrs(u).get("perm", ())) == to_first(rank) for u in users)
+                and all(u.op_type == "Transpose" and tuple(base._attrs(u).get("perm", ())) == to_first(rank) and self._boundary(u) for u in users)
             )
             layout = "channels_last" if last else "channels_first" if rank > 2 else "flat"
             self.inputs.append(Input(vi.name, tuple(dims[1:]), layout, kind))
             self.edges.add(vi.name)
             self.ranks[vi.name] = rank
             self.views[vi.name] = _View(vi.name, to_last(rank) if last else tuple(range(rank)), vi.name)
+
+    def _boundary(self, transpose: onnx.NodeProto) -> bool:
+        """Whether a Transpose at an input or output moves channels for the source's layout.
+
+        layoutconv notes it on the node; in other files every such Transpose counts (for a
+        rank-3 tensor the swap is its own inverse, so the perm alone cannot say).
+        """
+        if self.model.producer_name == "layoutconv":
+            return _hints(transpose).get("layout") == "channels_last"
+        return True
 
     def _read(self, node: onnx.NodeProto, defer: bool = True) -> None:
         self.done.add(id(node))
@@ -1174,28 +1184,54 @@ class _Reader:
         return True
 
     def _outputs(self) -> tuple[list[str], dict[str, str]]:
+        """The output edges, and the layout of those the file gives channels last."""
         outputs, layouts = [], {}
-        inputs = {i.name for i in self.inputs}
+        inputs = {i.name: i.layout for i in self.inputs}
         for name in self.output_names:
             v = self.view(name, onnx.NodeProto(op_type="output", name=name))
             rank = len(v.perm)
-            edge = v.edge
+            natural = "channels_first" if rank > 2 else "flat"
+            producer = self.g.producers.get(name)
             if _identity(v.perm):
-                layout = None
-            elif rank > 2 and v.perm == to_last(rank) and edge not in inputs:
-                layout = "channels_last"
+                edge, layout = v.edge, natural
+            elif rank > 2 and v.perm == to_last(rank) and producer is not None and producer.op_type == "Transpose" and self._boundary(producer):
+                edge, layout = v.edge, "channels_last"
             else:
-                edge, layout = self.permute(v.edge, v.perm, name), None
-            if layout is not None and layouts.get(edge, layout) != layout:
-                edge, layout = self.permute(v.edge, v.perm, name), None
-            if layout is not None:
+                edge, layout = self.permute(v.edge, v.perm, name, v.origin), natural
+            held = inputs.get(edge, layouts.get(edge, layout))
+            if held != layout and not (rank <= 2 and {held, layout} <= {"flat", "channels_first"}):
+                # the same edge leaves in two layouts (or an input leaves in another): a copy of its own
+                copy = onnx.NodeProto(name=f"{name}/output", op_type="Identity")
+                edge = self.add(layers.Identity("output"), copy, [edge], f"\0{name}", tuple(range(rank)), rank)
+            if edge not in inputs:
                 layouts[edge] = layout
             outputs.append(edge)
         return outputs, layouts
 
+    def _data_nodes(self) -> list[onnx.NodeProto]:
+        """The nodes that compute data from the inputs and lead to an output, in order.
+
+        Nodes that compute constants or shapes only (PyTorch's exporter writes a reflect
+        conv's pads as ``ConstantOfShape -> Concat -> Reshape -> Slice ...``) and dead nodes
+        are left to whoever reads their values (a Conv folding its Pad); none is executed here.
+        """
+        dynamic = set(self.g.inputs)
+        for n in self.model.graph.node:
+            if n.op_type not in ("Shape", "Size") and any(i in dynamic for i in n.input if i):
+                dynamic.update(o for o in n.output if o)  # a shape's arithmetic is read by its user, as a constant or not at all
+        needed, stack = set(), list(self.output_names)
+        while stack:
+            t = stack.pop()
+            n = self.g.producers.get(t)
+            if n is None or id(n) in needed:
+                continue
+            needed.add(id(n))
+            stack.extend(i for i in n.input if i)
+        return [n for n in self.model.graph.node if id(n) in needed and any(o in dynamic for o in n.output)]
+
     def read(self) -> Graph:
         self._read_inputs()
-        for node in self.model.graph.node:
+        for node in self._data_nodes():
             if id(node) not in self.done:
                 self._read(node)
         outputs, layouts = self._outputs()
@@ -1541,7 +1577,7 @@ def _read_transpose(r: _Reader, node: onnx.NodeProto) -> None:
     perm = base._attrs(node).get("perm", list(range(rank))[::-1])
     if not isinstance(perm, list) or sorted(perm) != list(range(rank)):
         raise fail(FileFormatError, f"Transpose node {node.name!r}: perm is not a permutation of the axes", f"a permutation of 0..{rank - 1}", f"perm={perm!r}")
-    r.views[node.output[0]] = _View(v.edge, compose(v.perm, perm), node.output[0])
+    r.views[node.output[0]] = _View(v.edge, compose(v.perm, perm), node.output[0], node)
 
 
 @reads("Identity", "Dropout")
@@ -1600,9 +1636,13 @@ def _read_pad(r: _Reader, node: onnx.NodeProto) -> None:
         pads, value, axes = np.array(a.get("pads", [])), a.get("value", 0.0), None
     else:
         found = r.constant(node.input[1] if len(node.input) > 1 else "", max_elements=2 * MAX_RANK)
-        if found is None:
-            raise fail(UnsupportedError, f"Pad node {node.name!r} computes its pads at run time", "constant pads", f"pads from {node.input[1] if len(node.input) > 1 else 'nowhere'!r}")
-        pads = found[0]
+        if found is not None:
+            pads = found[0]
+        else:  # pads computed from constants (PyTorch's exporter): the pads interpreter, never onnxruntime
+            program = base._PadsProgram(r.g, node, 1, rank - 2)
+            if program.reads_length:
+                raise fail(UnsupportedError, f"Pad node {node.name!r} computes its pads from the input's size", "pads that do not depend on the input size", "pads read from Shape(...)")
+            pads = program(1)
         value = 0.0
         if len(node.input) > 2 and node.input[2]:
             v = r.constant(node.input[2], max_elements=1)
