@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import layoutconv
-from layoutconv import ConfigError, Conv, FileFormatError, ShapeError, UnsafeFileError, UnsupportedError, activations, layers, reference
+from layoutconv import ConfigError, Conv, ConvTranspose, FileFormatError, ShapeError, UnsafeFileError, UnsupportedError, activations, layers, reference
 from layoutconv.chain import Chain
 from layoutconv.graph import Graph, Input, Node
 from layoutconv.tolerance import ASSERT_CLOSE_DEFAULTS, through_activation
@@ -100,7 +100,7 @@ def magnitude(record, xs):
         return sum(np.abs(v) for v in xs64)
     if isinstance(record, (layers.Pool, layers.GlobalPool)):
         return reference.forward(record, np.abs(x))
-    if isinstance(record, (Conv, Chain)):
+    if isinstance(record, (Conv, ConvTranspose, Chain)):
         return None  # layoutconv.tolerance carries convolutions
     return np.abs(reference.forward(record, xs64[0] if len(xs64) == 1 else xs64))
 
@@ -118,7 +118,7 @@ def check_layer(record, xs, actual, dtype):
         assert np.asarray(actual).shape == expected.shape
         np.testing.assert_array_equal(np.asarray(actual, dtype=np.float64), expected)
         return
-    if isinstance(record, (Conv, Chain)):
+    if isinstance(record, (Conv, ConvTranspose, Chain)):
         from layoutconv.tolerance import tolerance
 
         tol = tolerance(record, xs[0])[0]
@@ -200,6 +200,11 @@ LAYER_CASES = {
     "merge_minimum2_f64": case(lambda: layers.Merge("minimum"), [(2, 7)] * 2, "float64"),
     "merge_concat_channels": case(lambda: layers.Merge("concatenate", 1), [(2, 3, 5), (2, 4, 5)]),
     "merge_concat_width": case(lambda: layers.Merge("concatenate", 3), [(2, 3, 5, 2), (2, 3, 5, 7)]),
+    "conv1d_reflect_same_stride2": case(
+        lambda: Conv(rand(4, 3, 5), rand(4), stride=2, padding="same_upper", padding_mode="reflect", activation="elu"), [(2, 3, 17)]
+    ),
+    "conv2d_same_dilated": case(lambda: Conv(rand(5, 3, 3, 2), None, dilation=(2, 1), padding="same_lower"), [(2, 3, 9, 7)]),
+    "conv_transpose_2d": case(lambda: ConvTranspose(rand(3, 4, 3, 2), rand(4), stride=(2, 1), padding=((1, 0), (0, 1))), [(2, 3, 5, 7)]),
     "chain_separable_2d": case(
         lambda: Chain((Conv(rand(6, 1, 3, 3), groups=3, padding="same_upper"), Conv(rand(4, 6, 1, 1), rand(4), activation="relu"))),
         [(2, 3, 9, 7)],
@@ -225,7 +230,9 @@ def test_each_layer_runs_in_onnxruntime_like_the_reference_and_reads_back(L, onn
     xs = inputs_for(c)
     free = [(None,) * (len(shape) - 1) for shape in c["shapes"]]  # every size dynamic unless the case fixes some
     input_shape = c["input_shape"] if c["input_shape"] is not None else free if isinstance(record, layers.Merge) else free[0]
-    model = layoutconv.to_onnx(record, input_shape=input_shape, dtype=c["dtype"])
+    # a convolution alone keeps its own single-node model (to_onnx); inside a graph it goes through the same emitter
+    write = L.to_native if isinstance(record, (Conv, ConvTranspose)) else layoutconv.to_onnx
+    model = write(record, input_shape=input_shape, dtype=c["dtype"])
     onnx.checker.check_model(model, full_check=True)
     y = L.run(model, xs)
     assert y.dtype == np.dtype(c["dtype"])
@@ -453,7 +460,8 @@ def perturbed(keras, make):
 APPLICATIONS = {
     "MobileNetV2": lambda k: k.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, alpha=0.35, classes=10, classifier_activation=None),
     "ResNet50": lambda k: k.applications.ResNet50(input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=None),
-    "DenseNet121": lambda k: k.applications.DenseNet121(input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation="softmax"),
+    # Reshape head and a softmax Activation layer (DenseNet121, Xception, InceptionV3, NASNetMobile, VGG16 pass too: docs/onnx.md)
+    "MobileNet": lambda k: k.applications.MobileNet(input_shape=(32, 32, 3), weights=None, alpha=0.25, classes=10, classifier_activation="softmax"),
 }
 
 
@@ -524,6 +532,9 @@ def test_run_checks_its_inputs(L):
         L.run(proto, [rand(2, 3)])
     with pytest.raises(ConfigError, match="float32"):
         L.run(proto, [rand(2, 3, dtype="float64")] * 2)
+    pool64 = layoutconv.to_onnx(layers.Pool("avg", 3), dtype="float64")  # valid ONNX; onnxruntime has no float64 kernel
+    with pytest.raises(UnsupportedError, match="AveragePool"):
+        L.run(pool64, rand(1, 2, 7, dtype="float64"))
 
 
 # -- reading files layoutconv did not write ----------------------------------------------------------
@@ -622,3 +633,20 @@ def test_read_model_from_a_path(L, tmp_path):
     path.write_bytes(layoutconv.to_onnx(d).SerializeToString())
     back = layoutconv.read_model(str(path))
     assert back.layers["layer"] == d
+
+
+def test_tf_keras_sequential_model_to_onnx(L, onnx):
+    need("tf_keras", "tensorflow")
+    import tf_keras
+
+    model = tf_keras.Sequential(
+        [
+            tf_keras.layers.Conv1D(6, 5, strides=2, padding="same", activation="relu", input_shape=(21, 4)),
+            tf_keras.layers.MaxPooling1D(2, padding="same"),
+            tf_keras.layers.BatchNormalization(),
+            tf_keras.layers.Flatten(),
+            tf_keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    perturb_batch_norms(tf_keras, model)
+    keras_round_trip(L, onnx, model, [rand(3, 21, 4)])

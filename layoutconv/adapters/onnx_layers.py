@@ -580,6 +580,8 @@ def static_shapes(graph: Graph) -> dict[str, tuple[int, ...]] | None:
     """
     if any(s is None for i in graph.inputs for s in i.shape):
         return None
+    if any(math.prod(i.shape) > reference.MAX_ELEMENTS for i in graph.inputs):
+        return None  # sizes a file declares are not trusted to allocate from (average pooling counts cells in an array)
     xs = [np.zeros((0, *i.shape), dtype=np.int64 if i.kind == "int" else np.float64) for i in graph.inputs]
     edges = graph_module.run(graph, xs, lambda r, x: reference.forward(r, x), keep=True)
     return {name: tuple(int(v) for v in value.shape[1:]) for name, value in edges.items()}
