@@ -650,3 +650,12 @@ def test_tf_keras_sequential_model_to_onnx(L, onnx):
     )
     perturb_batch_norms(tf_keras, model)
     keras_round_trip(L, onnx, model, [rand(3, 21, 4)])
+
+
+def test_declared_sizes_are_not_trusted_to_allocate_from(L):
+    pool = layers.Pool("avg", 3, 2, padding="same_upper")
+    model = layoutconv.to_onnx(pool, input_shape=(3, 11))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value = 1 << 40  # a file may declare any size; the 'same' note is then not checked by running shapes
+    back = layoutconv.read_model(model)
+    assert back.layers["layer"].padding == ((1, 1),)  # the explicit pads of the file, the rule left unconfirmed
