@@ -352,13 +352,13 @@ def keras_round_trip(L, onnx, model, xs):
 
 
 def test_keras_conv1d_pool_batchnorm_flatten_dense(L, onnx, keras):
-    x_in = keras.Input((23, 5))
-    y = keras.layers.Conv1D(6, 4, activation="relu")(x_in)
+    x_in = keras.Input((23, 5), name="signal")
+    y = keras.layers.Conv1D(6, 4, activation="relu", name="conv1d")(x_in)
     y = keras.layers.MaxPooling1D(3, 2, padding="same")(y)
-    y = keras.layers.BatchNormalization()(y)
+    y = keras.layers.BatchNormalization(name="batch_normalization")(y)
     y = keras.layers.AveragePooling1D(2, padding="valid")(y)
     y = keras.layers.Flatten()(y)
-    y = keras.layers.Dense(3, activation="softmax")(y)
+    y = keras.layers.Dense(3, activation="softmax", name="dense")(y)
     model = keras.Model(x_in, y)
     perturb_batch_norms(keras, model)
     graph, proto, back = keras_round_trip(L, onnx, model, [rand(3, 23, 5)])
