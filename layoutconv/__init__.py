@@ -144,7 +144,8 @@ def to_torch(record: Any, **options: Any) -> Any:
 
 
 def to_onnx(conv: Any, **options: Any) -> Any:
-    """An ONNX ``ModelProto`` (input ``x`` of shape ``(N, C, *spatial)``, dynamic sizes) that passes the full checker."""
+    """An ONNX ``ModelProto`` that passes the full checker: a convolution (input ``x``, ``(N, C, *spatial)``, dynamic
+    sizes), a layer record, or a whole graph (inputs and outputs named and laid out as in the source model)."""
     return _converter(conv, "onnx").to_native(conv, **options)
 
 

@@ -92,9 +92,10 @@ class Call(NamedTuple):
         return fail(UnsupportedError, f"Layer {self.name!r} ({self.class_name}) cannot be read: {why}", expected, received, remedy)
 
 
-Reader = Callable[[Call], Any]  # a record, a tuple of records applied in turn, or None (identity)
+Reader = Callable[[Call], "Record | tuple[Record, ...] | None"]
 
-#: Keras class name -> reader (``None`` from a reader: the layer is the identity at inference).
+#: Keras class name -> reader (``None`` from a reader: the layer is the identity at inference; a tuple:
+#: records applied one after the other, e.g. ``Dense(activation="softmax")`` as a Dense and a Softmax).
 READERS: dict[str, Reader] = {}
 
 
@@ -150,21 +151,23 @@ def _conv(call: Call) -> Record:
     return call.source.conv(call.name)
 
 
+def _is_softmax(value: Any) -> bool:
+    return value == "softmax" or (isinstance(value, dict) and "softmax" in (value.get("config"), value.get("class_name")))
+
+
 @reads("Dense")
-def _dense(call: Call) -> Record:
+def _dense(call: Call) -> Record | tuple[Record, ...]:
     arrays = call.arrays()
     if not arrays or arrays[0].ndim != 2:
         raise call.refuse("no kernel", "a (in, out) kernel", f"arrays {[a.shape for a in arrays]}")
-    activation = call.get("activation")
-    softmax = activation == "softmax" or (isinstance(activation, dict) and activation.get("config") == "softmax")
-    dense = layers.Dense(
-        arrays[0], arrays[1] if len(arrays) > 1 else None, activation="linear" if softmax else keras_activation(activation, call.generation), layout="I O"
-    )
-    return (dense, layers.Softmax(1)) if softmax else dense  # softmax mixes channels: a node of its own
+    bias = arrays[1] if len(arrays) > 1 else None
+    if _is_softmax(call.get("activation")):  # not elementwise: a layer of its own after the Dense (every classifier head)
+        return layers.Dense(arrays[0], bias, layout="I O"), layers.Softmax(1)
+    return layers.Dense(arrays[0], bias, activation=keras_activation(call.get("activation"), call.generation), layout="I O")
 
 
 @reads("TimeDistributed")
-def _time_distributed(call: Call) -> Record:
+def _time_distributed(call: Call) -> Record | tuple[Record, ...]:
     inner = call.config.get("layer") or {}
     if inner.get("class_name") != "Dense":
         raise call.refuse("only TimeDistributed(Dense) is supported", "a wrapped Dense layer", f"a wrapped {inner.get('class_name')}")
@@ -222,7 +225,7 @@ def _embedding(call: Call) -> Record:
 @reads("Activation")
 def _activation(call: Call) -> Record:
     name = call.get("activation")
-    if name == "softmax" or (isinstance(name, dict) and name.get("config") == "softmax"):
+    if _is_softmax(name):
         return layers.Softmax(1)
     return layers.Activation(keras_activation(name, call.generation))
 
@@ -373,6 +376,13 @@ _MERGE_CLASSES = {
 
 @reads(*_MERGE_CLASSES)
 def _merge(call: Call) -> Record:
+    if len(call.in_ranks) < 2:  # Keras 3 writes `x + 3.0` as an `Add` operation of one tensor and a constant
+        raise call.refuse(
+            "a merge of one tensor (and a constant) is a Keras operation such as `x + 3.0`, not a Merge layer",
+            "a merge of two or more tensors",
+            f"{len(call.in_ranks)} tensor input(s)",
+            "Write the constant as a layer (e.g. Activation('hard_sigmoid') instead of ReLU(6)(x + 3) / 6).",
+        )
     return layers.Merge(_MERGE_CLASSES[call.class_name])
 
 
@@ -543,8 +553,8 @@ def build(config: Any, source: WeightSource, *, name: str | None = None) -> Grap
         graph_inputs.append(spec)
         edge_of[ref] = spec.name
         rank_of[spec.name] = len(spec.shape) + 1
-    records: dict[str, Any] = {}
-    parts_layers: dict[str, Record] = {}
+    records: dict[str, Record | tuple[Record, ...] | None] = {}
+    parts_of: dict[str, list[tuple[str, Record]]] = {}  # layer -> (graph layer name, record) per record it reads as
     nodes: list[Node] = []
     pending = [(c, cfg, n, i, call) for c, cfg, n, calls in entries if c != "InputLayer" for i, call in enumerate(calls)]
     constants_of = {(n, i): call[1] for _, _, n, i, call in pending}
@@ -583,16 +593,18 @@ def build(config: Any, source: WeightSource, *, name: str | None = None) -> Grap
             if record is None:  # the identity at inference: the tensor passes through
                 edge_of[(lname, index, 0)] = ins[0]
                 continue
-            parts = record if isinstance(record, tuple) else (record,)
-            for i, part in enumerate(parts):  # a fused softmax follows its layer as a node of its own
-                key = lname if i == 0 else f"{lname}_{type(part).__name__.lower()}"
-                parts_layers[key] = part
-                edge = key if index == 0 else f"{key}:{index}"
-                rank = out_rank(part, ranks)
-                nodes.append(Node(edge, key, ins, "channels_last" if rank >= 3 else "flat"))
-                rank_of[edge] = rank
-                ins, ranks = (edge,), (rank,)
-            edge_of[(lname, index, 0)] = ins[0]
+            if lname not in parts_of:
+                several = record if isinstance(record, tuple) else (record,)
+                parts_of[lname] = [(lname if i == 0 else f"{lname}/{type(r).__name__.lower()}", r) for i, r in enumerate(several)]
+            edge = lname if index == 0 else f"{lname}:{index}"
+            for i, (part, part_record) in enumerate(parts_of[lname]):
+                last = i == len(parts_of[lname]) - 1
+                part_edge = edge if last else f"{edge}/{type(part_record).__name__.lower()}"
+                rank = out_rank(part_record, ranks)
+                nodes.append(Node(part_edge, part, ins, "channels_last" if rank >= 3 else "flat"))
+                rank_of[part_edge] = rank
+                ins, ranks = (part_edge,), (rank,)
+            edge_of[(lname, index, 0)] = edge
         if not progressed:
             stuck = sorted({item[2] for item in pending})
             raise fail(ConfigError, "The model config's layers read tensors nobody makes", "a connected model", f"layers {stuck[:10]}")
@@ -603,7 +615,7 @@ def build(config: Any, source: WeightSource, *, name: str | None = None) -> Grap
             raise fail(ConfigError, "A model output is not computed", "outputs made by the model's layers", f"{ref}")
         outputs.append(edge_of[ref])
     return Graph(
-        {n: r for n, r in parts_layers.items() if n in used},
+        {part: r for parts in parts_of.values() for part, r in parts if part in used},
         graph_inputs,
         nodes,
         outputs,

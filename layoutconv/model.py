@@ -127,8 +127,18 @@ def _architecture(architecture: Any) -> Any:
     raise fail(ConfigError, "Invalid value for argument `architecture`", "a model.json path, JSON text, a dict or a Keras model", f"a {type(architecture).__name__}")
 
 
+def _is_onnx(source: Any) -> bool:
+    """An ``onnx.ModelProto`` (recognised without importing onnx) or a path ending in ``.onnx``."""
+    if type(source).__name__ == "ModelProto" and (type(source).__module__ or "").startswith("onnx"):
+        return True
+    return isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().endswith(".onnx")
+
+
 def read_model(source: Any, *, architecture: Any = None, backend: str | None = None, example_inputs: Any = None) -> Graph:
-    """A whole model as a :class:`~layoutconv.graph.Graph`: a Keras model (Keras 3 or tf_keras), a Keras file, or a PyTorch module.
+    """A whole model as a :class:`~layoutconv.graph.Graph`: a Keras model (Keras 3 or tf_keras), a Keras file, a PyTorch module, or ONNX.
+
+    An ONNX model (``onnx.ModelProto`` or a ``.onnx`` path) is read node by node without
+    running any of it (see :mod:`layoutconv.adapters.onnx_layers`).
 
     ``source`` is a built Keras ``Sequential`` or functional model, or the path of
     a Keras file of any version: a full save (``.h5`` with ``model_config``,
@@ -147,6 +157,13 @@ def read_model(source: Any, *, architecture: Any = None, backend: str | None = N
 
     if isinstance(source, Graph):
         return source
+    if _is_onnx(source):
+        if architecture is not None or backend is not None or example_inputs is not None:
+            raise fail(ConfigError, "An ONNX model carries its own architecture", "no architecture=, backend= or example_inputs=", "one of them")
+        frameworks.adapter("onnx")  # FrameworkMissingError with the install hint when onnx is missing
+        from .adapters.onnx_layers import read_model as read_onnx
+
+        return read_onnx(source)
     if _is_torch_module(source):
         if example_inputs is None:
             raise fail(
@@ -190,6 +207,6 @@ def read_model(source: Any, *, architecture: Any = None, backend: str | None = N
     raise fail(
         UnsupportedError,
         "read_model cannot read this object yet",
-        "a Keras model (Keras 3 or tf_keras), a Keras file path, a torch.nn.Module, or a layoutconv Graph",
+        "a Keras model (Keras 3 or tf_keras), a Keras file path, a torch.nn.Module, an ONNX model or .onnx path, or a layoutconv Graph",
         f"a {type(source).__module__}.{type(source).__name__}",
     )

@@ -382,7 +382,7 @@ def _global_pool_forward(pool: layers.GlobalPool, x: Any, dtype: Any) -> np.ndar
 def _flatten_forward(flat: layers.Flatten, x: Any, dtype: Any) -> np.ndarray:
     x = _float_input(flat, x, dtype)
     view = _channels_last(x) if flat.order == "channels_last" else x
-    return view.reshape(x.shape[0], -1)
+    return view.reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))  # no -1: a batch of 0 has shapes too
 
 
 def _reshape_forward(layer: layers.Reshape, x: Any, dtype: Any) -> np.ndarray:
@@ -392,7 +392,7 @@ def _reshape_forward(layer: layers.Reshape, x: Any, dtype: Any) -> np.ndarray:
     known = int(np.prod([v for v in layer.shape if v != -1], dtype=np.int64))
     if size % known or (-1 not in layer.shape and size != known):
         raise fail(ShapeError, "Input does not fit the Reshape layer", f"samples that reshape to {layer.shape}", f"shape {tuple(x.shape)} ({size} elements per sample)")
-    y = view.reshape((x.shape[0],) + layer.shape)
+    y = view.reshape((x.shape[0],) + tuple(size // known if v == -1 else v for v in layer.shape))  # no -1: see Flatten
     return _channels_first(y) if layer.order == "channels_last" else y
 
 

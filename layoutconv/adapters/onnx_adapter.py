@@ -278,9 +278,13 @@ def _recipe_for(activation: str, opset: int) -> tuple[_Step, ...]:
     )
 
 
-def _activation_nodes(conv: Conv | ConvTranspose, opset: int, z: str, out: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
-    """The nodes applying ``conv.activation`` to tensor ``z``, the last one writing ``out``."""
-    steps = _recipe_for(conv.activation, opset)
+def activation_nodes(activation: str, dtype: Any, opset: int, z: str, out: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """The nodes applying ``activation`` to tensor ``z`` (constants in ``dtype``), the last one writing ``out``.
+
+    Internal tensors are ``act_<i>``, constants ``act_<i>_const<j>``, nodes ``<activation>_<i>``:
+    a caller that puts them in a larger graph renames them.
+    """
+    steps = _recipe_for(activation, opset)
     nodes, inits = [], []
     outputs = [f"act_{i}" for i in range(len(steps) - 1)] + [out]
     for i, step in enumerate(steps):
@@ -288,11 +292,11 @@ def _activation_nodes(conv: Conv | ConvTranspose, opset: int, z: str, out: str) 
         for ref in step.inputs:
             if isinstance(ref, float):
                 name = f"act_{i}_const{len(inputs)}"
-                inits.append(_tensor(name, np.asarray(ref, dtype=conv.dtype)))
+                inits.append(_tensor(name, np.asarray(ref, dtype=dtype)))
                 inputs.append(name)
             else:
                 inputs.append(z if ref == "z" else outputs[ref])
-        nodes.append(helper.make_node(step.op, inputs, [outputs[i]], name=f"{conv.activation}_{i}", **step.attrs))
+        nodes.append(helper.make_node(step.op, inputs, [outputs[i]], name=f"{activation}_{i}", **step.attrs))
     return nodes, inits
 
 
@@ -349,6 +353,37 @@ def _transpose_attrs(t: ConvTranspose, attrs: dict[str, Any]) -> None:
         attrs["output_shape"] = list(t.output_shape_)
 
 
+def conv_parts(conv: Conv | ConvTranspose, opset: int) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """The nodes and initializers computing ``conv`` from tensor ``x`` into ``y``: kernel ``W``, bias ``B``.
+
+    The convolution node is named ``conv``; every other tensor and node has a
+    fixed local name, so a caller placing several convolutions in one graph
+    (:mod:`layoutconv.adapters.onnx_layers`) renames them.
+    """
+    inits = [_tensor("W", conv.kernel)] + ([] if conv.bias is None else [_tensor("B", conv.bias)])
+    attrs: dict[str, Any] = dict(
+        kernel_shape=list(conv.kernel_shape), strides=list(conv.stride), dilations=list(conv.dilation), group=conv.groups
+    )
+    if isinstance(conv, ConvTranspose):
+        op, nodes, data, hint = "ConvTranspose", [], "x", ""
+        _transpose_attrs(conv, attrs)
+    else:
+        op = "Conv"
+        nodes, pad_inits, data = _conv_nodes(conv, attrs)
+        inits += pad_inits
+        hint = f"{_HINT} padding_mode={conv.padding_mode}"
+        if isinstance(conv.padding, str):
+            hint += f" padding={conv.padding}"
+    inputs = [data, "W"] + (["B"] if conv.bias is not None else [])
+    conv_out = "y" if conv.activation == "linear" else "y_linear"
+    nodes.append(helper.make_node(op, inputs, [conv_out], name="conv", doc_string=hint, **attrs))
+    if conv.activation != "linear":
+        act_nodes, act_inits = activation_nodes(conv.activation, conv.dtype, opset, conv_out, "y")
+        nodes += act_nodes
+        inits += act_inits
+    return nodes, inits
+
+
 def to_native(conv: Conv | ConvTranspose, opset: int | None = None) -> onnx.ModelProto:
     """An ONNX model computing ``conv`` on ``x`` of shape ``(N, C, *spatial)``; it passes ``check_model(full_check=True)``.
 
@@ -372,27 +407,8 @@ def to_native(conv: Conv | ConvTranspose, opset: int | None = None) -> onnx.Mode
     opset = _choose_opset(conv, opset)
     rank = conv.spatial_rank
     elem = helper.np_dtype_to_tensor_dtype(conv.dtype)
-    inits = [_tensor("W", conv.kernel)] + ([] if conv.bias is None else [_tensor("B", conv.bias)])
-    attrs: dict[str, Any] = dict(
-        kernel_shape=list(conv.kernel_shape), strides=list(conv.stride), dilations=list(conv.dilation), group=conv.groups
-    )
-    if isinstance(conv, ConvTranspose):
-        op, nodes, data, hint = "ConvTranspose", [], "x", ""
-        _transpose_attrs(conv, attrs)
-    else:
-        op = "Conv"
-        nodes, pad_inits, data = _conv_nodes(conv, attrs)
-        inits += pad_inits
-        hint = f"{_HINT} padding_mode={conv.padding_mode}"
-        if isinstance(conv.padding, str):
-            hint += f" padding={conv.padding}"
-    inputs = [data, "W"] + (["B"] if conv.bias is not None else [])
-    conv_out = "y" if conv.activation == "linear" else "y_linear"
-    nodes.append(helper.make_node(op, inputs, [conv_out], name="conv", doc_string=hint, **attrs))
-    if conv.activation != "linear":
-        act_nodes, act_inits = _activation_nodes(conv, opset, conv_out, "y")
-        nodes += act_nodes
-        inits += act_inits
+    nodes, inits = conv_parts(conv, opset)
+    op = "ConvTranspose" if isinstance(conv, ConvTranspose) else "Conv"
     dims = SPATIAL_DIMS[rank]
     graph = helper.make_graph(
         nodes,
@@ -1089,14 +1105,14 @@ def _own_padding(node: onnx.NodeProto, attrs: dict[str, Any], rank: int) -> tupl
     return auto, tuple(zip(pads[:rank], pads[rank:]))
 
 
-def _padding(g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], probe: Conv) -> tuple[Any, str]:
-    """(padding, padding_mode) of the Conv node, with a feeding Pad node folded in."""
+def _padding(g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], probe: Conv, fold_pad: bool = True) -> tuple[Any, str]:
+    """(padding, padding_mode) of the Conv node, with a feeding Pad node folded in (unless ``fold_pad`` is false)."""
     rank = probe.spatial_rank
     zero = ((0, 0),) * rank
     own: Any = _own_padding(node, attrs, rank)[1]
     own_zero = own in ("valid", zero) or (own in ("same_upper", "same_lower") and all(r == 1 for r in probe.receptive_field))
     pad = g.producers.get(node.input[0])
-    if pad is None or pad.op_type != "Pad":
+    if pad is None or pad.op_type != "Pad" or not fold_pad:
         return own, "zeros"
     pad_attrs = _attrs(pad)
     mode_name = pad_attrs.get("mode", "constant")
@@ -1332,7 +1348,16 @@ def from_native(model_or_path: Any, node: str | int | None = None) -> Conv | Con
     if onnx_recurrent.reads(model, node):  # RNN, LSTM, GRU nodes: layoutconv.adapters.onnx_recurrent
         return onnx_recurrent.from_native(model, node)
     convs = [n for n in model.graph.node if n.op_type in CONV_OPS and n.domain in ("", "ai.onnx")]
-    conv_node = _pick(convs, node)
+    return read_conv(_Graph(model), _pick(convs, node))
+
+
+def read_conv(g: _Graph, conv_node: onnx.NodeProto, *, fold_pad: bool = True, activation: bool = True) -> Conv | ConvTranspose:
+    """One ``Conv`` or ``ConvTranspose`` node of ``g`` as a record (see :func:`from_native`).
+
+    ``fold_pad=False`` leaves a ``Pad`` node feeding the ``Conv`` out of its padding,
+    ``activation=False`` leaves the activation after it out of the record: a reader of
+    whole graphs reads those nodes as layers of their own.
+    """
     op = conv_node.op_type
     label = f"{op} node {conv_node.name!r}"
     if len(conv_node.input) < 2 or not conv_node.input[0] or not conv_node.input[1] or not conv_node.output or not conv_node.output[0]:
@@ -1342,7 +1367,6 @@ def from_native(model_or_path: Any, node: str | int | None = None) -> Conv | Con
             f"{op}(X, W) or {op}(X, W, B) with one output",
             f"inputs {list(conv_node.input)}, outputs {list(conv_node.output)}",
         )
-    g = _Graph(model)
     kernel = g.weight(conv_node.input[1], conv_node, "weight W")
     has_bias = len(conv_node.input) > 2 and conv_node.input[2]
     bias = g.weight(conv_node.input[2], conv_node, "bias B") if has_bias else None
@@ -1377,19 +1401,20 @@ def from_native(model_or_path: Any, node: str | int | None = None) -> Conv | Con
     dilation = _spatial(conv_node, attrs, "dilations", [1] * rank, rank)
     group = attrs.get("group", 1)
     if op == "ConvTranspose":
-        return _read_transpose(g, conv_node, attrs, kernel, bias, stride, dilation, group)
+        record = _read_transpose(g, conv_node, attrs, kernel, bias, stride, dilation, group, fold_pad)
+        return record.replace(activation=_read_activation(g, conv_node)) if activation else record
     try:
         probe = Conv(kernel, bias, stride=stride, dilation=dilation, groups=group)
     except LayoutError as exc:
         raise type(exc)(f"{label}: {exc}") from None
-    padding, mode = _padding(g, conv_node, attrs, probe)
-    activation = _read_activation(g, conv_node)
-    return _apply_hint(probe.replace(padding=padding, padding_mode=mode, activation=activation), conv_node)
+    padding, mode = _padding(g, conv_node, attrs, probe, fold_pad)
+    fused = _read_activation(g, conv_node) if activation else "linear"
+    return _apply_hint(probe.replace(padding=padding, padding_mode=mode, activation=fused), conv_node)
 
 
 def _read_transpose(
     g: _Graph, node: onnx.NodeProto, attrs: dict[str, Any], kernel: np.ndarray, bias: np.ndarray | None,
-    stride: list[int], dilation: list[int], group: Any,
+    stride: list[int], dilation: list[int], group: Any, fold_pad: bool = True,
 ) -> ConvTranspose:
     """A ``ConvTranspose`` node: ``pads`` or ``auto_pad``, ``output_padding`` and ``output_shape``.
 
@@ -1399,7 +1424,7 @@ def _read_transpose(
     rank = kernel.ndim - 2
     label = f"ConvTranspose node {node.name!r}"
     pad = g.producers.get(node.input[0])
-    if pad is not None and pad.op_type == "Pad":
+    if fold_pad and pad is not None and pad.op_type == "Pad":
         raise fail(
             UnsupportedError,
             f"{label} is fed by Pad node {pad.name!r}",
@@ -1427,7 +1452,7 @@ def _read_transpose(
         )
     except LayoutError as exc:
         raise type(exc)(f"{label}: {exc}") from None
-    return record.replace(activation=_read_activation(g, node))
+    return record
 
 
 # ---------------------------------------------------------------------------
@@ -1513,3 +1538,4 @@ registry.register(Conv, NAME, to_native=to_native, run=run)
 registry.register(ConvTranspose, NAME, to_native=to_native, run=run)
 
 from . import onnx_recurrent  # noqa: E402  (RNN, LSTM, GRU nodes)
+from . import onnx_layers  # noqa: E402,F401  (registers the layer and graph converters)
