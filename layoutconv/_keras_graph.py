@@ -573,7 +573,7 @@ def build(config: Any, source: WeightSource, *, name: str | None = None) -> Grap
             if constants:  # a merge called with a number: x + 3.0, x * (1 / 6)
                 record_c = _with_constant(cls, lname, constants, len(refs))
                 key = f"{lname}" if index == 0 else f"{lname}:{index}"
-                parts_layers[key] = record_c
+                parts_of[key] = [(key, record_c)]
                 nodes.append(Node(key, key, ins, "channels_last" if ranks[0] >= 3 else "flat"))
                 edge_of[(lname, index, 0)] = key
                 rank_of[key] = ranks[0]

@@ -1,4 +1,4 @@
-"""Real architectures (keras.applications, random weights, perturbed BatchNorm statistics) go Keras -> PyTorch.
+"""Real architectures (keras.applications, random weights, perturbed BatchNorm statistics) go Keras -> PyTorch and ONNX.
 
 Keras' predict is the oracle; the reference pass and the generated PyTorch model must both match it.
 """
@@ -13,6 +13,7 @@ from layoutconv import reference
 
 keras = pytest.importorskip("keras")
 torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
 
 ARCHITECTURES = {
     "MobileNetV2": lambda: keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, alpha=0.35, classes=7),
@@ -33,7 +34,7 @@ def _perturb(model, rng):
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
-def test_application_to_reference_and_pytorch(name):
+def test_application_to_reference_pytorch_and_onnx(name):
     rng = np.random.default_rng(sum(map(ord, name)))
     model = ARCHITECTURES[name]()
     _perturb(model, rng)
@@ -45,3 +46,6 @@ def test_application_to_reference_and_pytorch(name):
     with torch.no_grad():
         got = layoutconv.to_torch(graph)(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+    from layoutconv.adapters import onnx_layers
+
+    np.testing.assert_allclose(onnx_layers.run(layoutconv.to_onnx(graph), x), expected, rtol=1e-4, atol=1e-5 * scale)

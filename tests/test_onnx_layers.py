@@ -444,11 +444,14 @@ def test_keras_dense_softmax_head_is_dense_then_softmax(keras):
     assert_model_close(reference.forward(graph, x), model.predict(x, verbose=0))
 
 
-def test_keras_operation_with_a_constant_is_refused_not_misread(keras):
+def test_keras_operation_with_a_constant_reads_as_a_scale(L, onnx, keras):
     x_in = keras.Input((5, 3))
-    model = keras.Model(x_in, keras.layers.ReLU(6.0)(x_in + 3.0))
-    with pytest.raises(UnsupportedError, match=r"x \+ 3\.0"):
-        layoutconv.read_model(model)
+    model = keras.Model(x_in, keras.layers.ReLU(6.0)(x_in * (1 / 6) + 3.0))  # Keras 3 records the numbers in the call
+    graph = layoutconv.read_model(model)
+    assert sorted(type(r).__name__ for r in graph.layers.values()) == ["Activation", "Scale", "Scale"]
+    x = rand(2, 5, 3) * 20
+    np.testing.assert_allclose(reference.forward(graph, x), model.predict(x, verbose=0), rtol=1.3e-6, atol=1e-5)
+    np.testing.assert_allclose(L.run(layoutconv.to_onnx(graph), x), model.predict(x, verbose=0), rtol=1.3e-6, atol=1e-5)
 
 
 def perturbed(keras, make):

@@ -410,6 +410,14 @@ def _identity_layer(b: _Builder, layer: layers.Identity, at: _At) -> None:
     b.node("Identity", [at.inputs[0]], [at.out], at.edge, doc=_hint(layer=at.layer, was=layer.was or None))
 
 
+@emits(layers.Scale)
+def _scale(b: _Builder, layer: layers.Scale, at: _At) -> None:
+    """``x * scale + offset`` (Keras ``Rescaling``; ``x + 3.0`` in a Keras 3 model): Mul, then Add."""
+    scaled = b.name(f"{at.edge}/scaled")
+    b.node("Mul", [at.inputs[0], b.scalar(f"{at.layer}.scale", layer.scale)], [scaled], f"{at.edge}/mul", doc=_hint(layer=at.layer))
+    b.node("Add", [scaled, b.scalar(f"{at.layer}.offset", layer.offset)], [at.out], at.edge)
+
+
 @emits(layers.Pool)
 def _pool(b: _Builder, pool: layers.Pool, at: _At) -> None:
     attrs: dict[str, Any] = dict(kernel_shape=list(pool.pool_size), strides=list(pool.stride))
