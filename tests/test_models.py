@@ -232,3 +232,20 @@ def test_final_states_of_a_recurrent_module_are_refused_by_name():
 
     with pytest.raises(UnsupportedError, match="final states"):
         layoutconv.read_model(LastState(), example_inputs=torch.randn(2, 5, 3))
+
+
+def test_pytorch_recurrent_model_to_onnx_matches_pytorch():
+    pytest.importorskip("onnxruntime")
+    from layoutconv.adapters import onnx_layers
+
+    torch.manual_seed(6)
+    model = _ConvRecurrentNet().eval()
+    with torch.no_grad():
+        model.bn.running_mean.normal_()
+        model.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 4, 11)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    proto = layoutconv.to_onnx(layoutconv.read_model(model, example_inputs=x))
+    assert {n.op_type for n in proto.graph.node} >= {"LSTM", "GRU", "Conv", "BatchNormalization"}
+    np.testing.assert_allclose(onnx_layers.run(proto, x.numpy()), expected, rtol=1e-5, atol=1e-6)

@@ -63,6 +63,7 @@ from .. import __version__, graph as graph_module, layers, reference, registry
 from ..chain import Chain
 from ..conv import Conv
 from ..errors import ConfigError, FileFormatError, LayoutError, ShapeError, UnsupportedError, fail
+from ..recurrent import Bidirectional, Recurrent
 from ..graph import Graph, Input, Node
 from ..record import Record
 from ..transpose import ConvTranspose
@@ -418,6 +419,18 @@ def _scale(b: _Builder, layer: layers.Scale, at: _At) -> None:
     b.node("Add", [scaled, b.scalar(f"{at.layer}.offset", layer.offset)], [at.out], at.edge)
 
 
+@emits(Recurrent, Bidirectional)
+def _recurrent(b: _Builder, record: Any, at: _At) -> None:
+    """An ONNX RNN/LSTM/GRU node (with its Transposes) as the recurrent adapter writes it, weights named after the layer."""
+    from . import onnx_recurrent
+
+    model = onnx_recurrent.to_native(record, opset=b.opset)
+    g = model.graph
+    names = {"x": at.inputs[0], "y": at.out}
+    names.update({t.name: f"{at.layer}.{t.name}" for t in g.initializer if t.name in ("W", "R", "B")})
+    b.place(list(g.node), list(g.initializer), names, at.edge)
+
+
 @emits(layers.Pool)
 def _pool(b: _Builder, pool: layers.Pool, at: _At) -> None:
     attrs: dict[str, Any] = dict(kernel_shape=list(pool.pool_size), strides=list(pool.stride))
@@ -630,6 +643,10 @@ def required_opset(graph: Graph, dtype: np.dtype) -> int:
         for r in record.layers if isinstance(record, Chain) else (record,):
             if isinstance(r, (Conv, ConvTranspose)):
                 need = max(need, base.required_opset(r))
+            elif isinstance(r, (Recurrent, Bidirectional)):
+                from . import onnx_recurrent
+
+                need = max(need, onnx_recurrent.required_opset(r))
     return need
 
 
