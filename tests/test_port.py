@@ -277,3 +277,60 @@ def test_cli_port_into_a_class_from_a_file_and_save(tmp_path, capsys):
     np.testing.assert_allclose(got, published, rtol=0, atol=5e-5)
     assert cli.main(["port", str(SEQ_FILE), f"{tmp_path / 'seqnet.py'}:Net", "--input-shape", "2,4,34", "--output", str(out)]) == 2  # exists
     assert cli.main(["port", str(SEQ_FILE), f"{tmp_path / 'seqnet.py'}:Nope", "--input-shape", "2,4,34"]) == 2
+
+
+# -- into a Keras model of your own -------------------------------------------------------------------
+
+
+class _TorchSource(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3, padding=1)
+        self.bn = nn.BatchNorm1d(6)
+        self.fc = nn.Linear(6 * 11, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def _keras_twin(keras, relu=True):
+    inp = keras.Input((11, 4))
+    h = keras.layers.Conv1D(6, 3, padding="same", name="c")(inp)
+    h = keras.layers.BatchNormalization(name="b")(h)
+    if relu:
+        h = keras.layers.ReLU(name="r")(h)
+    return keras.Model(inp, keras.layers.Dense(3, name="d")(keras.layers.Flatten(name="f")(h)))
+
+
+@pytest.mark.parametrize("flavor", ["keras", "tf_keras"])
+def test_pytorch_model_into_your_keras_model(flavor):
+    k = pytest.importorskip(flavor)
+    torch.manual_seed(1)
+    source = _TorchSource().eval()
+    with torch.no_grad():
+        source.bn.running_mean.normal_()
+        source.bn.running_var.uniform_(0.05, 0.2)  # small variances: epsilon 1e-5 vs Keras' 1e-3 matters
+    x = torch.randn(3, 4, 11)
+    graph = layoutconv.read_model(source, example_inputs=x)
+    target = _keras_twin(k)
+    x_keras = x.numpy().transpose(0, 2, 1).copy()  # your Keras model takes channels last
+    report = layoutconv.port(graph, target, example_inputs=x_keras)
+    assert report.passed, str(report)
+    notes = {m.target: m.notes for m in report.mappings}
+    assert any("epsilon set to 1e-05" in n for n in notes["b"]) and any("columns permuted" in n for n in notes["d"])
+    with torch.no_grad():
+        np.testing.assert_allclose(target.predict(x_keras, verbose=0), source(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_keras_target_that_differs_is_restored():
+    k = pytest.importorskip("keras")
+    torch.manual_seed(2)
+    source = _TorchSource().eval()
+    x = torch.randn(2, 4, 11)
+    graph = layoutconv.read_model(source, example_inputs=x)
+    target = _keras_twin(k, relu=False)  # forgets the ReLU
+    before = [w.copy() for w in target.get_weights()]
+    with pytest.raises(VerificationError) as info:
+        layoutconv.port(graph, target, example_inputs=x.numpy().transpose(0, 2, 1).copy())
+    assert not info.value.report.passed
+    assert all(np.array_equal(a, b) for a, b in zip(before, target.get_weights()))
