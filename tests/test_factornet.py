@@ -110,3 +110,13 @@ def test_cli_inspect_lists_every_layer_of_the_model(capsys):
     lstm = next(n for n in model["nodes"] if n["record"]["kind"] == "Bidirectional")["record"]["forward"]
     assert lstm["recurrent_activation"] == "hard_sigmoid_keras2" and lstm["units"] == 32
     assert [n["layout"] for n in model["nodes"][:2]] == ["channels_last", "channels_last"]
+
+
+def test_onnxruntime_matches(graph, expected):
+    pytest.importorskip("onnxruntime")
+    from layoutconv.adapters import onnx_layers
+
+    x1, x2 = _inputs()
+    proto = layoutconv.to_onnx(graph)
+    assert [n.op_type for n in proto.graph.node].count("LSTM") == 2  # one bidirectional node per branch
+    np.testing.assert_allclose(onnx_layers.run(proto, [x1, x2]), expected, rtol=1e-5, atol=1e-6)
