@@ -319,9 +319,9 @@ def verify(
 
     if frameworks is not None and not isinstance(frameworks, str) and _is_model(frameworks):
         # verify(source, target, inputs): your own PyTorch model, checked against the source model
-        from .porting import compare
+        from .porting import compare as compare_models
 
-        return compare(conv, frameworks, x)  # type: ignore[return-value]
+        return compare_models(conv, frameworks, x)  # type: ignore[return-value]
     if isinstance(conv, Graph):
         if native is not None:
             raise fail(ConfigError, "verify(graph, native=...) is not supported", "layoutconv.port(graph, module, example_inputs=...) to check a module of your own", "native=")
