@@ -104,23 +104,24 @@ TARGETS: dict[str, Target] = {
 }
 
 
-def target_for(path: str | os.PathLike[str], to: str | None = None) -> Target:
-    """The target named by ``to``, or the one the output path's suffix implies."""
+def target_for(path: str | os.PathLike[str], to: str | None = None, table: dict[str, Any] | None = None) -> Any:
+    """The target named by ``to``, or the one the output path's suffix implies (in ``table``: :data:`TARGETS` by default)."""
+    table = TARGETS if table is None else table
     if to is not None:
-        if to not in TARGETS:
-            raise fail(ConfigError, "Unknown conversion target", f"one of {sorted(TARGETS)}", f"{to!r}")
-        return TARGETS[to]
+        if to not in table:
+            raise fail(ConfigError, "Unknown conversion target", f"one of {sorted(table)}", f"{to!r}")
+        return table[to]
     suffix = Path(path).suffix.lower()
-    for target in TARGETS.values():
+    for target in table.values():
         if suffix in target.suffixes:
             return target
-    known = ", ".join(s for t in TARGETS.values() for s in t.suffixes)
+    known = ", ".join(s for t in table.values() for s in t.suffixes)
     raise fail(
         ConfigError,
         f"Cannot tell the output format of {str(path)!r}",
         f"a file name ending in one of {known}",
         f"suffix {suffix!r}",
-        "Rename the output or pass to='onnx' / 'keras' / 'torch'.",
+        f"Rename the output or pass to= one of {', '.join(map(repr, sorted(table)))}.",
     )
 
 

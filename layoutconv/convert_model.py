@@ -31,7 +31,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .convert import _check_output
+from .convert import _check_output, target_for
 from .errors import ConfigError, FrameworkMissingError, OutputError, UnsupportedError, VerificationError, fail
 from .graph import Graph
 from .verify_model import ModelReport, ModelResult, default_inputs, verify_model
@@ -125,18 +125,7 @@ MODEL_TARGETS: dict[str, ModelTarget] = {
 
 
 def model_target_for(path: str | os.PathLike[str], to: str | None = None) -> ModelTarget:
-    if to is not None:
-        if to not in MODEL_TARGETS:
-            raise fail(ConfigError, "Unknown conversion target", f"one of {sorted(MODEL_TARGETS)}", f"{to!r}")
-        return MODEL_TARGETS[to]
-    suffix = Path(path).suffix.lower()
-    for target in MODEL_TARGETS.values():
-        if suffix in target.suffixes:
-            return target
-    raise fail(
-        ConfigError, f"Cannot tell the output format of {str(path)!r}",
-        f"a file name ending in one of {', '.join(s for t in MODEL_TARGETS.values() for s in t.suffixes)}", f"suffix {suffix!r}",
-    )
+    return target_for(path, to, MODEL_TARGETS)
 
 
 def save_model(

@@ -418,8 +418,17 @@ def to_native(conv: Conv | ConvTranspose, opset: int | None = None) -> onnx.Mode
         inits,
         doc_string=repr(conv),
     )
+    model = checked_model(graph, opset, repr(conv))
+    return model
+
+
+# ---------------------------------------------------------------------------
+# ONNX -> Conv, ConvTranspose
+# ---------------------------------------------------------------------------
+def checked_model(graph: onnx.GraphProto, opset: int, what: str, remedy: str = "Pass a newer opset.") -> onnx.ModelProto:
+    """A model around ``graph`` at ``opset`` (lowest IR version that holds it) that passes the full ONNX checker."""
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="layoutconv", producer_version=__version__
+        graph, opset_imports=[helper.make_opsetid("", int(opset))], producer_name="layoutconv", producer_version=__version__
     )
     model.ir_version = helper.find_min_ir_version_for(model.opset_import)
     try:
@@ -427,17 +436,14 @@ def to_native(conv: Conv | ConvTranspose, opset: int | None = None) -> onnx.Mode
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise fail(
             UnsupportedError,
-            f"ONNX opset {opset} cannot express {conv!r}",
+            f"ONNX opset {opset} cannot express {what}",
             "a model the ONNX checker accepts",
-            f"the checker's complaint: {exc}",
-            "Pass a newer opset.",
+            f"the checker's complaint: {str(exc)[:600]}",
+            remedy,
         ) from None
     return model
 
 
-# ---------------------------------------------------------------------------
-# ONNX -> Conv, ConvTranspose
-# ---------------------------------------------------------------------------
 def _load(model_or_path: Any) -> onnx.ModelProto:
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path

@@ -736,18 +736,10 @@ def write_graph(graph: Graph, opset: Any = None, layout: str = "source", dtype: 
             dims = _dims(o, [None] * ((rank or 2) - 1))
         outputs.append(helper.make_tensor_value_info(name, elem, dims))
     onnx_graph = helper.make_graph(b.nodes, graph.name, inputs, outputs, list(b.initializers.values()), doc_string=f"layoutconv graph {graph.name!r}")
-    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="layoutconv", producer_version=__version__)
-    model.ir_version = helper.find_min_ir_version_for(model.opset_import)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise fail(
-            UnsupportedError,
-            f"ONNX opset {opset} cannot express graph {graph.name!r}",
-            "a model the ONNX checker accepts",
-            f"the checker's complaint: {str(exc)[:600]}",
-            "Pass a newer opset, or check that the graph runs in the reference pass on its input shapes.",
-        ) from None
+    model = base.checked_model(
+        onnx_graph, opset, f"graph {graph.name!r}",
+        "Pass a newer opset, or check that the graph runs in the reference pass on its input shapes.",
+    )
     return model
 
 

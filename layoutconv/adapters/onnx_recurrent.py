@@ -303,20 +303,7 @@ def to_native(record: Recurrent | Bidirectional, opset: int | None = None) -> on
         inits,
         doc_string=repr(record),
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", int(opset))], producer_name="layoutconv", producer_version=__version__
-    )
-    model.ir_version = helper.find_min_ir_version_for(model.opset_import)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise fail(
-            UnsupportedError,
-            f"ONNX opset {opset} cannot express {record!r}",
-            "a model the ONNX checker accepts",
-            f"the checker's complaint: {exc}",
-            "Pass a newer opset.",
-        ) from None
+    model = _onnx.checked_model(graph, opset, repr(record))
     return model
 
 
