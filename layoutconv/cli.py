@@ -381,7 +381,9 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["theano", "tensorflow"], help="override the backend of a Keras 1 file")
     p.add_argument("--to", choices=["onnx", "keras", "torch", "safetensors"], help="output format (default: from the suffix)")
     p.add_argument("--model", action="store_true", help="convert the whole model (implied by --architecture and .safetensors)")
-    p.add_argument("--architecture", help="model.json (model.to_json()) for a weights-only file; implies --model")
+    p.add_argument("--architecture", help="model.json (model.to_json()) for a weights-only Keras file, or file.py:Class for a "
+                   "PyTorch .pt/.safetensors state_dict; implies --model")
+    p.add_argument("--input-shape", action="append", help="with a PyTorch state_dict: the shape forward takes, e.g. 1,4,34 (repeatable)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--parents", action="store_true", help="create the output's missing parent directories")
     add_hyperparameter_arguments(p.add_argument_group("what the file does not record (every Keras 1 weights file)"))
@@ -394,7 +396,9 @@ def _convert(args: argparse.Namespace) -> int:
 
     from .convert_model import is_whole_model
 
-    if args.model or args.architecture or args.to == "safetensors" or str(args.output).lower().endswith(".safetensors") or (
+    if args.model or args.architecture or args.to == "safetensors" or str(args.output).lower().endswith(".safetensors") or str(
+        args.source
+    ).lower().endswith((".pt", ".pth")) or (
         not args.layer and is_whole_model(args.source, args.backend)
     ):
         from .convert_model import convert_command

@@ -203,7 +203,10 @@ def convert_command(args: Any) -> int:
 
     from .model import read_model
 
-    graph = read_model(args.source, architecture=args.architecture, backend=args.backend)
+    if str(args.source).lower().endswith((".pt", ".pth", ".safetensors")):
+        graph = _torch_source(args)
+    else:
+        graph = read_model(args.source, architecture=args.architecture, backend=args.backend)
     if not args.json:
         print(graph.summary())
     report = save_model(graph, args.output, to=args.to, overwrite=args.force, parents=args.parents)
@@ -213,6 +216,38 @@ def convert_command(args: Any) -> int:
         print(report)
         print(f"wrote {args.output}")
     return 0
+
+
+def _torch_source(args: Any) -> Graph:
+    """A PyTorch state_dict file plus its class (``--architecture file.py:Class``) and ``--input-shape``, as a graph."""
+    import numpy as np
+    import torch
+
+    from ._port_cli import _load_class, _shape
+    from .model import read_model
+
+    if not args.architecture or not getattr(args, "input_shape", None):
+        raise fail(
+            ConfigError,
+            f"{args.source} is a state_dict: it holds tensors, not the model",
+            "--architecture path/to/file.py:ClassName (built with no arguments) and --input-shape N,C,... (what forward takes)",
+            f"--architecture={args.architecture!r}, --input-shape={getattr(args, 'input_shape', None)!r}",
+        )
+    module = _load_class(args.architecture)()
+    if str(args.source).lower().endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(args.source)
+    else:
+        state = torch.load(args.source, weights_only=True)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise fail(ConfigError, f"{args.source} does not fit {args.architecture}", "the same parameter names and shapes",
+                   (str(exc).strip().splitlines() or [""])[0]) from None
+    rng = np.random.default_rng(0)
+    example = tuple(torch.from_numpy(rng.standard_normal(_shape(s)).astype(np.float32)) for s in args.input_shape)
+    return read_model(module.eval(), example_inputs=example if len(example) > 1 else example[0])
 
 
 def is_whole_model(path: str, backend: str | None = None) -> bool:

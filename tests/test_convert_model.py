@@ -85,3 +85,40 @@ def test_cli_converts_a_whole_keras_file(model, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "PASSED" in run.stdout and out.exists()
     assert sorted(safetensors_torch.load_file(out)) == sorted(Twin().state_dict())
+
+
+def test_cli_converts_a_pytorch_state_dict_with_its_class(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from layoutconv import cli
+    from layoutconv.adapters import onnx_layers
+
+    (tmp_path / "twin.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv, self.bn, self.fc = nn.Conv1d(6, 7, 4), nn.BatchNorm1d(7), nn.Linear(7 * 13, 2)\n\n"
+        "    def forward(self, x):\n"
+        "        x = nn.functional.max_pool1d(self.bn(torch.relu(self.conv(x))), 2)\n"
+        "        return self.fc(x.flatten(1))\n"
+    )
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("twin_for_test", tmp_path / "twin.py")
+    twin_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(twin_module)
+    torch.manual_seed(4)
+    net = twin_module.Net().eval()
+    with torch.no_grad():
+        net.bn.running_var.uniform_(0.5, 2.0)
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    out = tmp_path / "net.onnx"
+    assert cli.main(["convert", str(tmp_path / "net.pt"), str(out), "--architecture", f"{tmp_path / 'twin.py'}:Net", "--input-shape", "1,6,29"]) == 0
+    x = np.random.default_rng(1).normal(size=(3, 6, 29)).astype("float32")
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    import onnx
+
+    np.testing.assert_allclose(onnx_layers.run(onnx.load(out), x), expected, rtol=1e-5, atol=1e-6)
+    assert cli.main(["convert", str(tmp_path / "net.pt"), str(tmp_path / "other.onnx")]) == 2  # no class: refused, nothing written
+    assert not (tmp_path / "other.onnx").exists()
