@@ -396,9 +396,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     from .convert_model import is_whole_model
 
-    if args.model or args.architecture or args.to == "safetensors" or str(args.output).lower().endswith(".safetensors") or str(
-        args.source
-    ).lower().endswith((".pt", ".pth")) or (
+    if args.model or args.architecture or args.to == "safetensors" or str(args.output).lower().endswith(".safetensors") or (
         not args.layer and is_whole_model(args.source, args.backend)
     ):
         from .convert_model import convert_command
