@@ -120,3 +120,5 @@ def test_onnxruntime_matches(graph, expected):
     proto = layoutconv.to_onnx(graph)
     assert [n.op_type for n in proto.graph.node].count("LSTM") == 2  # one bidirectional node per branch
     np.testing.assert_allclose(onnx_layers.run(proto, [x1, x2]), expected, rtol=1e-5, atol=1e-6)
+    back = layoutconv.read_model(proto)
+    np.testing.assert_array_equal(reference.forward(back, x1, x2), reference.forward(graph, x1, x2))  # same weights, same records

@@ -249,3 +249,6 @@ def test_pytorch_recurrent_model_to_onnx_matches_pytorch():
     proto = layoutconv.to_onnx(layoutconv.read_model(model, example_inputs=x))
     assert {n.op_type for n in proto.graph.node} >= {"LSTM", "GRU", "Conv", "BatchNormalization"}
     np.testing.assert_allclose(onnx_layers.run(proto, x.numpy()), expected, rtol=1e-5, atol=1e-6)
+    back = layoutconv.read_model(proto)  # recurrent nodes read back, with the nodes around them, as one record each
+    assert sum(isinstance(r, (layoutconv.LSTM, layoutconv.GRU, layoutconv.Bidirectional)) for r in back.layers.values()) == 3
+    np.testing.assert_allclose(reference.forward(back, x.numpy()), expected, rtol=1e-5, atol=1e-6)

@@ -1342,6 +1342,40 @@ def _read_conv(r: _Reader, node: onnx.NodeProto) -> None:
     r.add(record, node, [x], final, tuple(range(rank)), rank, weights)
 
 
+@reads("RNN", "LSTM", "GRU")
+def _read_recurrent(r: _Reader, node: onnx.NodeProto) -> None:
+    """A recurrent node as layoutconv writes one: ``Transpose`` to time first, the node, then the nodes (named
+    ``<layer>/...``) that bring its output back to ``(N, C, T)`` or ``(N, C)``, read as one record."""
+    from . import onnx_recurrent
+
+    label = f"{node.op_type} node {node.name!r}"
+    x = r.view(node.input[0], node)
+    if x.perm != (2, 0, 1):
+        raise fail(UnsupportedError, f"{label} does not read a channels-first sequence made time first",
+                   "X = Transpose(perm=[2, 0, 1]) of an (N, F, T) tensor (how layoutconv writes it)", f"a view with perm {x.perm}")
+    record = onnx_recurrent.from_native(r.model, node=node.name)
+    prefix = node.name.rsplit("/", 1)[0] + "/" if "/" in node.name else None
+    current = {o for o in node.output if o}
+    final = None
+    while prefix is not None:
+        step = [n for name in current for n in r.consumers.get(name, []) if n.name.startswith(prefix) and id(n) not in r.done]
+        if not step:
+            break
+        for n in step:
+            r.done.add(id(n))
+            current |= {o for o in n.output if o}
+            outside = any(not c.name.startswith(prefix) for o in n.output for c in r.consumers.get(o, [])) or any(o in r.graph_outputs for o in n.output)
+            if outside:
+                final = n.output[0]
+    if final is None:
+        raise fail(UnsupportedError, f"{label}: its output is not brought back to (N, C, T) the way layoutconv writes it",
+                   "the output nodes layoutconv's writer puts after a recurrent node", "another arrangement (a foreign export)",
+                   "Read the layer alone with layoutconv.adapters.onnx_recurrent.from_native(model, node=...).")
+    rank = 3 if record.return_sequences else 2
+    weights = [name for name in node.input[1:4] if name]
+    r.add(record, node, [x.edge], final, tuple(range(rank)), rank, weights, edge=final)
+
+
 @reads("Gemm")
 def _read_gemm(r: _Reader, node: onnx.NodeProto) -> None:
     a = base._attrs(node)
