@@ -902,7 +902,7 @@ def reads(*ops: str) -> Callable[[OpReader], OpReader]:
 #: The first op of every activation recipe: such a node is tried as an activation before its own reader.
 _ACTIVATION_STARTS = frozenset(steps[0].op for recipes in base.ACTIVATION_RECIPES.values() for steps in recipes)
 #: Weight names as the writer (and PyTorch) gives them: ``<layer>.weight``, ``<layer>.<i>.weight`` ...
-_WEIGHT_NAME = re.compile(r"^(.+?)\.(?:\d+\.)?(?:weight|bias|running_mean|running_var)$")
+_WEIGHT_NAME = re.compile(r"^(.+?)\.(?:\d+\.)?(?:weight|bias|running_mean|running_var|W|R|B)$")
 #: ONNX's "to the end" in Slice: anything at or above this is read as no crop at the end.
 _SLICE_END = (1 << 31) - 1
 
