@@ -8,16 +8,20 @@ per-dtype ``rtol``/``atol`` applied to the magnitude of the summed terms).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from . import frameworks as _fw
-from . import reference
-from . import registry as _registry
-from .conv import Conv, Conv1D
 from .errors import ConfigError, LayoutError, UnsupportedError, fail
-from .tolerance import ASSERT_CLOSE_DEFAULTS, tolerance  # noqa: F401  (re-exported: verify's public names)
+
+if TYPE_CHECKING:
+    from .conv import Conv1D
+
+# ``import layoutconv`` imports this module (``verify`` is a top-level name), so the
+# reference pass, the records, the registry and the tolerance policy are imported by
+# the functions that use them, not here.
+
 
 DEFAULT_FRAMEWORKS = ("keras", "tf_keras", "torch", "onnx")
 _AXES = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -101,6 +105,7 @@ def default_input(conv: Any, *, length: int | None = None, batch: int = 2, seed:
 
     ``length`` sets every spatial size.  A recurrent record gets ``(N, F, T)`` with ``T = length or 7``.
     """
+    from .conv import Conv
     from .recurrent import LAYER_TYPES, default_input as sequence_input
 
     if isinstance(conv, LAYER_TYPES):
@@ -136,6 +141,9 @@ def _last_output_size(record: Any, sizes: list[int]) -> int | None:
 
 def compare(conv: Conv1D, x: np.ndarray, y: Any, framework: str, expected: np.ndarray | None = None) -> Result:
     """Compare one framework output ``y`` (``(N, O, L_out)``) with the reference, elementwise."""
+    from . import reference
+    from .tolerance import tolerance
+
     if expected is None:
         expected = reference.forward(conv, x)
     y = np.asarray(y)
@@ -223,12 +231,17 @@ def _padding_difference(conv: Conv1D, theirs: Conv1D, length: int) -> str:
 
 def _other_lengths(conv: Any, length: int) -> list[int]:
     """Lengths that meet every other case of a length-dependent padding (one per residue mod the stride, at most 7)."""
+    from .conv import Conv1D
+
     if not (isinstance(conv, Conv1D) and conv.padding_depends_on_length):
         return []
     return [length + j for j in range(1, min(conv.stride[0], 8))]
 
 
 def _verify_native(conv: Conv1D, native: Any, x: np.ndarray, expected: np.ndarray, seed: int) -> Result:
+    from . import reference
+    from .conv import Conv1D
+
     name = _fw.framework_of(native)
     adapter = _fw.adapter(name)
     rng = np.random.default_rng(seed + 1)
@@ -309,6 +322,9 @@ def verify(
     keras_data_format:
         Which Keras layout to build and run (``channels_last`` or ``channels_first``).
     """
+    from . import reference
+    from . import registry as _registry
+    from .conv import Conv
     from .graph import Graph
 
     if isinstance(conv, Graph):
@@ -357,3 +373,12 @@ def verify(
             continue
         results.append(compare(conv, x, y, name, expected))
     return Report(results=tuple(results), **shapes)
+
+
+def __getattr__(name: str) -> Any:
+    # re-exported for callers of the tolerance policy through verify (``from layoutconv.verify import tolerance``)
+    if name in ("tolerance", "ASSERT_CLOSE_DEFAULTS"):
+        from . import tolerance as _tolerance
+
+        return getattr(_tolerance, name)
+    raise AttributeError(f"module 'layoutconv.verify' has no attribute {name!r}")
