@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 # reference pass, the records, the registry and the tolerance policy are imported by
 # the functions that use them, not here.
 
-
 DEFAULT_FRAMEWORKS = ("keras", "tf_keras", "torch", "onnx")
 _AXES = {1: "L", 2: "H, W", 3: "D, H, W"}
 
@@ -291,6 +290,7 @@ def verify(
     batch: int = 2,
     seed: int = 0,
     keras_data_format: str = "channels_last",
+    workers: int | None = None,
 ) -> Report:
     """Convert ``conv`` into each framework, run it on the same input, and compare with the reference.
 
@@ -321,9 +321,18 @@ def verify(
         Your own layer or module to check against ``conv`` (instead of ``frameworks``).
     keras_data_format:
         Which Keras layout to build and run (``channels_last`` or ``channels_first``).
+    workers:
+        How many worker processes may convert and run frameworks at the same time
+        (:mod:`layoutconv._workers`; Keras 3 and tf_keras share one, which imports
+        TensorFlow once).  Default ``None`` = 1: everything runs in this process, one
+        framework after the other, which is what a caller that has already imported
+        its frameworks wants, and needs no ``if __name__ == "__main__":`` guard in a
+        script.  The command line passes one per framework (``--workers``,
+        ``LAYOUTCONV_WORKERS``): most of a fresh ``verify``'s time is importing
+        TensorFlow and PyTorch, which then happens side by side.  The report is the
+        same either way.
     """
     from . import reference
-    from . import registry as _registry
     from .conv import Conv
     from .graph import Graph
 
@@ -349,30 +358,54 @@ def verify(
     x = np.asarray(x)
     if x.dtype != conv.dtype:
         x = x.astype(conv.dtype)
-    expected = reference.forward(conv, x)
-    shapes = dict(conv=conv, input_shape=tuple(x.shape), reference_shape=tuple(expected.shape))
     if native is not None:
+        expected = reference.forward(conv, x)
+        shapes = dict(conv=conv, input_shape=tuple(x.shape), reference_shape=tuple(expected.shape))
         return Report(results=(_verify_native(conv, native, x, expected, seed),), **shapes)
-    results = []
+    results: dict[str, Result] = {}
     for name in names:
         if not _fw.is_available(name):
             if explicit:
                 _fw.adapter(name)  # raises FrameworkMissingError with the install hint
-            results.append(Result(framework=name, status="missing", message=f"not installed ({_fw.INSTALL_HINT[name]})"))
-            continue
-        options = {"data_format": keras_data_format} if name in ("keras", "tf_keras") else {}
-        try:
-            converter = _registry.converter(conv, name)
-            native_made = converter.to_native(conv, **options)
-            y = converter.run(native_made, x)
-        except UnsupportedError as exc:
-            results.append(Result(framework=name, status="unsupported", message=str(exc)))
-            continue
-        except LayoutError as exc:
-            results.append(Result(framework=name, status="error", message=str(exc)))
-            continue
-        results.append(compare(conv, x, y, name, expected))
-    return Report(results=tuple(results), **shapes)
+            results[name] = Result(framework=name, status="missing", message=f"not installed ({_fw.INSTALL_HINT[name]})")
+    runnable = [name for name in dict.fromkeys(names) if name not in results]
+    if workers is None:
+        workers = 1
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise fail(ConfigError, "Invalid number of workers", "a positive integer (1: everything in this process)", f"workers={workers!r}")
+    if workers > 1 and len(runnable) > 1:
+        from ._workers import Concurrent
+
+        with Concurrent(conv, runnable, x, keras_data_format, workers) as running:
+            expected = reference.forward(conv, x)  # while the workers import their frameworks
+            outputs = running.outputs()
+    else:
+        expected = reference.forward(conv, x)
+        outputs = {name: run_one(conv, name, x, keras_data_format) for name in runnable}
+    for name, out in outputs.items():
+        results[name] = out if isinstance(out, Result) else compare(conv, x, out, name, expected)
+    shapes = dict(conv=conv, input_shape=tuple(x.shape), reference_shape=tuple(expected.shape))
+    return Report(results=tuple(results[name] for name in names), **shapes)
+
+
+def run_one(conv: Any, name: str, x: np.ndarray, keras_data_format: str = "channels_last") -> Any:
+    """Convert ``conv`` into one framework and run it on ``x``: the output array, or a :class:`Result` saying why there is none.
+
+    What every worker of a concurrent :func:`verify` runs (:mod:`layoutconv._workers`), and the
+    sequential path too, so both report the same.  An error that is not a :class:`LayoutError`
+    propagates.
+    """
+    from . import registry
+
+    options = {"data_format": keras_data_format} if name in ("keras", "tf_keras") else {}
+    try:
+        converter = registry.converter(conv, name)
+        native_made = converter.to_native(conv, **options)
+        return np.asarray(converter.run(native_made, x))
+    except UnsupportedError as exc:
+        return Result(framework=name, status="unsupported", message=str(exc))
+    except LayoutError as exc:
+        return Result(framework=name, status="error", message=str(exc))
 
 
 def __getattr__(name: str) -> Any:
