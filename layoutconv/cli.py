@@ -280,24 +280,26 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--workers", type=int,
-        help="processes that convert and run frameworks side by side (default: $LAYOUTCONV_WORKERS, else one per "
-        "framework; Keras 3 and tf_keras share one); 1 runs everything in this process, one after the other",
+        help="processes that convert and run frameworks side by side (default: $LAYOUTCONV_WORKERS, else one per CPU; "
+        "Keras 3 and tf_keras share one); 1 runs everything in this process, one after the other",
     )
 
 
 def _workers(args: argparse.Namespace) -> int:
-    """``--workers``, else ``LAYOUTCONV_WORKERS``, else one per framework (verify gives Keras 3 and tf_keras one together)."""
+    """``--workers``, else ``LAYOUTCONV_WORKERS``, else one per CPU (verify never starts more than it has framework groups).
+
+    More processes than CPUs would only add interpreters to start (layoutconv/_workers.py).
+    """
     import os
 
     from .errors import ConfigError, fail
-    from .verify import DEFAULT_FRAMEWORKS
 
     if args.workers is not None:
         value, given = args.workers, f"--workers {args.workers}"
     else:
         text = os.environ.get("LAYOUTCONV_WORKERS", "").strip()
         if not text:
-            return len(DEFAULT_FRAMEWORKS)
+            return os.cpu_count() or 1
         given = f"LAYOUTCONV_WORKERS={text!r}"
         value = int(text) if text.isdigit() else 0
     if value < 1:

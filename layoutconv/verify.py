@@ -322,15 +322,16 @@ def verify(
     keras_data_format:
         Which Keras layout to build and run (``channels_last`` or ``channels_first``).
     workers:
-        How many worker processes may convert and run frameworks at the same time
-        (:mod:`layoutconv._workers`; Keras 3 and tf_keras share one, which imports
-        TensorFlow once).  Default ``None`` = 1: everything runs in this process, one
-        framework after the other, which is what a caller that has already imported
-        its frameworks wants, and needs no ``if __name__ == "__main__":`` guard in a
-        script.  The command line passes one per framework (``--workers``,
-        ``LAYOUTCONV_WORKERS``): most of a fresh ``verify``'s time is importing
-        TensorFlow and PyTorch, which then happens side by side.  The report is the
-        same either way.
+        How many worker processes may convert and run frameworks side by side
+        (:mod:`layoutconv._workers`: Keras 3 and tf_keras share one, which imports
+        TensorFlow once; with fewer workers than that, the lighter frameworks share).
+        Default ``None`` = 1: everything runs in this process, one framework after
+        the other, which is what a caller that has already imported its frameworks
+        wants, and needs no ``if __name__ == "__main__":`` guard in a script (workers
+        are spawned interpreters, which re-import the main script).  The command
+        line passes one per CPU (``--workers``, ``LAYOUTCONV_WORKERS``): most of a
+        fresh ``verify``'s time is importing TensorFlow and PyTorch, which then
+        happens side by side.  The report is the same either way.
     """
     from . import reference
     from .conv import Conv

@@ -75,13 +75,26 @@ def test_keras_flavours_share_one_worker():
     assert _workers.groups(["onnx", "tf_keras"]) == [["onnx"], ["tf_keras"]]
 
 
+@pytest.mark.parametrize(
+    "workers, expected",
+    [
+        (1, [[["keras", "tf_keras"], ["torch"], ["onnx"]]]),
+        (2, [[["keras", "tf_keras"]], [["torch"], ["onnx"]]]),  # TensorFlow alone; the lighter imports share the other
+        (3, [[["keras", "tf_keras"]], [["torch"]], [["onnx"]]]),
+        (8, [[["keras", "tf_keras"]], [["torch"]], [["onnx"]]]),  # never more workers than groups
+    ],
+)
+def test_plan_gives_the_costliest_import_a_worker_of_its_own(workers, expected):
+    assert _workers.plan(["keras", "tf_keras", "torch", "onnx"], workers) == expected
+
+
 def test_a_worker_that_dies_is_an_error_for_its_frameworks_only(rng):
     need("torch")
     need("onnx", "onnxruntime")
     conv = _conv(rng, 4, 3, 5)
     x = rng.standard_normal((2, 3, 17)).astype(np.float32)
     with _workers.Concurrent(conv, ["torch", "onnx"], x, "channels_last", workers=2) as running:
-        torch_worker = next(process for group, process, _ in running._running if group == ["torch"])
+        torch_worker = next(process for share, process, _ in running._running if share == [["torch"]])
         os.kill(torch_worker.pid, signal.SIGKILL)
         outputs = running.outputs()
     died = outputs["torch"]
