@@ -79,3 +79,20 @@ def test_every_public_name_loads_on_first_use():
     loaded = modules_after(code)
     assert "layoutconv.reference" in loaded
     assert [m for m in HEAVY if m in loaded] == []
+
+
+def test_inspect_of_a_keras_file_loads_h5py_and_nothing_heavy():
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "legacy_keras", "deepcpf1_Seq_deepCpf1_weights_keras1_theano.h5")
+    code = (
+        "import contextlib, io\n"
+        "from layoutconv import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert cli.main(['inspect', {path!r}]) == 0\n"
+    )
+    loaded = modules_after(code)
+    assert "h5py" in loaded
+    assert [m for m in HEAVY if m in loaded and m != "h5py"] == []
+    # the reference pass, layer records, graphs and recurrent layers are not needed to list a file's convolutions
+    assert [m for m in ("layoutconv.reference", "layoutconv.layers", "layoutconv.graph", "layoutconv.recurrent") if m in loaded] == []
