@@ -13,7 +13,7 @@ load on first use (module ``__getattr__``, :data:`_LAZY`).
 
 from __future__ import annotations
 
-import importlib
+import importlib as _importlib
 from typing import Any
 
 # Eager: the exceptions (tiny) and verify.  verify is both a function and a
@@ -195,7 +195,7 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'layoutconv' has no attribute {name!r}")
     module, attr = _LAZY[name]
-    value = importlib.import_module(module)
+    value = _importlib.import_module(module)
     if attr is not None:
         value = getattr(value, attr)
     globals()[name] = value  # later look-ups skip this function
