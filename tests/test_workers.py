@@ -20,6 +20,7 @@ import layoutconv
 from conftest import need
 from layoutconv import _workers
 from layoutconv.verify import run_one
+from unreadable_input import Unreadable
 
 ALL = (("keras", "tensorflow"), ("tf_keras",), ("torch",), ("onnx", "onnxruntime"))
 
@@ -102,16 +103,6 @@ def test_a_worker_that_dies_is_an_error_for_its_frameworks_only(rng):
     assert "ended without an answer" in died.message and f"exit code -{int(signal.SIGKILL)}" in died.message
     assert "workers=1" in died.message
     np.testing.assert_array_equal(outputs["onnx"], run_one(conv, "onnx", x))
-
-
-class Unreadable:
-    """An input whose conversion to an array fails with an error that is not layoutconv's."""
-
-    shape = (2, 3, 17)
-    ndim = 3
-
-    def __array__(self, dtype=None, copy=None):
-        raise RuntimeError("this input cannot be read")
 
 
 def test_an_unexpected_exception_in_a_worker_is_raised_here(rng):
