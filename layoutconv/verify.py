@@ -374,9 +374,9 @@ def verify(
         workers = 1
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise fail(ConfigError, "Invalid number of workers", "a positive integer (1: everything in this process)", f"workers={workers!r}")
-    if workers > 1 and len(runnable) > 1:
-        from ._workers import Concurrent
+    from ._workers import Concurrent, groups
 
+    if workers > 1 and len(groups(runnable)) > 1:  # one group (keras + tf_keras) gains nothing from a worker
         with Concurrent(conv, runnable, x, keras_data_format, workers) as running:
             expected = reference.forward(conv, x)  # while the workers import their frameworks
             outputs = running.outputs()

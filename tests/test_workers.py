@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -122,3 +124,20 @@ def test_an_unexpected_exception_in_a_worker_is_raised_here(rng):
 def test_workers_must_be_a_positive_integer(rng, workers):
     with pytest.raises(layoutconv.ConfigError, match="Invalid number of workers"):
         layoutconv.verify(_conv(rng, 4, 3, 5), frameworks=["torch"], workers=workers)
+
+
+def test_frameworks_of_one_group_run_in_this_process():
+    need("keras", "tensorflow")
+    need("tf_keras")
+    # in a fresh interpreter: Keras 3 and tf_keras share TensorFlow, so a worker would only add its start-up;
+    # they run here, which imports their adapters into this process (a worker would leave them out)
+    code = (
+        "import sys, numpy as np, layoutconv\n"
+        "if __name__ == '__main__':\n"
+        "    conv = layoutconv.Conv1D(np.random.default_rng(0).standard_normal((4, 3, 5)).astype('float32'))\n"
+        "    assert layoutconv.verify(conv, frameworks=['keras', 'tf_keras'], workers=4).passed\n"
+        "    print(sorted(m for m in sys.modules if m.startswith('layoutconv.adapters.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "layoutconv.adapters.keras_adapter" in out.stdout and "layoutconv.adapters.tf_keras_adapter" in out.stdout
