@@ -5,15 +5,21 @@
 >>> module = layoutconv.to_torch(conv)                  # doctest: +SKIP
 >>> print(layoutconv.verify(conv))                      # doctest: +SKIP
 
-No framework is imported until an adapter that needs it is called.
+No framework is imported until an adapter that needs it is called, and
+``import layoutconv`` itself loads only the exceptions and ``verify``: records,
+the reference pass, layers, graphs, the legacy readers, explain and diagnose
+load on first use (module ``__getattr__``, :data:`_LAZY`).
 """
 
 from __future__ import annotations
 
+import importlib as _importlib
 from typing import Any
 
-from . import activations, layers, layouts, reference
-from .conv import PADDING_MODES, PADDING_RULES, Conv, Conv1D, Conv2D, Conv3D
+# Eager: the exceptions (tiny) and verify.  verify is both a function and a
+# submodule; importing the submodule here, once, lets the function keep the name
+# (an import of layoutconv.verify later would otherwise rebind it to the module).
+# layoutconv/verify.py imports its heavier helpers on first call.
 from .errors import (
     ConfigError,
     FileFormatError,
@@ -25,11 +31,6 @@ from .errors import (
     UnsupportedError,
     VerificationError,
 )
-from .chain import Chain
-from .conventions import CONVENTIONS, Convention
-from .transpose import ConvTranspose, ConvTranspose1D, ConvTranspose2D, ConvTranspose3D
-from .frameworks import adapter as _adapter
-from .registry import converter as _converter
 from .verify import Report, Result, verify
 
 __version__ = "0.1.0"
@@ -99,12 +100,16 @@ def from_keras(layer: Any) -> Any:
     ``Conv1D/2D/3D`` and ``DepthwiseConv*D`` give a :class:`Conv`, ``Conv*DTranspose`` a
     :class:`ConvTranspose`, ``SeparableConv*D`` a :class:`Chain`; a fused activation is kept.
     """
-    return _adapter(_keras_flavor(layer)).from_native(layer)
+    from .frameworks import adapter
+
+    return adapter(_keras_flavor(layer)).from_native(layer)
 
 
 def from_torch(module: Any) -> Any:
     """A PyTorch ``nn.Conv1d/2d/3d`` or ``nn.ConvTranspose1d/2d/3d`` (or a module made by :func:`to_torch`) as a record."""
-    return _adapter("torch").from_native(module)
+    from .frameworks import adapter
+
+    return adapter("torch").from_native(module)
 
 
 def from_onnx(model_or_path: Any, node: str | int | None = None) -> Any:
@@ -113,7 +118,9 @@ def from_onnx(model_or_path: Any, node: str | int | None = None) -> Any:
     ``node`` picks a node by name or index among those nodes (in graph order); it may be
     omitted when the graph has exactly one.  The file's sub-graphs are never executed.
     """
-    return _adapter("onnx").from_native(model_or_path, node=node)
+    from .frameworks import adapter
+
+    return adapter("onnx").from_native(model_or_path, node=node)
 
 
 def to_keras(conv: Any, flavor: str = "keras", data_format: str = "channels_last", **options: Any) -> Any:
@@ -130,7 +137,9 @@ def to_keras(conv: Any, flavor: str = "keras", data_format: str = "channels_last
     ``length`` (keyword) fixes the input length for ``same_lower`` padding with a
     stride above 1, which Keras cannot express for every length.
     """
-    return _converter(conv, flavor).to_native(conv, data_format=data_format, **options)
+    from .registry import converter
+
+    return converter(conv, flavor).to_native(conv, data_format=data_format, **options)
 
 
 def to_torch(record: Any, **options: Any) -> Any:
@@ -140,40 +149,59 @@ def to_torch(record: Any, **options: Any) -> Any:
     model's twin takes ``(N, steps, channels)``); ``layout="channels_first"``
     makes it take PyTorch's.
     """
-    return _converter(record, "torch").to_native(record, **options)
+    from .registry import converter
+
+    return converter(record, "torch").to_native(record, **options)
 
 
 def to_onnx(conv: Any, **options: Any) -> Any:
     """An ONNX ``ModelProto`` that passes the full checker: a convolution (input ``x``, ``(N, C, *spatial)``, dynamic
     sizes), a layer record, or a whole graph (inputs and outputs named and laid out as in the source model)."""
-    return _converter(conv, "onnx").to_native(conv, **options)
+    from .registry import converter
+
+    return converter(conv, "onnx").to_native(conv, **options)
+
+
+#: public name -> (module, attribute), imported on first use; ``None`` as attribute: the module itself
+_LAZY: dict[str, tuple[str, str | None]] = {
+    **{name: ("layoutconv.conv", name) for name in ("Conv", "Conv1D", "Conv2D", "Conv3D", "PADDING_MODES", "PADDING_RULES")},
+    **{name: ("layoutconv.transpose", name) for name in ("ConvTranspose", "ConvTranspose1D", "ConvTranspose2D", "ConvTranspose3D")},
+    "Chain": ("layoutconv.chain", "Chain"),
+    "Convention": ("layoutconv.conventions", "Convention"),
+    "CONVENTIONS": ("layoutconv.conventions", "CONVENTIONS"),
+    "explain": ("layoutconv._explain", "explain"),
+    "Explanation": ("layoutconv._explain", "Explanation"),
+    "diagnose": ("layoutconv._diagnose", "diagnose"),
+    "Diagnosis": ("layoutconv._diagnose", "Diagnosis"),
+    "open": ("layoutconv.legacy", "open"),
+    "from_keras1": ("layoutconv.legacy", "from_keras1"),
+    "save": ("layoutconv.convert", "save"),
+    "read_model": ("layoutconv.model", "read_model"),
+    "port": ("layoutconv.porting", "port"),
+    "Graph": ("layoutconv.graph", "Graph"),
+    **{name: ("layoutconv.recurrent", name) for name in ("SimpleRNN", "LSTM", "GRU", "Bidirectional")},
+    # submodules: the public ones, and those `import layoutconv` used to load (still reachable as attributes)
+    **{
+        name: (f"layoutconv.{name}", None)
+        for name in (
+            "activations", "layers", "layouts", "reference", "recurrent", "legacy", "graph",
+            "conv", "chain", "conventions", "transpose", "record", "registry", "tolerance", "frameworks",
+        )
+    },
+}
 
 
 def __getattr__(name: str) -> Any:
-    # Heavier, optional parts are loaded on first use (explain and diagnose cost ~20 ms to import).
-    lazy = {
-        "explain": ("layoutconv._explain", "explain"),
-        "Explanation": ("layoutconv._explain", "Explanation"),
-        "diagnose": ("layoutconv._diagnose", "diagnose"),
-        "Diagnosis": ("layoutconv._diagnose", "Diagnosis"),
-        "open": ("layoutconv.legacy", "open"),
-        "from_keras1": ("layoutconv.legacy", "from_keras1"),
-        "save": ("layoutconv.convert", "save"),
-        "read_model": ("layoutconv.model", "read_model"),
-        "port": ("layoutconv.porting", "port"),
-        "Graph": ("layoutconv.graph", "Graph"),
-        "SimpleRNN": ("layoutconv.recurrent", "SimpleRNN"),
-        "LSTM": ("layoutconv.recurrent", "LSTM"),
-        "GRU": ("layoutconv.recurrent", "GRU"),
-        "Bidirectional": ("layoutconv.recurrent", "Bidirectional"),
-    }
-    if name in ("legacy", "recurrent"):
-        import importlib
+    # PEP 562: called only for names not (yet) in this module's namespace
+    if name not in _LAZY:
+        raise AttributeError(f"module 'layoutconv' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = _importlib.import_module(module)
+    if attr is not None:
+        value = getattr(value, attr)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
-        return importlib.import_module(f"layoutconv.{name}")
-    if name in lazy:
-        import importlib
 
-        module, attr = lazy[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'layoutconv' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_LAZY))

@@ -278,6 +278,33 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--data-format", default="channels_last", choices=["channels_last", "channels_first"], help="for Keras")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--workers", type=int,
+        help="processes that convert and run frameworks side by side (default: $LAYOUTCONV_WORKERS, else one per CPU; "
+        "Keras 3 and tf_keras share one); 1 runs everything in this process, one after the other",
+    )
+
+
+def _workers(args: argparse.Namespace) -> int:
+    """``--workers``, else ``LAYOUTCONV_WORKERS``, else one per CPU (verify never starts more than it has framework groups).
+
+    More processes than CPUs would only add interpreters to start (layoutconv/_workers.py).
+    """
+    import os
+
+    from .errors import ConfigError, fail
+
+    if args.workers is not None:
+        value, given = args.workers, f"--workers {args.workers}"
+    else:
+        text = os.environ.get("LAYOUTCONV_WORKERS", "").strip()
+        if not text:
+            return os.cpu_count() or 1
+        given = f"LAYOUTCONV_WORKERS={text!r}"
+        value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise fail(ConfigError, "Invalid number of workers", "a positive integer (1: one process, one framework after the other)", given)
+    return value
 
 
 @command("verify", "convert a convolution into every framework and compare each with the reference", _verify_args)
@@ -288,7 +315,10 @@ def _verify(args: argparse.Namespace) -> int:
     if not args.json:
         print_assumptions(loaded, args.file)
     names = args.frameworks.split(",") if args.frameworks else None
-    report = verify(loaded.conv, frameworks=names, length=args.length, batch=args.batch, seed=args.seed, keras_data_format=args.data_format)
+    report = verify(
+        loaded.conv, frameworks=names, length=args.length, batch=args.batch, seed=args.seed,
+        keras_data_format=args.data_format, workers=_workers(args),
+    )
     if args.json:
         print(json.dumps({**report.to_dict(), "hyperparameters": hyperparameters_json(loaded)}, indent=2))
     else:

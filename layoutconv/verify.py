@@ -8,16 +8,19 @@ per-dtype ``rtol``/``atol`` applied to the magnitude of the summed terms).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from . import frameworks as _fw
-from . import reference
-from . import registry as _registry
-from .conv import Conv, Conv1D
 from .errors import ConfigError, LayoutError, UnsupportedError, fail
-from .tolerance import ASSERT_CLOSE_DEFAULTS, tolerance  # noqa: F401  (re-exported: verify's public names)
+
+if TYPE_CHECKING:
+    from .conv import Conv1D
+
+# ``import layoutconv`` imports this module (``verify`` is a top-level name), so the
+# reference pass, the records, the registry and the tolerance policy are imported by
+# the functions that use them, not here.
 
 DEFAULT_FRAMEWORKS = ("keras", "tf_keras", "torch", "onnx")
 _AXES = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -101,6 +104,7 @@ def default_input(conv: Any, *, length: int | None = None, batch: int = 2, seed:
 
     ``length`` sets every spatial size.  A recurrent record gets ``(N, F, T)`` with ``T = length or 7``.
     """
+    from .conv import Conv
     from .recurrent import LAYER_TYPES, default_input as sequence_input
 
     if isinstance(conv, LAYER_TYPES):
@@ -136,6 +140,9 @@ def _last_output_size(record: Any, sizes: list[int]) -> int | None:
 
 def compare(conv: Conv1D, x: np.ndarray, y: Any, framework: str, expected: np.ndarray | None = None) -> Result:
     """Compare one framework output ``y`` (``(N, O, L_out)``) with the reference, elementwise."""
+    from . import reference
+    from .tolerance import tolerance
+
     if expected is None:
         expected = reference.forward(conv, x)
     y = np.asarray(y)
@@ -223,12 +230,17 @@ def _padding_difference(conv: Conv1D, theirs: Conv1D, length: int) -> str:
 
 def _other_lengths(conv: Any, length: int) -> list[int]:
     """Lengths that meet every other case of a length-dependent padding (one per residue mod the stride, at most 7)."""
+    from .conv import Conv1D
+
     if not (isinstance(conv, Conv1D) and conv.padding_depends_on_length):
         return []
     return [length + j for j in range(1, min(conv.stride[0], 8))]
 
 
 def _verify_native(conv: Conv1D, native: Any, x: np.ndarray, expected: np.ndarray, seed: int) -> Result:
+    from . import reference
+    from .conv import Conv1D
+
     name = _fw.framework_of(native)
     adapter = _fw.adapter(name)
     rng = np.random.default_rng(seed + 1)
@@ -284,6 +296,7 @@ def verify(
     batch: int = 2,
     seed: int = 0,
     keras_data_format: str = "channels_last",
+    workers: int | None = None,
 ) -> Report:
     """Convert ``conv`` into each framework, run it on the same input, and compare with the reference.
 
@@ -314,7 +327,20 @@ def verify(
         Your own layer or module to check against ``conv`` (instead of ``frameworks``).
     keras_data_format:
         Which Keras layout to build and run (``channels_last`` or ``channels_first``).
+    workers:
+        How many worker processes may convert and run frameworks side by side
+        (:mod:`layoutconv._workers`: Keras 3 and tf_keras share one, which imports
+        TensorFlow once; with fewer workers than that, the lighter frameworks share).
+        Default ``None`` = 1: everything runs in this process, one framework after
+        the other, which is what a caller that has already imported its frameworks
+        wants, and needs no ``if __name__ == "__main__":`` guard in a script (workers
+        are spawned interpreters, which re-import the main script).  The command
+        line passes one per CPU (``--workers``, ``LAYOUTCONV_WORKERS``): most of a
+        fresh ``verify``'s time is importing TensorFlow and PyTorch, which then
+        happens side by side.  The report is the same either way.
     """
+    from . import reference
+    from .conv import Conv
     from .graph import Graph
 
     if frameworks is not None and not isinstance(frameworks, str) and _is_model(frameworks):
@@ -344,27 +370,60 @@ def verify(
     x = np.asarray(x)
     if x.dtype != conv.dtype:
         x = x.astype(conv.dtype)
-    expected = reference.forward(conv, x)
-    shapes = dict(conv=conv, input_shape=tuple(x.shape), reference_shape=tuple(expected.shape))
     if native is not None:
+        expected = reference.forward(conv, x)
+        shapes = dict(conv=conv, input_shape=tuple(x.shape), reference_shape=tuple(expected.shape))
         return Report(results=(_verify_native(conv, native, x, expected, seed),), **shapes)
-    results = []
+    results: dict[str, Result] = {}
     for name in names:
         if not _fw.is_available(name):
             if explicit:
                 _fw.adapter(name)  # raises FrameworkMissingError with the install hint
-            results.append(Result(framework=name, status="missing", message=f"not installed ({_fw.INSTALL_HINT[name]})"))
-            continue
-        options = {"data_format": keras_data_format} if name in ("keras", "tf_keras") else {}
-        try:
-            converter = _registry.converter(conv, name)
-            native_made = converter.to_native(conv, **options)
-            y = converter.run(native_made, x)
-        except UnsupportedError as exc:
-            results.append(Result(framework=name, status="unsupported", message=str(exc)))
-            continue
-        except LayoutError as exc:
-            results.append(Result(framework=name, status="error", message=str(exc)))
-            continue
-        results.append(compare(conv, x, y, name, expected))
-    return Report(results=tuple(results), **shapes)
+            results[name] = Result(framework=name, status="missing", message=f"not installed ({_fw.INSTALL_HINT[name]})")
+    runnable = [name for name in dict.fromkeys(names) if name not in results]
+    if workers is None:
+        workers = 1
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise fail(ConfigError, "Invalid number of workers", "a positive integer (1: everything in this process)", f"workers={workers!r}")
+    from ._workers import Concurrent, groups
+
+    if workers > 1 and len(groups(runnable)) > 1:  # one group (keras + tf_keras) gains nothing from a worker
+        with Concurrent(conv, runnable, x, keras_data_format, workers) as running:
+            expected = reference.forward(conv, x)  # while the workers import their frameworks
+            outputs = running.outputs()
+    else:
+        expected = reference.forward(conv, x)
+        outputs = {name: run_one(conv, name, x, keras_data_format) for name in runnable}
+    for name, out in outputs.items():
+        results[name] = out if isinstance(out, Result) else compare(conv, x, out, name, expected)
+    shapes = dict(conv=conv, input_shape=tuple(x.shape), reference_shape=tuple(expected.shape))
+    return Report(results=tuple(results[name] for name in names), **shapes)
+
+
+def run_one(conv: Any, name: str, x: np.ndarray, keras_data_format: str = "channels_last") -> Any:
+    """Convert ``conv`` into one framework and run it on ``x``: the output array, or a :class:`Result` saying why there is none.
+
+    What every worker of a concurrent :func:`verify` runs (:mod:`layoutconv._workers`), and the
+    sequential path too, so both report the same.  An error that is not a :class:`LayoutError`
+    propagates.
+    """
+    from . import registry
+
+    options = {"data_format": keras_data_format} if name in ("keras", "tf_keras") else {}
+    try:
+        converter = registry.converter(conv, name)
+        native_made = converter.to_native(conv, **options)
+        return np.asarray(converter.run(native_made, x))
+    except UnsupportedError as exc:
+        return Result(framework=name, status="unsupported", message=str(exc))
+    except LayoutError as exc:
+        return Result(framework=name, status="error", message=str(exc))
+
+
+def __getattr__(name: str) -> Any:
+    # re-exported for callers of the tolerance policy through verify (``from layoutconv.verify import tolerance``)
+    if name in ("tolerance", "ASSERT_CLOSE_DEFAULTS"):
+        from . import tolerance as _tolerance
+
+        return getattr(_tolerance, name)
+    raise AttributeError(f"module 'layoutconv.verify' has no attribute {name!r}")

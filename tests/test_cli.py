@@ -193,6 +193,33 @@ def test_tensorflow_start_up_lines_stay_off_the_terminal(tmp_path):
     assert "absl" not in out.stdout and "cuda" not in out.stdout.lower()
 
 
+def test_verify_in_workers_prints_the_one_process_report_and_no_start_up_lines():
+    for modules in (("keras", "tensorflow"), ("tf_keras",), ("torch",), ("onnx", "onnxruntime")):
+        need(*modules)
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("TF_", "LAYOUTCONV_"))}
+    command = [sys.executable, "-m", "layoutconv", "verify", "--in-channels", "3", "--filters", "5", "--kernel-size", "3",
+               "--stride", "2", "--padding", "same_upper"]
+    together = subprocess.run(command, capture_output=True, text=True, env=env)  # default: one worker per framework
+    alone = subprocess.run(command, capture_output=True, text=True, env={**env, "LAYOUTCONV_WORKERS": "1"})
+    assert together.returncode == alone.returncode == 0, together.stderr + alone.stderr
+    assert together.stderr == alone.stderr == ""  # TensorFlow's C++ start-up lines stay hidden in the workers too
+    assert together.stdout == alone.stdout
+    assert [line.split()[0] for line in together.stdout.splitlines()[3:7]] == ["keras", "tf_keras", "torch", "onnx"]
+
+
+@pytest.mark.parametrize("given", [["--workers", "0"], ["--workers", "-2"], "LAYOUTCONV_WORKERS=0", "LAYOUTCONV_WORKERS=many"])
+def test_workers_must_be_positive(given, capsys, monkeypatch):
+    argv = ["verify", "--frameworks", "torch"]
+    if isinstance(given, str):
+        monkeypatch.setenv(*given.split("=", 1))
+    else:
+        argv += given
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("layoutconv verify: error: Invalid number of workers.") and "Expected a positive integer" in err
+    assert (given[1] if isinstance(given, list) else given.split("=", 1)[1]) in err
+
+
 # -- 2-D layers of weights-only files: per-axis options -------------------------------------
 def _keras1_2d_file(tmp_path, kernel_shape=(4, 3, 3, 5), bias=4, name="convolution2d_1", seed=5):
     """A Keras 1 save_weights file (Theano names) with one 2-D layer; its stored kernel."""

@@ -104,7 +104,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from .. import activations, layouts, reference
+from .. import activations, layouts
 from ..chain import Chain
 from ..conv import Conv
 from ..errors import ConfigError, ShapeError, UnsupportedError, fail
@@ -947,6 +947,8 @@ def bias_follows_length(flavour: Flavour) -> bool:
 def _checked_input(record: Any, x: Any) -> np.ndarray:
     first = record.layers[0] if isinstance(record, Chain) else record
     if isinstance(first, Conv):
+        from .. import reference  # here, not at the top: the legacy readers (inspect) use this module without it
+
         return reference.check_input(first, x)[0]
     x = np.asarray(x)
     rank = first.spatial_rank
