@@ -61,15 +61,29 @@ def pad1d(x: np.ndarray, begin: int, end: int, mode: str) -> np.ndarray:
     return pad(x, ((begin, end),), mode)
 
 
-def pad(x: np.ndarray, pads: Sequence[tuple[int, int]], mode: str) -> np.ndarray:
-    """Pad the last ``len(pads)`` axes of ``x`` as PyTorch's ``padding_mode`` does, refusing what PyTorch refuses."""
+def pad(x: np.ndarray, pads: Sequence[tuple[int, int]], mode: str, dtype: Any = None) -> np.ndarray:
+    """Pad the last ``len(pads)`` axes of ``x`` as PyTorch's ``padding_mode`` does, refusing what PyTorch refuses.
+
+    With ``dtype``, the result has that dtype (converted in the same pass for zero padding).
+    """
     rank = len(pads)
     for size, (begin, end) in zip(x.shape[-rank:], pads):
         _check_mode_limits(size, begin, end, mode)
     if not any(b or e for b, e in pads):
-        return x
+        return x if dtype is None else x.astype(dtype, copy=False)
+    if mode == "zeros":
+        # np.empty and zeroed borders, not np.zeros: calloc'd memory is zeroed again (or faulted in) page by page
+        sizes = x.shape[-rank:]
+        out = np.empty(x.shape[:-rank] + tuple(n + b + e for n, (b, e) in zip(sizes, pads)), dtype=x.dtype if dtype is None else dtype)
+        lead = (slice(None),) * (x.ndim - rank)
+        for axis, (n, (b, e)) in enumerate(zip(sizes, pads)):
+            before = (slice(None),) * axis
+            out[lead + before + (slice(0, b),)] = 0
+            out[lead + before + (slice(b + n, None),)] = 0
+        out[lead + tuple(slice(b, b + n) for n, (b, _) in zip(sizes, pads))] = x
+        return out
     widths = [(0, 0)] * (x.ndim - rank) + [tuple(p) for p in pads]
-    return np.pad(x, widths, mode=NUMPY_PAD_MODES[mode])
+    return np.pad(x if dtype is None else x.astype(dtype, copy=False), widths, mode=NUMPY_PAD_MODES[mode])
 
 
 def check_input(conv: Conv, x: Any) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
@@ -151,36 +165,156 @@ def forward(record: Any, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
 def _conv_forward(conv: Conv, x: Any, dtype: Any) -> np.ndarray:
     x, pads = check_input(conv, x)
     n, c = x.shape[:2]
-    rank = conv.spatial_rank
-    axes = tuple(range(2, 2 + rank))
-    xp = pad(x.astype(dtype, copy=False), pads, conv.padding_mode)
-    # windows[n, c, *t, *k] = xp[n, c, *(s * t + d * k)]
-    windows = sliding_window_view(xp, conv.receptive_field, axis=axes)
-    pick = (slice(None),) * 2 + tuple(slice(None, None, s) for s in conv.stride)
-    pick += tuple(slice(None, None, d) for d in conv.dilation)
-    windows = windows[pick]
-    out = windows.shape[2 : 2 + rank]
     g, o = conv.groups, conv.out_channels
-    t, k = "pqr"[:rank], "uvw"[:rank]
+    xp = np.ascontiguousarray(pad(x, pads, conv.padding_mode, dtype=dtype))
+    out = tuple((m - r) // s + 1 for m, r, s in zip(xp.shape[2:], conv.receptive_field, conv.stride))
     kernel = conv.kernel.astype(dtype)
-    if g == 1:
-        # no group axis: a size-1 axis made einsum copy the whole window view before the
-        # matrix product (twice as slow, docs/benchmarks.md)
-        y = np.einsum(f"nc{t}{k},oc{k}->no{t}", windows, kernel, optimize=True)
+    bias = None if conv.bias is None else conv.bias.astype(dtype)
+    y = np.empty((n, o, *out), dtype=xp.dtype)
+    if c // g == 1 and g > 1:
+        _depthwise(xp, kernel, bias, y, conv.stride, conv.dilation)
     else:
-        windows = windows.reshape(n, g, c // g, *out, *conv.kernel_shape)
-        w = kernel.reshape(g, o // g, c // g, *conv.kernel_shape)
-        # BLAS pays off when each group contracts over several channels; for depthwise-like
-        # groups (one channel in, one out) numpy's own loop is about 4x faster (docs/benchmarks.md).
-        blas = (c // g) * (o // g) > 1
-        y = np.einsum(f"ngc{t}{k},goc{k}->ngo{t}", windows, w, optimize=blas).reshape(n, o, *out)
-    if conv.bias is not None:
-        y = y + conv.bias.astype(dtype).reshape((1, o) + (1,) * rank)
+        _im2col_gemm(xp, kernel, bias, y, conv.stride, conv.dilation, g)
     return activations.apply(conv.activation, y)
 
 
+#: Elements of the im2col buffer filled at a time (16 MiB in float64): bounds the extra memory of the reference.
+COLUMN_BLOCK = 1 << 21
+
+#: With stride 1, outputs are computed on the padded input's own grid (one contiguous slice per tap and
+#: channel) when that grid has at most this many times the output's positions.
+FLAT_GRID_WASTE = 1.5
+
+#: Output elements a depthwise convolution sums its taps into at a time (stays in the L2 cache).
+DEPTHWISE_BLOCK = 1 << 15
+
+
+def _boxes(grid: Sequence[int], most: int):
+    """Cover ``grid``'s positions (row-major) with boxes of at most ``most`` positions, each contiguous in memory.
+
+    Yields ``(first flat position, ((lo, hi) per axis))``: the axes after the chunked one are whole,
+    those before it one index at a time.
+    """
+    inner, axis = 1, len(grid)
+    while axis > 0 and inner * grid[axis - 1] <= most:
+        axis -= 1
+        inner *= grid[axis]
+    if axis == 0:
+        yield 0, tuple((0, m) for m in grid)
+        return
+    step = max(1, most // inner)
+    cut = axis - 1
+    for lead in itertools.product(*(range(m) for m in grid[:cut])):
+        for lo in range(0, grid[cut], step):
+            box = tuple((i, i + 1) for i in lead) + ((lo, min(lo + step, grid[cut])),) + tuple((0, m) for m in grid[axis:])
+            yield int(np.ravel_multi_index(tuple(b for b, _ in box), grid)), box
+
+
+def _view(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``a.reshape(shape)`` that must be a view: the reference writes through it."""
+    v = a.reshape(shape)
+    if v.size and not np.may_share_memory(v, a):
+        raise AssertionError(f"reshape of {a.shape} {a.strides} to {tuple(shape)} copied")
+    return v
+
+
+def _im2col_gemm(
+    xp: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray, stride: Sequence[int], dilation: Sequence[int], groups: int
+) -> None:
+    """``y = W @ columns + b`` per block of images and positions; the columns are copied tap by tap from ``xp``.
+
+    The column matrix of a group has a row per (input channel, tap) and, with a bias, a last row of ones
+    that meets the bias as the last column of ``W``.
+    """
+    n, c, *padded = xp.shape
+    o, cg, *ks = kernel.shape
+    out = y.shape[2:]
+    taps = list(itertools.product(*(range(k) for k in ks)))
+    positions = int(np.prod(out))
+    flat = [int(np.prod(padded[a + 1 :])) for a in range(len(out))]
+    span = sum((m - 1) * f for m, f in zip(out, flat)) + 1
+    if all(s == 1 for s in stride) and span <= FLAT_GRID_WASTE * positions:
+        # every tap is one contiguous slice of the flattened padded input; positions off the output are dropped later
+        src = xp.reshape(n, c, -1)
+        starts = [(sum(d * k * f for d, k, f in zip(dilation, tap, flat)),) for tap in taps]
+        grid, steps = (span,), (1,)
+    else:
+        src = xp
+        starts = [tuple(d * k for d, k in zip(dilation, tap)) for tap in taps]
+        grid, steps = tuple(out), tuple(stride)
+    size = int(np.prod(grid))
+    rows = cg * len(taps)
+    w = kernel.reshape(groups, o // groups, rows)
+    if bias is not None:
+        w = np.concatenate([w, bias.reshape(groups, o // groups, 1)], axis=2)
+    per_image = groups * w.shape[2] * size
+    block = max(1, min(n, COLUMN_BLOCK // per_image))
+    most = max(1, COLUMN_BLOCK // (groups * w.shape[2] * block))
+    cols = np.empty(block * groups * w.shape[2] * min(size, most), dtype=xp.dtype)
+    direct = size == positions
+    if direct:
+        dest = y.reshape(n, groups, o // groups, positions)
+    else:
+        scratch = np.empty((block, groups, o // groups, out[0] * flat[0]), dtype=xp.dtype)
+    for b0 in range(0, n, block):
+        b1 = min(b0 + block, n)
+        target = dest[b0:b1] if direct else scratch[: b1 - b0]
+        for p0, box in _boxes(grid, most):
+            shape = tuple(hi - lo for lo, hi in box)
+            count = int(np.prod(shape))
+            buf = cols[: (b1 - b0) * groups * w.shape[2] * count].reshape(b1 - b0, groups, w.shape[2], count)
+            for j, start in enumerate(starts):
+                where = tuple(slice(t + s * lo, t + s * (hi - 1) + 1, s) for t, s, (lo, hi) in zip(start, steps, box))
+                rows_j = _view(buf[:, :, j : rows : len(taps)], (b1 - b0, groups, cg, *shape))
+                rows_j[...] = src[(slice(b0, b1), slice(None), *where)].reshape(b1 - b0, groups, cg, *shape)
+            if bias is not None:
+                buf[:, :, rows] = 1
+            np.matmul(w, buf, out=target[..., p0 : p0 + count])
+        if not direct:
+            on_grid = scratch[: b1 - b0].reshape(b1 - b0, o, out[0], *padded[1:])
+            y[b0:b1] = on_grid[(Ellipsis, *(slice(0, m) for m in out[1:]))]
+
+
+def _depthwise(
+    xp: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray, stride: Sequence[int], dilation: Sequence[int]
+) -> None:
+    """One input channel per group: ``y[n, c, j] = b + sum_k W[c, j, k] * xp[n, c, s t + d k]``, a strided view per tap."""
+    n, c = xp.shape[:2]
+    o, _, *ks = kernel.shape
+    out = y.shape[2:]
+    m = o // c
+    w = kernel.reshape(c, m, -1)
+    ones = (1,) * len(out)
+    ys = y.reshape(n, c, m, *out)
+    per_channel = m * int(np.prod(out))
+    cb = max(1, min(c, DEPTHWISE_BLOCK // per_channel))
+    nb = max(1, min(n, DEPTHWISE_BLOCK // (per_channel * cb)))
+    tmp = np.empty((nb, cb, m, *out), dtype=y.dtype)
+    taps = list(itertools.product(*(range(k) for k in ks)))
+    lift = (slice(None), slice(None), None)  # (n, c, *t) -> (n, c, 1, *t)
+    for b0 in range(0, n, nb):
+        for c0 in range(0, c, cb):
+            b1, c1 = min(b0 + nb, n), min(c0 + cb, c)
+            yb, tb = ys[b0:b1, c0:c1], tmp[: b1 - b0, : c1 - c0]
+            for j, tap in enumerate(taps):
+                where = tuple(slice(d * k, d * k + s * (t - 1) + 1, s) for d, k, s, t in zip(dilation, tap, stride, out))
+                view = xp[(slice(b0, b1), slice(c0, c1), *where)][lift]
+                wj = w[c0:c1, :, j].reshape(c1 - c0, m, *ones)
+                if j == 0:
+                    np.multiply(view, wj, out=yb)
+                else:
+                    np.multiply(view, wj, out=tb)
+                    yb += tb
+            if bias is not None:
+                yb += bias.reshape(c, m, *ones)[c0:c1]
+
+
 def _transpose_forward(t: ConvTranspose, x: Any, dtype: Any) -> np.ndarray:
-    """Scatter every kernel tap: ``y[.., s t + d k - p_b] += x[.., t] * W[.., k]`` (a loop over taps only)."""
+    """Scatter every kernel tap: ``y[.., s t + d k - p_b] += x[.., t] * W[.., k]``.
+
+    Per block of images and input positions: one matrix product gives every tap's contribution
+    (``W^T @ x``), then a strided add per tap onto the block's full output, which is cropped by the pads.
+    """
     x = np.asarray(x)
     rank = t.spatial_rank
     if x.ndim != 2 + rank or x.shape[1] != t.in_channels:
@@ -195,24 +329,41 @@ def _transpose_forward(t: ConvTranspose, x: Any, dtype: Any) -> np.ndarray:
     full = [s * (m - 1) + r + a for m, s, r, a in zip(size, t.stride, t.receptive_field, t.output_padding)]
     check_size((n, t.out_channels), int(np.prod(full, dtype=np.int64)))
     g, o = t.groups, t.out_channels
-    xg = x.astype(dtype, copy=False).reshape(n, g, c // g, *size)
-    w = t.kernel.astype(dtype).reshape(g, c // g, o // g, *t.kernel_shape)
-    y = np.zeros((n, g, o // g, *full), dtype=dtype)
-    letters, taps = "pqr"[:rank], "uvw"[:rank]
-    # one matrix product for every tap at once (BLAS, threaded), then a strided add per tap:
-    # ten times faster than one small einsum per tap (docs/benchmarks.md)
-    parts = np.einsum(f"ngi{letters},gio{taps}->ngo{taps}{letters}", xg, w, optimize=True)
-    for tap in itertools.product(*(range(k) for k in t.kernel_shape)):
-        where = tuple(slice(d * k, d * k + s * (m - 1) + 1, s) for d, k, s, m in zip(t.dilation, tap, t.stride, size))
-        y[(slice(None),) * 3 + where] += parts[(slice(None),) * 3 + tap]
-    y = y.reshape(n, o, *full)
-    grow = [(0, max(-e, 0)) for _, e in pads]  # a negative end pad appends positions no tap reaches
-    if any(g for _, g in grow):
-        y = np.pad(y, [(0, 0), (0, 0), *grow])
-    crop = tuple(slice(b, f + g - max(e, 0)) for (b, e), f, (_, g) in zip(pads, full, grow))
-    y = y[(slice(None), slice(None)) + crop]
-    if t.bias is not None:
-        y = y + t.bias.astype(dtype).reshape((1, o) + (1,) * rank)
+    grown = [f + max(-e, 0) for f, (_, e) in zip(full, pads)]  # a negative end pad appends positions no tap reaches
+    crop = tuple(slice(b, m - max(e, 0)) for (b, e), m in zip(pads, grown))
+    positions = int(np.prod(size))
+    taps = list(itertools.product(*(range(k) for k in t.kernel_shape)))
+    rows = (o // g) * len(taps)  # rows of W^T per group: (output channel, tap)
+    xg = np.ascontiguousarray(x.astype(dtype, copy=False)).reshape(n, g, c // g, positions)
+    w = t.kernel.astype(dtype).reshape(g, c // g, rows).transpose(0, 2, 1)
+    y = np.empty((n, o, *(m - b - max(e, 0) for m, (b, e) in zip(grown, pads))), dtype=xg.dtype)
+    block = max(1, min(n, COLUMN_BLOCK // (g * rows * positions)))
+    most = max(1, COLUMN_BLOCK // (g * rows * block))
+    parts_buffer = np.empty(block * g * rows * min(positions, most), dtype=xg.dtype)
+    direct = all(b == e == 0 for b, e in pads)
+    if not direct:
+        canvas = np.empty((block, o, *grown), dtype=xg.dtype)
+    bias = None if t.bias is None else t.bias.astype(dtype).reshape((o,) + (1,) * rank)
+    for b0 in range(0, n, block):
+        b1 = min(b0 + block, n)
+        full_out = y[b0:b1] if direct else canvas[: b1 - b0]
+        full_out[...] = 0
+        scatter = full_out.reshape(b1 - b0, g, o // g, *grown)
+        for p0, box in _boxes(size, most):
+            shape = tuple(hi - lo for lo, hi in box)
+            count = int(np.prod(shape))
+            parts = parts_buffer[: (b1 - b0) * g * rows * count].reshape(b1 - b0, g, rows, count)
+            np.matmul(w, xg[b0:b1, :, :, p0 : p0 + count], out=parts)
+            parts = parts.reshape(b1 - b0, g, o // g, *t.kernel_shape, *shape)
+            for tap in taps:
+                where = tuple(
+                    slice(d * k + s * lo, d * k + s * (hi - 1) + 1, s) for d, k, s, (lo, hi) in zip(t.dilation, tap, t.stride, box)
+                )
+                scatter[(slice(None),) * 3 + where] += parts[(slice(None),) * 3 + tap]
+        if not direct:
+            y[b0:b1] = full_out[(slice(None), slice(None)) + crop]
+        if bias is not None:
+            y[b0:b1] += bias
     return activations.apply(t.activation, y)
 
 
