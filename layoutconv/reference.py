@@ -22,7 +22,7 @@ This is a cross-correlation: tap ``k`` of the kernel meets input position
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -168,13 +168,14 @@ def _conv_forward(conv: Conv, x: Any, dtype: Any) -> np.ndarray:
     g, o = conv.groups, conv.out_channels
     xp = np.ascontiguousarray(pad(x, pads, conv.padding_mode, dtype=dtype))
     out = tuple((m - r) // s + 1 for m, r, s in zip(xp.shape[2:], conv.receptive_field, conv.stride))
+    grid = _Grid.of(xp, out, conv.stride, conv.dilation, conv.kernel_shape)
     kernel = conv.kernel.astype(dtype)
     bias = None if conv.bias is None else conv.bias.astype(dtype)
     y = np.empty((n, o, *out), dtype=xp.dtype)
-    if c // g == 1 and g > 1:
-        _depthwise(xp, kernel, bias, y, conv.stride, conv.dilation)
+    if c // g == 1 and g > 1 and o // g <= DEPTHWISE_MULTIPLIER:
+        _depthwise(grid, kernel, bias, y)
     else:
-        _im2col_gemm(xp, kernel, bias, y, conv.stride, conv.dilation, g)
+        _im2col_gemm(grid, kernel, bias, y, g)
     return activations.apply(conv.activation, y)
 
 
@@ -187,6 +188,50 @@ FLAT_GRID_WASTE = 1.5
 
 #: Output elements a depthwise convolution sums its taps into at a time (stays in the L2 cache).
 DEPTHWISE_BLOCK = 1 << 15
+
+#: Depthwise convolutions with at most this many outputs per input channel sum their taps; more go through GEMM.
+DEPTHWISE_MULTIPLIER = 8
+
+
+class _Grid(NamedTuple):
+    """Where a convolution's outputs are computed and where each tap reads them from.
+
+    ``src`` is the padded input with its spatial axes flattened (stride 1: the outputs live on the
+    padded input's own grid, every tap is one contiguous slice, the positions past the output's
+    edges are computed and dropped) or the padded input itself (the exact output grid, strided
+    views).  Tap ``j`` of the grid's position ``q`` reads ``src[..., starts[j] + steps * q]``.
+    """
+
+    src: np.ndarray
+    starts: list  # per tap, a start per axis of ``shape``
+    steps: tuple[int, ...]
+    shape: tuple[int, ...]  # the grid's positions
+    out: tuple[int, ...]  # the output's positions
+    canvas: tuple[int, ...] | None  # flat grid with dropped positions: the output is canvas[:, :, *(:m for m in out[1:])]
+
+    @classmethod
+    def of(cls, xp: np.ndarray, out: tuple[int, ...], stride: Sequence[int], dilation: Sequence[int], kernel_shape: Sequence[int]) -> "_Grid":
+        n, c, *padded = xp.shape
+        taps = list(itertools.product(*(range(k) for k in kernel_shape)))
+        flat = [int(np.prod(padded[a + 1 :])) for a in range(len(out))]
+        span = sum((m - 1) * f for m, f in zip(out, flat)) + 1
+        positions = int(np.prod(out))
+        if all(s == 1 for s in stride) and span <= FLAT_GRID_WASTE * positions:
+            starts = [(sum(d * k * f for d, k, f in zip(dilation, tap, flat)),) for tap in taps]
+            canvas = None if span == positions else (out[0], *padded[1:])
+            return cls(xp.reshape(n, c, -1), starts, (1,), (span,), out, canvas)
+        starts = [tuple(d * k for d, k in zip(dilation, tap)) for tap in taps]
+        return cls(xp, starts, tuple(stride), out, out, None)
+
+    def window(self, images: slice, channels: slice, tap: int, box: Sequence[tuple[int, int]]) -> np.ndarray:
+        """What tap ``tap`` reads for the positions in ``box``: shape ``(images, channels, *box)``."""
+        where = tuple(slice(t + s * lo, t + s * (hi - 1) + 1, s) for t, s, (lo, hi) in zip(self.starts[tap], self.steps, box))
+        return self.src[(images, channels, *where)]
+
+    def crop(self, canvas: np.ndarray, y: np.ndarray) -> None:
+        """Copy the output's positions from a block's results on the flat grid (``(..., canvas size)``) into ``y``."""
+        on_grid = canvas.reshape(*y.shape[: -len(self.out)], *self.canvas)
+        y[...] = on_grid[(Ellipsis, *(slice(0, m) for m in self.out[1:]))]
 
 
 def _boxes(grid: Sequence[int], most: int):
@@ -218,95 +263,87 @@ def _view(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return v
 
 
-def _im2col_gemm(
-    xp: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray, stride: Sequence[int], dilation: Sequence[int], groups: int
-) -> None:
-    """``y = W @ columns + b`` per block of images and positions; the columns are copied tap by tap from ``xp``.
+def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray, groups: int) -> None:
+    """``y = W @ columns + b`` per block of images and positions; the columns are copied tap by tap.
 
-    The column matrix of a group has a row per (input channel, tap) and, with a bias, a last row of ones
-    that meets the bias as the last column of ``W``.
+    The column matrix of a group has a row per (input channel, tap) and, with a bias, a last row of
+    ones that meets the bias as the last column of ``W``.
     """
-    n, c, *padded = xp.shape
-    o, cg, *ks = kernel.shape
-    out = y.shape[2:]
-    taps = list(itertools.product(*(range(k) for k in ks)))
-    positions = int(np.prod(out))
-    flat = [int(np.prod(padded[a + 1 :])) for a in range(len(out))]
-    span = sum((m - 1) * f for m, f in zip(out, flat)) + 1
-    if all(s == 1 for s in stride) and span <= FLAT_GRID_WASTE * positions:
-        # every tap is one contiguous slice of the flattened padded input; positions off the output are dropped later
-        src = xp.reshape(n, c, -1)
-        starts = [(sum(d * k * f for d, k, f in zip(dilation, tap, flat)),) for tap in taps]
-        grid, steps = (span,), (1,)
-    else:
-        src = xp
-        starts = [tuple(d * k for d, k in zip(dilation, tap)) for tap in taps]
-        grid, steps = tuple(out), tuple(stride)
-    size = int(np.prod(grid))
-    rows = cg * len(taps)
+    n, c = grid.src.shape[:2]
+    o, cg = kernel.shape[:2]
+    taps = len(grid.starts)
+    rows = cg * taps
     w = kernel.reshape(groups, o // groups, rows)
     if bias is not None:
         w = np.concatenate([w, bias.reshape(groups, o // groups, 1)], axis=2)
-    per_image = groups * w.shape[2] * size
-    block = max(1, min(n, COLUMN_BLOCK // per_image))
-    most = max(1, COLUMN_BLOCK // (groups * w.shape[2] * block))
-    cols = np.empty(block * groups * w.shape[2] * min(size, most), dtype=xp.dtype)
-    direct = size == positions
-    if direct:
-        dest = y.reshape(n, groups, o // groups, positions)
+    size = int(np.prod(grid.shape))
+    per_position = groups * w.shape[2]
+    block = max(1, min(n, COLUMN_BLOCK // (per_position * size)))
+    most = max(1, COLUMN_BLOCK // (per_position * block))
+    columns = np.empty(block * per_position * min(size, most), dtype=y.dtype)
+    if grid.canvas is None:
+        dest = y.reshape(n, groups, o // groups, size)
     else:
-        scratch = np.empty((block, groups, o // groups, out[0] * flat[0]), dtype=xp.dtype)
+        canvas = np.empty((block, groups, o // groups, int(np.prod(grid.canvas))), dtype=y.dtype)
     for b0 in range(0, n, block):
-        b1 = min(b0 + block, n)
-        target = dest[b0:b1] if direct else scratch[: b1 - b0]
-        for p0, box in _boxes(grid, most):
+        images = slice(b0, min(b0 + block, n))
+        nb = images.stop - b0
+        target = dest[images] if grid.canvas is None else canvas[:nb]
+        for p0, box in _boxes(grid.shape, most):
             shape = tuple(hi - lo for lo, hi in box)
             count = int(np.prod(shape))
-            buf = cols[: (b1 - b0) * groups * w.shape[2] * count].reshape(b1 - b0, groups, w.shape[2], count)
-            for j, start in enumerate(starts):
-                where = tuple(slice(t + s * lo, t + s * (hi - 1) + 1, s) for t, s, (lo, hi) in zip(start, steps, box))
-                rows_j = _view(buf[:, :, j : rows : len(taps)], (b1 - b0, groups, cg, *shape))
-                rows_j[...] = src[(slice(b0, b1), slice(None), *where)].reshape(b1 - b0, groups, cg, *shape)
+            buf = columns[: nb * per_position * count].reshape(nb, groups, w.shape[2], count)
+            for tap in range(taps):
+                rows_of_tap = _view(buf[:, :, tap:rows:taps], (nb, groups, cg, *shape))
+                rows_of_tap[...] = grid.window(images, slice(None), tap, box).reshape(nb, groups, cg, *shape)
             if bias is not None:
                 buf[:, :, rows] = 1
             np.matmul(w, buf, out=target[..., p0 : p0 + count])
-        if not direct:
-            on_grid = scratch[: b1 - b0].reshape(b1 - b0, o, out[0], *padded[1:])
-            y[b0:b1] = on_grid[(Ellipsis, *(slice(0, m) for m in out[1:]))]
+        if grid.canvas is not None:
+            grid.crop(canvas[:nb], y[images])
 
 
-def _depthwise(
-    xp: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray, stride: Sequence[int], dilation: Sequence[int]
-) -> None:
-    """One input channel per group: ``y[n, c, j] = b + sum_k W[c, j, k] * xp[n, c, s t + d k]``, a strided view per tap."""
-    n, c = xp.shape[:2]
-    o, _, *ks = kernel.shape
-    out = y.shape[2:]
+def _depthwise(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray) -> None:
+    """One input channel per group: ``y[n, c, j] = b + sum_k W[c, j, k] * x[n, c, window k]``, tap by tap on the grid.
+
+    Per block of images, channels and positions small enough for the L2 cache: a product and a
+    sum per tap over contiguous (flat grid) or strided views.
+    """
+    n, c = grid.src.shape[:2]
+    o = kernel.shape[0]
     m = o // c
     w = kernel.reshape(c, m, -1)
-    ones = (1,) * len(out)
-    ys = y.reshape(n, c, m, *out)
-    per_channel = m * int(np.prod(out))
-    cb = max(1, min(c, DEPTHWISE_BLOCK // per_channel))
-    nb = max(1, min(n, DEPTHWISE_BLOCK // (per_channel * cb)))
-    tmp = np.empty((nb, cb, m, *out), dtype=y.dtype)
-    taps = list(itertools.product(*(range(k) for k in ks)))
+    size = int(np.prod(grid.shape))
+    channels = max(1, min(c, DEPTHWISE_BLOCK // (m * size)))
+    block = max(1, min(n, DEPTHWISE_BLOCK // (m * size * channels)))
+    most = max(1, DEPTHWISE_BLOCK // (m * channels * block))
+    tmp = np.empty(block * channels * m * min(size, most), dtype=y.dtype)
+    if grid.canvas is None:
+        dest = y.reshape(n, c, m, size)
+    else:
+        canvas = np.empty((block, channels, m, int(np.prod(grid.canvas))), dtype=y.dtype)
     lift = (slice(None), slice(None), None)  # (n, c, *t) -> (n, c, 1, *t)
-    for b0 in range(0, n, nb):
-        for c0 in range(0, c, cb):
-            b1, c1 = min(b0 + nb, n), min(c0 + cb, c)
-            yb, tb = ys[b0:b1, c0:c1], tmp[: b1 - b0, : c1 - c0]
-            for j, tap in enumerate(taps):
-                where = tuple(slice(d * k, d * k + s * (t - 1) + 1, s) for d, k, s, t in zip(dilation, tap, stride, out))
-                view = xp[(slice(b0, b1), slice(c0, c1), *where)][lift]
-                wj = w[c0:c1, :, j].reshape(c1 - c0, m, *ones)
-                if j == 0:
-                    np.multiply(view, wj, out=yb)
-                else:
-                    np.multiply(view, wj, out=tb)
-                    yb += tb
-            if bias is not None:
-                yb += bias.reshape(c, m, *ones)[c0:c1]
+    for b0 in range(0, n, block):
+        images = slice(b0, min(b0 + block, n))
+        nb = images.stop - b0
+        for c0 in range(0, c, channels):
+            chans = slice(c0, min(c0 + channels, c))
+            cb = chans.stop - c0
+            target = dest[images, chans] if grid.canvas is None else canvas[:nb, :cb]
+            for p0, box in _boxes(grid.shape, most):
+                shape = tuple(hi - lo for lo, hi in box)
+                count = int(np.prod(shape))
+                acc = _view(target[..., p0 : p0 + count], (nb, cb, m, *shape))
+                part = tmp[: nb * cb * m * count].reshape(nb, cb, m, *shape)
+                for tap in range(len(grid.starts)):
+                    wt = w[chans, :, tap].reshape(cb, m, *(1,) * len(shape))
+                    np.multiply(grid.window(images, chans, tap, box)[lift], wt, out=acc if tap == 0 else part)
+                    if tap:
+                        acc += part
+                if bias is not None:
+                    acc += bias.reshape(c, m, *(1,) * len(shape))[chans]
+            if grid.canvas is not None:
+                grid.crop(canvas[:nb, :cb], _view(y[images], (nb, c, m, *grid.out))[:, chans])
 
 
 def _transpose_forward(t: ConvTranspose, x: Any, dtype: Any) -> np.ndarray:
