@@ -130,7 +130,8 @@ def profile_case(conv: Conv, x: np.ndarray, runs: int) -> None:
     print(f"  onnxruntime Conv, ORT_ENABLE_EXTENDED (im2col + MLAS GEMM) {fmt_ms(plain):>10} {plain / ort:>6.2f}x")
     mm = ort_matmul(conv, x.shape, runs)
     b, m, k, p = column_shapes(conv, x.shape)
-    print(f"  onnxruntime MatMul on the column matrices ({b} x ({m}x{k} @ {k}x{p}))".ljust(61) + f"{fmt_ms(mm):>10} {mm / ort:>6.2f}x")
+    print(f"  onnxruntime MatMul on the column matrices (float32)".ljust(61) + f"{fmt_ms(mm):>10} {mm / ort:>6.2f}x"
+          f"   ({b} x ({m}x{k} @ {k}x{p}))")
     for dtype in (np.float32, np.float64):
         name = np.dtype(dtype).name
         total, gemm = forward_split(conv, x, dtype, runs)

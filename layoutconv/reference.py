@@ -25,7 +25,7 @@ import itertools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from . import activations
 from .chain import Chain
@@ -142,7 +142,9 @@ def forward(record: Any, x: Any, *, dtype: Any = np.float64) -> np.ndarray:
 
     Inputs and weights are converted to ``dtype`` (float64 by default) before
     any arithmetic, so the result carries no rounding of a framework under
-    test.  Vectorised: one padded copy, one strided window view, one ``einsum``.
+    test.  Vectorised: one padded copy; then, per block of images and output
+    positions, the taps copied into a column matrix and one matrix product
+    (BLAS); a depthwise convolution sums its taps over strided views instead.
 
     >>> import numpy as np
     >>> from layoutconv import Conv
@@ -179,15 +181,18 @@ def _conv_forward(conv: Conv, x: Any, dtype: Any) -> np.ndarray:
     return activations.apply(conv.activation, y)
 
 
-#: Elements of the im2col buffer filled at a time (16 MiB in float64): bounds the extra memory of the reference.
-COLUMN_BLOCK = 1 << 21
+#: Bytes of the column matrix (im2col) filled at a time, and of a transposed convolution's per-tap
+#: products: bounds the extra memory of the reference whatever the input.  Under glibc's 32 MiB
+#: mmap ceiling, so the buffer is recycled between calls instead of mapped and faulted in afresh.
+COLUMN_BYTES = 30 << 20
 
 #: With stride 1, outputs are computed on the padded input's own grid (one contiguous slice per tap and
 #: channel) when that grid has at most this many times the output's positions.
 FLAT_GRID_WASTE = 1.5
 
-#: Output elements a depthwise convolution sums its taps into at a time (stays in the L2 cache).
-DEPTHWISE_BLOCK = 1 << 15
+#: Output elements a depthwise convolution sums its taps into at a time: fewer, larger numpy calls (their
+#: set-up, not memory, dominates below ~2**16; 2**18 float32 elements fill the 1 MiB L2 cache).
+DEPTHWISE_BLOCK = 1 << 18
 
 #: Depthwise convolutions with at most this many outputs per input channel sum their taps; more go through GEMM.
 DEPTHWISE_MULTIPLIER = 8
@@ -196,10 +201,12 @@ DEPTHWISE_MULTIPLIER = 8
 class _Grid(NamedTuple):
     """Where a convolution's outputs are computed and where each tap reads them from.
 
-    ``src`` is the padded input with its spatial axes flattened (stride 1: the outputs live on the
-    padded input's own grid, every tap is one contiguous slice, the positions past the output's
-    edges are computed and dropped) or the padded input itself (the exact output grid, strided
-    views).  Tap ``j`` of the grid's position ``q`` reads ``src[..., starts[j] + steps * q]``.
+    With stride 1 the outputs live on the padded input's own grid: ``src`` is the padded input
+    with its spatial axes flattened, every tap is one contiguous slice of it, and output ``t`` is
+    grid position ``sum(t * flat)`` (the positions in between, past the output's edges, are
+    computed and dropped).  Otherwise ``src`` is the padded input and the grid is the output's own
+    (strided views, ``flat`` is None).  Tap ``j`` at grid position ``q`` reads
+    ``src[..., starts[j] + steps * q]``.
     """
 
     src: np.ndarray
@@ -207,19 +214,18 @@ class _Grid(NamedTuple):
     steps: tuple[int, ...]
     shape: tuple[int, ...]  # the grid's positions
     out: tuple[int, ...]  # the output's positions
-    canvas: tuple[int, ...] | None  # flat grid with dropped positions: the output is canvas[:, :, *(:m for m in out[1:])]
+    flat: tuple[int, ...] | None  # grid position of output t: sum(t * flat); None: the grid is the output
 
     @classmethod
     def of(cls, xp: np.ndarray, out: tuple[int, ...], stride: Sequence[int], dilation: Sequence[int], kernel_shape: Sequence[int]) -> "_Grid":
         n, c, *padded = xp.shape
         taps = list(itertools.product(*(range(k) for k in kernel_shape)))
-        flat = [int(np.prod(padded[a + 1 :])) for a in range(len(out))]
+        flat = tuple(int(np.prod(padded[a + 1 :])) for a in range(len(out)))
         span = sum((m - 1) * f for m, f in zip(out, flat)) + 1
         positions = int(np.prod(out))
         if all(s == 1 for s in stride) and span <= FLAT_GRID_WASTE * positions:
             starts = [(sum(d * k * f for d, k, f in zip(dilation, tap, flat)),) for tap in taps]
-            canvas = None if span == positions else (out[0], *padded[1:])
-            return cls(xp.reshape(n, c, -1), starts, (1,), (span,), out, canvas)
+            return cls(xp.reshape(n, c, -1), starts, (1,), (span,), out, None if span == positions else flat)
         starts = [tuple(d * k for d, k in zip(dilation, tap)) for tap in taps]
         return cls(xp, starts, tuple(stride), out, out, None)
 
@@ -228,10 +234,16 @@ class _Grid(NamedTuple):
         where = tuple(slice(t + s * lo, t + s * (hi - 1) + 1, s) for t, s, (lo, hi) in zip(self.starts[tap], self.steps, box))
         return self.src[(images, channels, *where)]
 
-    def crop(self, canvas: np.ndarray, y: np.ndarray) -> None:
-        """Copy the output's positions from a block's results on the flat grid (``(..., canvas size)``) into ``y``."""
-        on_grid = canvas.reshape(*y.shape[: -len(self.out)], *self.canvas)
-        y[...] = on_grid[(Ellipsis, *(slice(0, m) for m in self.out[1:]))]
+    def crop(self, results: np.ndarray, y: np.ndarray) -> None:
+        """``y[..., *t] = results[..., sum(t * flat)]``: the output's positions out of results on the flat grid.
+
+        A strided view of ``results``; it reaches grid position ``sum((out - 1) * flat)`` at most, the
+        grid's last.
+        """
+        if self.flat is None or results.shape[-1] < self.shape[0]:
+            raise AssertionError(f"crop needs results on the whole flat grid ({self.shape[0]} positions), got {results.shape}")
+        step = results.strides[-1]
+        y[...] = as_strided(results, results.shape[:-1] + self.out, results.strides[:-1] + tuple(step * f for f in self.flat), writeable=False)
 
 
 def _boxes(grid: Sequence[int], most: int):
@@ -263,51 +275,66 @@ def _view(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return v
 
 
+def _blocks(n: int, size: int, per_position: int, itemsize: int) -> tuple[int, int]:
+    """(images per block, grid positions per box) so that a block's ``per_position`` rows fit :data:`COLUMN_BYTES`."""
+    budget = max(1, COLUMN_BYTES // itemsize // per_position)  # positions of all images of a block
+    block = max(1, min(n, budget // size))
+    return block, max(1, min(size, budget // block))
+
+
 def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray, groups: int) -> None:
     """``y = W @ columns + b`` per block of images and positions; the columns are copied tap by tap.
 
-    The column matrix of a group has a row per (input channel, tap) and, with a bias, a last row of
-    ones that meets the bias as the last column of ``W``.
+    Per group, the column matrix has a row per (input channel, tap), plus a row of ones that meets
+    the bias as ``W``'s last column, and a column per (image, position) of the block: one matrix
+    product per group and block (few, large BLAS calls: each call waits for its slowest thread).
     """
     n, c = grid.src.shape[:2]
     o, cg = kernel.shape[:2]
+    og = o // groups
     taps = len(grid.starts)
     rows = cg * taps
-    w = kernel.reshape(groups, o // groups, rows)
+    w = kernel.reshape(groups, og, rows)
     if bias is not None:
-        w = np.concatenate([w, bias.reshape(groups, o // groups, 1)], axis=2)
+        w = np.concatenate([w, bias.reshape(groups, og, 1)], axis=2)
+    inner = w.shape[2]
     size = int(np.prod(grid.shape))
-    per_position = groups * w.shape[2]
-    block = max(1, min(n, COLUMN_BLOCK // (per_position * size)))
-    most = max(1, COLUMN_BLOCK // (per_position * block))
-    columns = np.empty(block * per_position * min(size, most), dtype=y.dtype)
-    if grid.canvas is None:
-        dest = y.reshape(n, groups, o // groups, size)
-    else:
-        canvas = np.empty((block, groups, o // groups, int(np.prod(grid.canvas))), dtype=y.dtype)
+    block, most = _blocks(n, size, groups * inner, y.itemsize)
+    columns = np.empty(groups * inner * block * most, dtype=y.dtype)
+    products = np.empty(groups * og * block * most, dtype=y.dtype)
+    if grid.flat is not None and most < size:
+        canvas = np.empty((groups, og, block, size), dtype=y.dtype)  # results of every box, cropped at the end
     for b0 in range(0, n, block):
         images = slice(b0, min(b0 + block, n))
         nb = images.stop - b0
-        target = dest[images] if grid.canvas is None else canvas[:nb]
         for p0, box in _boxes(grid.shape, most):
             shape = tuple(hi - lo for lo, hi in box)
             count = int(np.prod(shape))
-            buf = columns[: nb * per_position * count].reshape(nb, groups, w.shape[2], count)
+            buf = columns[: groups * inner * nb * count].reshape(groups, inner, nb, count)
             for tap in range(taps):
-                rows_of_tap = _view(buf[:, :, tap:rows:taps], (nb, groups, cg, *shape))
-                rows_of_tap[...] = grid.window(images, slice(None), tap, box).reshape(nb, groups, cg, *shape)
+                rows_of_tap = _view(buf[:, tap:rows:taps], (groups, cg, nb, *shape))
+                window = grid.window(images, slice(None), tap, box).reshape(nb, groups, cg, *shape)
+                rows_of_tap[...] = np.moveaxis(window, 0, 2)
             if bias is not None:
-                buf[:, :, rows] = 1
-            np.matmul(w, buf, out=target[..., p0 : p0 + count])
-        if grid.canvas is not None:
-            grid.crop(canvas[:nb], y[images])
+                buf[:, rows] = 1
+            result = products[: groups * og * nb * count].reshape(groups, og, nb * count)
+            np.matmul(w, buf.reshape(groups, inner, nb * count), out=result)
+            result = result.reshape(groups, og, nb, count)
+            if grid.flat is None:
+                _view(y[images], (nb, groups, og, size))[..., p0 : p0 + count] = np.moveaxis(result, 2, 0)
+            elif count == size:
+                grid.crop(np.moveaxis(result, 2, 0), _view(y[images], (nb, groups, og, *grid.out)))
+            else:
+                canvas[:, :, :nb, p0 : p0 + count] = result
+        if grid.flat is not None and most < size:
+            grid.crop(np.moveaxis(canvas[:, :, :nb], 2, 0), _view(y[images], (nb, groups, og, *grid.out)))
 
 
 def _depthwise(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray) -> None:
     """One input channel per group: ``y[n, c, j] = b + sum_k W[c, j, k] * x[n, c, window k]``, tap by tap on the grid.
 
-    Per block of images, channels and positions small enough for the L2 cache: a product and a
-    sum per tap over contiguous (flat grid) or strided views.
+    Per block of images, channels and positions: a product and a sum per tap over contiguous (flat
+    grid) or strided views.
     """
     n, c = grid.src.shape[:2]
     o = kernel.shape[0]
@@ -318,10 +345,10 @@ def _depthwise(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.n
     block = max(1, min(n, DEPTHWISE_BLOCK // (m * size * channels)))
     most = max(1, DEPTHWISE_BLOCK // (m * channels * block))
     tmp = np.empty(block * channels * m * min(size, most), dtype=y.dtype)
-    if grid.canvas is None:
+    if grid.flat is None:
         dest = y.reshape(n, c, m, size)
     else:
-        canvas = np.empty((block, channels, m, int(np.prod(grid.canvas))), dtype=y.dtype)
+        canvas = np.empty((block, channels, m, size), dtype=y.dtype)
     lift = (slice(None), slice(None), None)  # (n, c, *t) -> (n, c, 1, *t)
     for b0 in range(0, n, block):
         images = slice(b0, min(b0 + block, n))
@@ -329,7 +356,7 @@ def _depthwise(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.n
         for c0 in range(0, c, channels):
             chans = slice(c0, min(c0 + channels, c))
             cb = chans.stop - c0
-            target = dest[images, chans] if grid.canvas is None else canvas[:nb, :cb]
+            target = dest[images, chans] if grid.flat is None else canvas[:nb, :cb]
             for p0, box in _boxes(grid.shape, most):
                 shape = tuple(hi - lo for lo, hi in box)
                 count = int(np.prod(shape))
@@ -342,15 +369,16 @@ def _depthwise(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.n
                         acc += part
                 if bias is not None:
                     acc += bias.reshape(c, m, *(1,) * len(shape))[chans]
-            if grid.canvas is not None:
+            if grid.flat is not None:
                 grid.crop(canvas[:nb, :cb], _view(y[images], (nb, c, m, *grid.out))[:, chans])
 
 
 def _transpose_forward(t: ConvTranspose, x: Any, dtype: Any) -> np.ndarray:
     """Scatter every kernel tap: ``y[.., s t + d k - p_b] += x[.., t] * W[.., k]``.
 
-    Per block of images and input positions: one matrix product gives every tap's contribution
-    (``W^T @ x``), then a strided add per tap onto the block's full output, which is cropped by the pads.
+    Per block of images and input positions: one matrix product per group gives every tap's
+    contribution (``W^T @ x``, a column per (image, position)), then a strided add per tap onto the
+    block's full output, which the pads crop.
     """
     x = np.asarray(x)
     rank = t.spatial_rank
@@ -366,41 +394,45 @@ def _transpose_forward(t: ConvTranspose, x: Any, dtype: Any) -> np.ndarray:
     full = [s * (m - 1) + r + a for m, s, r, a in zip(size, t.stride, t.receptive_field, t.output_padding)]
     check_size((n, t.out_channels), int(np.prod(full, dtype=np.int64)))
     g, o = t.groups, t.out_channels
+    og, cg = o // g, c // g
     grown = [f + max(-e, 0) for f, (_, e) in zip(full, pads)]  # a negative end pad appends positions no tap reaches
     crop = tuple(slice(b, m - max(e, 0)) for (b, e), m in zip(pads, grown))
     positions = int(np.prod(size))
     taps = list(itertools.product(*(range(k) for k in t.kernel_shape)))
-    rows = (o // g) * len(taps)  # rows of W^T per group: (output channel, tap)
-    xg = np.ascontiguousarray(x.astype(dtype, copy=False)).reshape(n, g, c // g, positions)
-    w = t.kernel.astype(dtype).reshape(g, c // g, rows).transpose(0, 2, 1)
+    rows = og * len(taps)  # rows of W^T per group: (output channel, tap)
+    xg = x.astype(dtype, copy=False).reshape(n, g, cg, positions)
+    w = t.kernel.astype(dtype).reshape(g, cg, rows).transpose(0, 2, 1)
     y = np.empty((n, o, *(m - b - max(e, 0) for m, (b, e) in zip(grown, pads))), dtype=xg.dtype)
-    block = max(1, min(n, COLUMN_BLOCK // (g * rows * positions)))
-    most = max(1, COLUMN_BLOCK // (g * rows * block))
-    parts_buffer = np.empty(block * g * rows * min(positions, most), dtype=xg.dtype)
+    block, most = _blocks(n, positions, g * rows, y.itemsize)
+    inputs = np.empty(g * cg * block * most, dtype=y.dtype)
+    products = np.empty(g * rows * block * most, dtype=y.dtype)
     direct = all(b == e == 0 for b, e in pads)
     if not direct:
-        canvas = np.empty((block, o, *grown), dtype=xg.dtype)
+        canvas = np.empty((block, o, *grown), dtype=y.dtype)
     bias = None if t.bias is None else t.bias.astype(dtype).reshape((o,) + (1,) * rank)
     for b0 in range(0, n, block):
-        b1 = min(b0 + block, n)
-        full_out = y[b0:b1] if direct else canvas[: b1 - b0]
+        images = slice(b0, min(b0 + block, n))
+        nb = images.stop - b0
+        full_out = y[images] if direct else canvas[:nb]
         full_out[...] = 0
-        scatter = full_out.reshape(b1 - b0, g, o // g, *grown)
+        scatter = _view(full_out, (nb, g, og, *grown))
         for p0, box in _boxes(size, most):
             shape = tuple(hi - lo for lo, hi in box)
             count = int(np.prod(shape))
-            parts = parts_buffer[: (b1 - b0) * g * rows * count].reshape(b1 - b0, g, rows, count)
-            np.matmul(w, xg[b0:b1, :, :, p0 : p0 + count], out=parts)
-            parts = parts.reshape(b1 - b0, g, o // g, *t.kernel_shape, *shape)
+            xb = inputs[: g * cg * nb * count].reshape(g, cg, nb, count)
+            xb[...] = np.moveaxis(xg[images, :, :, p0 : p0 + count], 0, 2)
+            parts = products[: g * rows * nb * count].reshape(g, rows, nb * count)
+            np.matmul(w, xb.reshape(g, cg, nb * count), out=parts)
+            parts = np.moveaxis(parts.reshape(g, og, *t.kernel_shape, nb, *shape), 2 + rank, 0)  # (nb, g, og, *k, *box)
             for tap in taps:
                 where = tuple(
                     slice(d * k + s * lo, d * k + s * (hi - 1) + 1, s) for d, k, s, (lo, hi) in zip(t.dilation, tap, t.stride, box)
                 )
                 scatter[(slice(None),) * 3 + where] += parts[(slice(None),) * 3 + tap]
         if not direct:
-            y[b0:b1] = full_out[(slice(None), slice(None)) + crop]
+            y[images] = full_out[(slice(None), slice(None)) + crop]
         if bias is not None:
-            y[b0:b1] += bias
+            y[images] += bias
     return activations.apply(t.activation, y)
 
 

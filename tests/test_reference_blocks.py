@@ -35,8 +35,8 @@ CONV_CASES = {
     "3d_depthwise_reflect": (3, 1, (2, 2, 2), (1, 1, 2), (1, 1, 1), 3, ((1, 0), (0, 1), (1, 1)), "reflect", (1, 3, 4, 5, 5), "linear"),
 }
 
-#: im2col elements per block: one position at a time, an odd size that cuts rows and batches, the default
-BLOCKS = {"one_position": 1, "odd": 37, "two_images": 2 * 3 * 4 * 9 * 63 + 5, "default": reference.COLUMN_BLOCK}
+#: bytes of im2col per block: one position at a time, an odd size that cuts rows, about two images per block, the default
+BLOCKS = {"one_position": 1, "odd": 8 * 37 * 5, "two_images": 8 * 2 * 37 * 80, "default": reference.COLUMN_BYTES}
 
 
 def _conv_case(rng, case, with_bias):
@@ -53,8 +53,8 @@ def _conv_case(rng, case, with_bias):
 @pytest.mark.parametrize("block", BLOCKS, ids=list(BLOCKS))
 @pytest.mark.parametrize("case", CONV_CASES, ids=list(CONV_CASES))
 def test_conv_matches_direct_loop_across_blocks(rng, monkeypatch, case, block, grid, with_bias):
-    monkeypatch.setattr(reference, "COLUMN_BLOCK", BLOCKS[block])
-    monkeypatch.setattr(reference, "DEPTHWISE_BLOCK", max(1, BLOCKS[block] // 5))
+    monkeypatch.setattr(reference, "COLUMN_BYTES", BLOCKS[block])
+    monkeypatch.setattr(reference, "DEPTHWISE_BLOCK", max(1, BLOCKS[block] // 40))
     # flat: stride-1 convolutions use the padded input's grid whatever it wastes; exact: never
     monkeypatch.setattr(reference, "FLAT_GRID_WASTE", float("inf") if grid == "flat" else 0.0)
     conv, x, expected = _conv_case(rng, case, with_bias)
@@ -65,7 +65,7 @@ def test_conv_matches_direct_loop_across_blocks(rng, monkeypatch, case, block, g
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=list(CONV_CASES))
 def test_conv_float32_mode_computes_in_float32(rng, monkeypatch, case):
-    monkeypatch.setattr(reference, "COLUMN_BLOCK", 37)
+    monkeypatch.setattr(reference, "COLUMN_BYTES", 8 * 37 * 5)
     monkeypatch.setattr(reference, "DEPTHWISE_BLOCK", 7)
     conv, x, expected = _conv_case(rng, case, True)
     got = reference.forward(conv, x, dtype=np.float32)
@@ -90,7 +90,7 @@ TRANSPOSE_CASES = {
 @pytest.mark.parametrize("block", BLOCKS, ids=list(BLOCKS))
 @pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=list(TRANSPOSE_CASES))
 def test_transpose_matches_direct_loop_across_blocks(rng, monkeypatch, case, block):
-    monkeypatch.setattr(reference, "COLUMN_BLOCK", BLOCKS[block])
+    monkeypatch.setattr(reference, "COLUMN_BYTES", BLOCKS[block])
     kshape, stride, dilation, groups, padding, extra, xshape, target = TRANSPOSE_CASES[case]
     kernel = rng.standard_normal(kshape)
     bias = rng.standard_normal(kshape[1] * groups)
@@ -107,7 +107,7 @@ def test_transpose_matches_direct_loop_across_blocks(rng, monkeypatch, case, blo
 
 def test_im2col_memory_is_bounded(rng, monkeypatch):
     """The column matrix of the whole batch is 9 x 64 / 16 = 36 times the output; the reference fills it block by block."""
-    monkeypatch.setattr(reference, "COLUMN_BLOCK", 1 << 16)
+    monkeypatch.setattr(reference, "COLUMN_BYTES", 1 << 16)
     conv = Conv(rng.standard_normal((16, 64, 9)), rng.standard_normal(16), padding="same_upper")
     x = rng.standard_normal((4, 64, 4096))
     full_columns = 4 * (64 * 9 + 1) * 4096 * 8
@@ -118,5 +118,5 @@ def test_im2col_memory_is_bounded(rng, monkeypatch):
     finally:
         tracemalloc.stop()
     padded = 4 * 64 * (4096 + 8) * 8
-    assert peak <= padded + y.nbytes + reference.COLUMN_BLOCK * 8 + (1 << 20)
+    assert peak <= padded + y.nbytes + 2 * reference.COLUMN_BYTES + (1 << 20)
     assert peak < full_columns / 5
