@@ -259,8 +259,9 @@ def _boxes(grid: Sequence[int], most: int):
     if axis == 0:
         yield 0, tuple((0, m) for m in grid)
         return
-    step = max(1, most // inner)
     cut = axis - 1
+    step = max(1, most // inner)
+    step = -(-grid[cut] // -(-grid[cut] // step))  # as many chunks, evened out: no sliver at the end
     for lead in itertools.product(*(range(m) for m in grid[:cut])):
         for lo in range(0, grid[cut], step):
             box = tuple((i, i + 1) for i in lead) + ((lo, min(lo + step, grid[cut])),) + tuple((0, m) for m in grid[axis:])
