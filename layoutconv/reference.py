@@ -182,9 +182,10 @@ def _conv_forward(conv: Conv, x: Any, dtype: Any) -> np.ndarray:
 
 
 #: Bytes of the column matrix (im2col) filled at a time, and of a transposed convolution's per-tap
-#: products: bounds the extra memory of the reference whatever the input.  Under glibc's 32 MiB
-#: mmap ceiling, so the buffer is recycled between calls instead of mapped and faulted in afresh.
-COLUMN_BYTES = 30 << 20
+#: products: bounds the extra memory of the reference whatever the input.  On a quiet machine a block
+#: that stays in the last-level cache is fastest (8 MiB: one ResNet-stage image in float32, 20% faster
+#: than 32 MiB); on a loaded one fewer, larger BLAS calls are (docs/benchmarks.md).
+COLUMN_BYTES = 8 << 20
 
 #: With stride 1, outputs are computed on the padded input's own grid (one contiguous slice per tap and
 #: channel) when that grid has at most this many times the output's positions.
