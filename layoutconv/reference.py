@@ -22,6 +22,7 @@ This is a cross-correlation: tap ``k`` of the kernel meets input position
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -221,9 +222,9 @@ class _Grid(NamedTuple):
     def of(cls, xp: np.ndarray, out: tuple[int, ...], stride: Sequence[int], dilation: Sequence[int], kernel_shape: Sequence[int]) -> "_Grid":
         n, c, *padded = xp.shape
         taps = list(itertools.product(*(range(k) for k in kernel_shape)))
-        flat = tuple(int(np.prod(padded[a + 1 :])) for a in range(len(out)))
+        flat = tuple(math.prod(padded[a + 1 :]) for a in range(len(out)))
         span = sum((m - 1) * f for m, f in zip(out, flat)) + 1
-        positions = int(np.prod(out))
+        positions = math.prod(out)
         if all(s == 1 for s in stride) and span <= FLAT_GRID_WASTE * positions:
             starts = [(sum(d * k * f for d, k, f in zip(dilation, tap, flat)),) for tap in taps]
             return cls(xp.reshape(n, c, -1), starts, (1,), (span,), out, None if span == positions else flat)
@@ -300,8 +301,9 @@ def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np
     if bias is not None:
         w = np.concatenate([w, bias.reshape(groups, og, 1)], axis=2)
     inner = w.shape[2]
-    size = int(np.prod(grid.shape))
+    size = math.prod(grid.shape)
     block, most = _blocks(n, size, groups * inner, y.itemsize)
+    spatial = range(3, 3 + len(grid.shape))  # the box's axes after (image, group, channel)
     columns = np.empty(groups * inner * block * most, dtype=y.dtype)
     products = np.empty(groups * og * block * most, dtype=y.dtype)
     if grid.flat is not None and most < size:
@@ -311,25 +313,24 @@ def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np
         nb = images.stop - b0
         for p0, box in _boxes(grid.shape, most):
             shape = tuple(hi - lo for lo, hi in box)
-            count = int(np.prod(shape))
+            count = math.prod(shape)
             buf = columns[: groups * inner * nb * count].reshape(groups, inner, nb, count)
             for tap in range(taps):
                 rows_of_tap = _view(buf[:, tap:rows:taps], (groups, cg, nb, *shape))
-                window = grid.window(images, slice(None), tap, box).reshape(nb, groups, cg, *shape)
-                rows_of_tap[...] = np.moveaxis(window, 0, 2)
+                rows_of_tap[...] = grid.window(images, slice(None), tap, box).reshape(nb, groups, cg, *shape).transpose(1, 2, 0, *spatial)
             if bias is not None:
                 buf[:, rows] = 1
             result = products[: groups * og * nb * count].reshape(groups, og, nb * count)
             np.matmul(w, buf.reshape(groups, inner, nb * count), out=result)
             result = result.reshape(groups, og, nb, count)
             if grid.flat is None:
-                _view(y[images], (nb, groups, og, size))[..., p0 : p0 + count] = np.moveaxis(result, 2, 0)
+                _view(y[images], (nb, groups, og, size))[..., p0 : p0 + count] = result.transpose(2, 0, 1, 3)
             elif count == size:
-                grid.crop(np.moveaxis(result, 2, 0), _view(y[images], (nb, groups, og, *grid.out)))
+                grid.crop(result.transpose(2, 0, 1, 3), _view(y[images], (nb, groups, og, *grid.out)))
             else:
                 canvas[:, :, :nb, p0 : p0 + count] = result
         if grid.flat is not None and most < size:
-            grid.crop(np.moveaxis(canvas[:, :, :nb], 2, 0), _view(y[images], (nb, groups, og, *grid.out)))
+            grid.crop(canvas[:, :, :nb].transpose(2, 0, 1, 3), _view(y[images], (nb, groups, og, *grid.out)))
 
 
 def _depthwise(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray) -> None:
@@ -342,7 +343,7 @@ def _depthwise(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.n
     o = kernel.shape[0]
     m = o // c
     w = kernel.reshape(c, m, -1)
-    size = int(np.prod(grid.shape))
+    size = math.prod(grid.shape)
     channels = max(1, min(c, DEPTHWISE_BLOCK // (m * size)))
     block = max(1, min(n, DEPTHWISE_BLOCK // (m * size * channels)))
     most = max(1, DEPTHWISE_BLOCK // (m * channels * block))
@@ -361,7 +362,7 @@ def _depthwise(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.n
             target = dest[images, chans] if grid.flat is None else canvas[:nb, :cb]
             for p0, box in _boxes(grid.shape, most):
                 shape = tuple(hi - lo for lo, hi in box)
-                count = int(np.prod(shape))
+                count = math.prod(shape)
                 acc = _view(target[..., p0 : p0 + count], (nb, cb, m, *shape))
                 part = tmp[: nb * cb * m * count].reshape(nb, cb, m, *shape)
                 for tap in range(len(grid.starts)):
@@ -399,7 +400,7 @@ def _transpose_forward(t: ConvTranspose, x: Any, dtype: Any) -> np.ndarray:
     og, cg = o // g, c // g
     grown = [f + max(-e, 0) for f, (_, e) in zip(full, pads)]  # a negative end pad appends positions no tap reaches
     crop = tuple(slice(b, m - max(e, 0)) for (b, e), m in zip(pads, grown))
-    positions = int(np.prod(size))
+    positions = math.prod(size)
     taps = list(itertools.product(*(range(k) for k in t.kernel_shape)))
     rows = og * len(taps)  # rows of W^T per group: (output channel, tap)
     xg = x.astype(dtype, copy=False).reshape(n, g, cg, positions)
@@ -420,9 +421,9 @@ def _transpose_forward(t: ConvTranspose, x: Any, dtype: Any) -> np.ndarray:
         scatter = _view(full_out, (nb, g, og, *grown))
         for p0, box in _boxes(size, most):
             shape = tuple(hi - lo for lo, hi in box)
-            count = int(np.prod(shape))
+            count = math.prod(shape)
             xb = inputs[: g * cg * nb * count].reshape(g, cg, nb, count)
-            xb[...] = np.moveaxis(xg[images, :, :, p0 : p0 + count], 0, 2)
+            xb[...] = xg[images, :, :, p0 : p0 + count].transpose(1, 2, 0, 3)
             parts = products[: g * rows * nb * count].reshape(g, rows, nb * count)
             np.matmul(w, xb.reshape(g, cg, nb * count), out=parts)
             parts = np.moveaxis(parts.reshape(g, og, *t.kernel_shape, nb, *shape), 2 + rank, 0)  # (nb, g, og, *k, *box)
