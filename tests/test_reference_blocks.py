@@ -1,0 +1,122 @@
+"""The reference pass's fast paths (blocked im2col + GEMM, depthwise, blocked transposed scatter) against direct loops.
+
+The block sizes are shrunk so that every boundary is crossed: blocks of images that do not
+divide the batch, boxes of output positions that end mid-row, one position per box, and
+both ways of laying out the columns (the padded input's flat grid and the exact output grid).
+The loops are the independent oracles of ``test_reference_nd`` and ``test_transpose``.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from layoutconv import Conv, ConvTranspose, activations, reference
+
+from test_reference_nd import direct_conv_nd
+from test_transpose import direct_transpose
+
+# (O, C/g, kernel, stride, dilation, groups, padding, mode, input shape (N, C, *spatial), activation)
+CONV_CASES = {
+    "1d_n1_odd_length": (5, 3, (4,), (1,), (1,), 1, ((2, 1),), "zeros", (1, 3, 23), "linear"),
+    "1d_groups2_s2_d2_reflect": (4, 3, (3,), (2,), (2,), 2, ((3, 2),), "reflect", (3, 6, 19), "relu"),
+    "1d_one_channel": (3, 1, (5,), (1,), (1,), 1, ((0, 0),), "zeros", (2, 1, 17), "linear"),
+    "1d_depthwise_x3_d2": (12, 1, (3,), (1,), (2,), 4, ((2, 2),), "replicate", (3, 4, 15), "tanh"),
+    "1d_depthwise_x10_gemm": (30, 1, (3,), (1,), (1,), 3, ((1, 1),), "zeros", (2, 3, 11), "linear"),
+    "1d_depthwise_s3": (5, 1, (4,), (3,), (1,), 5, ((1, 2),), "circular", (2, 5, 13), "linear"),
+    "2d_3x3_p1": (6, 4, (3, 3), (1, 1), (1, 1), 1, ((1, 1), (1, 1)), "zeros", (3, 4, 7, 9), "linear"),
+    "2d_s21_d12_circular": (4, 3, (2, 3), (2, 1), (1, 2), 1, ((1, 0), (2, 2)), "circular", (2, 3, 9, 8), "relu"),
+    "2d_groups3_2x2_replicate": (6, 2, (3, 2), (1, 2), (1, 1), 3, ((1, 1), (0, 1)), "replicate", (2, 6, 6, 7), "linear"),
+    "2d_depthwise_x2_s12": (8, 1, (3, 3), (1, 2), (1, 1), 4, ((1, 1), (1, 1)), "zeros", (3, 4, 6, 9), "linear"),
+    "2d_1x1_valid": (5, 4, (1, 1), (1, 1), (1, 1), 1, ((0, 0), (0, 0)), "zeros", (2, 4, 5, 6), "linear"),
+    "3d_groups2_s121_d211": (4, 2, (2, 3, 1), (1, 2, 1), (2, 1, 1), 2, ((1, 1), (1, 1), (0, 0)), "zeros", (2, 4, 5, 6, 4), "relu"),
+    "3d_depthwise_reflect": (3, 1, (2, 2, 2), (1, 1, 2), (1, 1, 1), 3, ((1, 0), (0, 1), (1, 1)), "reflect", (1, 3, 4, 5, 5), "linear"),
+}
+
+#: bytes of im2col per block: one position at a time, an odd size that cuts rows, about two images per block, the default
+BLOCKS = {"one_position": 1, "odd": 8 * 37 * 5, "two_images": 8 * 2 * 37 * 80, "default": reference.COLUMN_BYTES}
+
+
+def _conv_case(rng, case, with_bias):
+    o, cg, ks, stride, dilation, groups, padding, mode, xshape, activation = CONV_CASES[case]
+    kernel = rng.standard_normal((o, cg, *ks))
+    bias = rng.standard_normal(o) if with_bias else None
+    conv = Conv(kernel, bias, stride=stride, dilation=dilation, groups=groups, padding=padding, padding_mode=mode, activation=activation)
+    x = rng.standard_normal(xshape)
+    return conv, x, activations.apply(activation, direct_conv_nd(kernel, bias, x, stride, dilation, groups, padding, mode))
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("grid", ["flat", "exact"])
+@pytest.mark.parametrize("block", BLOCKS, ids=list(BLOCKS))
+@pytest.mark.parametrize("case", CONV_CASES, ids=list(CONV_CASES))
+def test_conv_matches_direct_loop_across_blocks(rng, monkeypatch, case, block, grid, with_bias):
+    monkeypatch.setattr(reference, "COLUMN_BYTES", BLOCKS[block])
+    monkeypatch.setattr(reference, "DEPTHWISE_BLOCK", max(1, BLOCKS[block] // 40))
+    # flat: stride-1 convolutions use the padded input's grid whatever it wastes; exact: never
+    monkeypatch.setattr(reference, "FLAT_GRID_WASTE", float("inf") if grid == "flat" else 0.0)
+    conv, x, expected = _conv_case(rng, case, with_bias)
+    got = reference.forward(conv, x)
+    assert got.dtype == np.float64 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=list(CONV_CASES))
+def test_conv_float32_mode_computes_in_float32(rng, monkeypatch, case):
+    monkeypatch.setattr(reference, "COLUMN_BYTES", 8 * 37 * 5)
+    monkeypatch.setattr(reference, "DEPTHWISE_BLOCK", 7)
+    conv, x, expected = _conv_case(rng, case, True)
+    got = reference.forward(conv, x, dtype=np.float32)
+    assert got.dtype == np.float32
+    # float32 rounding of inputs, weights and every partial sum: fan-in times the unit roundoff, relative to |W| |x|
+    scale = direct_conv_nd(np.abs(conv.kernel), np.abs(conv.bias), np.abs(x), conv.stride, conv.dilation, conv.groups, conv.pads(x.shape[2:]), conv.padding_mode)
+    bound = (conv.fan_in + 3) * np.finfo(np.float32).eps * scale
+    assert np.all(np.abs(got - expected) <= bound)
+
+
+TRANSPOSE_CASES = {
+    # kernel (C, O/g, *k), stride, dilation, groups, padding, output_padding, input shape (N, C, *spatial), output_shape
+    "1d_n1_s2_crop": ((4, 3, 3), (2,), (1,), 1, ((1, 2),), (1,), (1, 4, 11), None),
+    "1d_groups2_d2_no_pads": ((4, 2, 3), (3,), (2,), 2, ((0, 0),), (0,), (3, 4, 7), None),
+    # ONNX output_shape past the full output (19): a negative end pad, two positions that only get the bias
+    "1d_negative_end_pad": ((3, 2, 4), (3,), (1,), 1, "same_upper", (0,), (2, 3, 6), (21,)),
+    "2d_s23_groups2": ((4, 3, 3, 2), (2, 3), (1, 2), 2, ((1, 0), (2, 1)), (1, 1), (3, 4, 5, 4), None),
+    "3d": ((2, 2, 2, 3, 1), (2, 1, 2), (1, 1, 1), 1, ((0, 1), (1, 1), (0, 0)), (1, 0, 0), (2, 2, 3, 4, 2), None),
+}
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=list(BLOCKS))
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=list(TRANSPOSE_CASES))
+def test_transpose_matches_direct_loop_across_blocks(rng, monkeypatch, case, block):
+    monkeypatch.setattr(reference, "COLUMN_BYTES", BLOCKS[block])
+    kshape, stride, dilation, groups, padding, extra, xshape, target = TRANSPOSE_CASES[case]
+    kernel = rng.standard_normal(kshape)
+    bias = rng.standard_normal(kshape[1] * groups)
+    x = rng.standard_normal(xshape)
+    t = ConvTranspose(kernel, bias, stride=stride, dilation=dilation, groups=groups, padding=padding, output_padding=extra, output_shape=target)
+    pads = t.pads(xshape[2:])
+    if target is not None:
+        assert pads == ((0, -2),)
+    expected = direct_transpose(kernel, bias, x, stride, dilation, groups, pads, extra)
+    got = reference.forward(t, x)
+    assert got.shape == expected.shape == (xshape[0], t.out_channels, *t.output_shape(xshape[2:]))
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_im2col_memory_is_bounded(rng, monkeypatch):
+    """The column matrix of the whole batch is 9 x 64 / 16 = 36 times the output; the reference fills it block by block."""
+    monkeypatch.setattr(reference, "COLUMN_BYTES", 1 << 16)
+    conv = Conv(rng.standard_normal((16, 64, 9)), rng.standard_normal(16), padding="same_upper")
+    x = rng.standard_normal((4, 64, 4096))
+    full_columns = 4 * (64 * 9 + 1) * 4096 * 8
+    tracemalloc.start()
+    try:
+        y = reference.forward(conv, x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    padded = 4 * 64 * (4096 + 8) * 8
+    assert peak <= padded + y.nbytes + 2 * reference.COLUMN_BYTES + (1 << 20)
+    assert peak < full_columns / 5
