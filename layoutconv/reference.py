@@ -26,7 +26,7 @@ import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from . import activations, layers
 from . import graph as graph_module
@@ -238,7 +238,7 @@ class _Grid(NamedTuple):
         positions = math.prod(out)
         if all(s == 1 for s in stride) and span <= FLAT_GRID_WASTE * positions:
             starts = [(sum(d * k * f for d, k, f in zip(dilation, tap, flat)),) for tap in taps]
-            return cls(xp.reshape(n, c, -1), starts, (1,), (span,), out, None if span == positions else flat)
+            return cls(xp.reshape(n, c, math.prod(padded)), starts, (1,), (span,), out, None if span == positions else flat)
         starts = [tuple(d * k for d, k in zip(dilation, tap)) for tap in taps]
         return cls(xp, starts, tuple(stride), out, out, None)
 
