@@ -127,6 +127,25 @@ def _architecture(architecture: Any) -> Any:
     raise fail(ConfigError, "Invalid value for argument `architecture`", "a model.json path, JSON text, a dict or a Keras model", f"a {type(architecture).__name__}")
 
 
+def keras_model_file(path: str | os.PathLike[str], *, architecture: Any = None, backend: str | None = None) -> Any:
+    """The :class:`~layoutconv.legacy.KerasFile` of a whole model: a full save, or weights with ``architecture``."""
+    from .legacy import open as open_keras_file
+
+    kf = open_keras_file(path, backend=backend)
+    if architecture is not None:
+        kf = kf.with_architecture(_architecture(architecture))
+    if kf.model_config is None:
+        weighted = [layer.name for layer in kf.layers if layer.weights]
+        raise fail(
+            ConfigError,
+            f"{kf.path} holds weights only ({kf.format}): it does not say how the layers connect",
+            "a full model save, or architecture= (the model.json from model.to_json(), or the Keras model)",
+            f"the weighted layers {weighted[:20]}",
+            "Pass architecture=..., or port the weights into your own model with layoutconv.port(path, model).",
+        )
+    return kf
+
+
 def read_model(source: Any, *, architecture: Any = None, backend: str | None = None, example_inputs: Any = None) -> Graph:
     """A whole model as a :class:`~layoutconv.graph.Graph`: a Keras model (Keras 3 or tf_keras), a Keras file, or a PyTorch module.
 
@@ -172,20 +191,7 @@ def read_model(source: Any, *, architecture: Any = None, backend: str | None = N
         config = _live_config(source) if architecture is None else _architecture(architecture)
         return _keras_graph.build(config, _LiveSource(source, flavour), name=getattr(source, "name", None))
     if isinstance(source, (str, os.PathLike)):
-        from .legacy import open as open_keras_file
-
-        kf = open_keras_file(source, backend=backend)
-        if architecture is not None:
-            kf = kf.with_architecture(_architecture(architecture))
-        if kf.model_config is None:
-            weighted = [layer.name for layer in kf.layers if layer.weights]
-            raise fail(
-                ConfigError,
-                f"{kf.path} holds weights only ({kf.format}): it does not say how the layers connect",
-                "a full model save, or architecture= (the model.json from model.to_json(), or the Keras model)",
-                f"the weighted layers {weighted[:20]}",
-                "Pass architecture=..., or port the weights into your own model with layoutconv.port(path, model).",
-            )
+        kf = keras_model_file(source, architecture=architecture, backend=backend)
         return _keras_graph.build(kf.model_config, _FileSource(kf))
     raise fail(
         UnsupportedError,

@@ -32,7 +32,7 @@ import io
 import mmap
 import os
 import posixpath
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -76,29 +76,109 @@ def guard(label: str, what: str) -> Iterator[None]:
         ) from None
 
 
+class Span(NamedTuple):
+    """An HDF5 file stored inside another file: ``size`` bytes from byte ``offset`` of ``path`` (a stored zip member)."""
+
+    path: str
+    offset: int
+    size: int
+
+
+class _SpanView:
+    """What :func:`check_global_heaps` reads of a :class:`Span`: ``find``, slices, one byte, ``len`` (over an mmap)."""
+
+    def __init__(self, data: mmap.mmap, offset: int, size: int) -> None:
+        self._data, self._offset, self._size = data, offset, size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def find(self, sub: bytes, start: int = 0) -> int:
+        at = self._data.find(sub, self._offset + start, self._offset + self._size)
+        return at - self._offset if at >= 0 else -1
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            begin, end, _ = key.indices(self._size)
+            return self._data[self._offset + begin : self._offset + max(begin, end)]
+        if not 0 <= key < self._size:
+            raise IndexError(key)
+        return self._data[self._offset + key]
+
+
+class _SpanFile(io.RawIOBase):
+    """A read-only, seekable file over a :class:`Span` (what h5py reads through its file-object driver)."""
+
+    def __init__(self, span: Span) -> None:
+        super().__init__()
+        self._fd = os.open(span.path, os.O_RDONLY)
+        self._offset, self._size, self._pos = span.offset, span.size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = max(0, min(len(view), self._size - self._pos))
+        done = 0
+        while done < want:
+            got = os.preadv(self._fd, [view[done:want]], self._offset + self._pos + done)
+            if got <= 0:
+                break
+            done += got
+        self._pos += done
+        return done
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
 class SafeH5:
     """An HDF5 file opened read-only, checked, and kept open for reading.
 
-    ``source`` is a path or the bytes of an HDF5 file (a member of a zip
-    archive); ``label`` names it in messages.
+    ``source`` is a path, the bytes of an HDF5 file, or a :class:`Span` (an
+    HDF5 file stored uncompressed in a zip archive, read in place); ``label``
+    names it in messages.
 
     >>> with SafeH5("weights.h5") as h5:          # doctest: +SKIP
     ...     kernel = h5.dataset("conv1d_1/conv1d_1/kernel:0")
     """
 
-    def __init__(self, source: str | bytes, label: str | None = None) -> None:
+    def __init__(self, source: str | bytes | Span, label: str | None = None) -> None:
         self.label = label or str(source)
         self._source = source
         self.file: Any = None
+        self._raw: Any = None
         if isinstance(source, (bytes, bytearray)):
             self.file_size = len(source)
+        elif isinstance(source, Span):
+            self.file_size = source.size
         else:
             self.file_size = file_size(source)
 
     def __enter__(self) -> "SafeH5":
         import h5py
 
-        head = bytes(self._source[:8]) if isinstance(self._source, (bytes, bytearray)) else _read_head(self._source)
+        source = self._source
+        if isinstance(source, (bytes, bytearray)):
+            head = bytes(source[:8])
+        elif isinstance(source, Span):
+            head = _read_head(source.path, source.offset) if source.size >= 8 else b""
+        else:
+            head = _read_head(source)
         if head != HDF5_SIGNATURE:
             raise fail(
                 FileFormatError,
@@ -107,20 +187,28 @@ class SafeH5:
                 f"{head!r}",
                 "Check the file name; Keras weight files end in .h5, .hdf5 or .keras.",
             )
-        if isinstance(self._source, (bytes, bytearray)):
-            check_global_heaps(self._source, self.label)
+        if isinstance(source, (bytes, bytearray)):
+            check_global_heaps(source, self.label)
         else:
-            with open(self._source, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                check_global_heaps(data, self.label)
+            path = source.path if isinstance(source, Span) else source
+            with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                check_global_heaps(_SpanView(data, source.offset, source.size) if isinstance(source, Span) else data, self.label)
         with guard(self.label, "the HDF5 superblock"):
-            if isinstance(self._source, (bytes, bytearray)):
-                self.file = h5py.File(io.BytesIO(bytes(self._source)), "r")
+            if isinstance(source, (bytes, bytearray)):
+                self.file = h5py.File(io.BytesIO(bytes(source)), "r")
+            elif isinstance(source, Span):
+                self._raw = _SpanFile(source)
+                try:
+                    self.file = h5py.File(self._raw, "r")
+                except BaseException:
+                    self._raw.close()
+                    raise
             else:
-                self.file = h5py.File(self._source, "r", locking=False)
+                self.file = h5py.File(source, "r", locking=False)
         try:
             check_tree(self.file, self.label, self.file_size)
         except BaseException:
-            self.file.close()
+            self.__exit__()
             raise
         return self
 
@@ -129,6 +217,9 @@ class SafeH5:
             with contextlib.suppress(Exception):
                 self.file.close()
             self.file = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
 
     # -- reading -----------------------------------------------------------
     def group(self, path: str) -> Any:
@@ -240,9 +331,10 @@ def file_size(path: str) -> int:
     return os.path.getsize(path)
 
 
-def _read_head(path: str) -> bytes:
+def _read_head(path: str, offset: int = 0) -> bytes:
     try:
         with open(path, "rb") as fh:
+            fh.seek(offset)
             return fh.read(8)
     except OSError as exc:
         raise fail(FileFormatError, f"Cannot open {path}", "a readable file", f"{exc.strerror or exc}") from None
