@@ -559,6 +559,14 @@ class Walk:
         self.calls: dict[str, Call] = {}  # Keras layer name -> the call its reader was given
         self._records: dict[str, Any] = {}  # Keras layer name -> what its reader returned
         self._parts: dict[str, tuple[str, int]] = {}  # graph layer name -> (Keras layer name, index in the reader's tuple)
+        self._call_counts = {n: len(calls) for _, _, n, calls in self._entries}
+        self._constants: set[str] = set()  # graph layers made for one call with a number (x + 3.0)
+
+    def call_count(self, key: str) -> int:
+        """How many nodes call graph layer ``key`` (its Keras layer's calls; 1 for a merge with a number)."""
+        if key in self._constants:
+            return 1
+        return self._call_counts[self._parts[key][0]]
 
     def release(self, key: str, record: Record) -> None:
         """Hold ``record`` (the same kind of layer, lighter) for graph layer ``key`` from now on."""
@@ -589,6 +597,7 @@ class Walk:
                     self.layers[key] = record_c
                     self._parts[key] = (key, 0)
                     self._records[key] = record_c
+                    self._constants.add(key)
                     node = Node(key, key, ins, "channels_last" if ranks[0] >= 3 else "flat")
                     self.nodes.append(node)
                     edge_of[(lname, index, 0)] = key
@@ -608,16 +617,20 @@ class Walk:
                     call = Call(cls, cfg, lname, ranks, self.source)
                     self.calls[lname] = call
                     self._records[lname] = reader(call)
-                record = self._records[lname]
-                if record is None:  # the identity at inference: the tensor passes through
+                if self._records[lname] is None:  # the identity at inference: the tensor passes through
                     edge_of[(lname, index, 0)] = ins[0]
                     continue
-                parts = record if isinstance(record, tuple) else (record,)
-                for i, part in enumerate(parts):  # a fused softmax follows its layer as a node of its own
+                held = self._records[lname]
+                count = len(held) if isinstance(held, tuple) else 1
+                del held  # no record is held across a yield: the caller may release it (its arrays must then go)
+                for i in range(count):  # a fused softmax follows its layer as a node of its own
+                    held = self._records[lname]
+                    part = held[i] if isinstance(held, tuple) else held
                     key = lname if i == 0 else f"{lname}_{type(part).__name__.lower()}"
                     if key not in self.layers:
                         self.layers[key] = part
                         self._parts[key] = (lname, i)
+                    del held, part
                     edge = key if index == 0 else f"{key}:{index}"
                     rank = out_rank(self.layers[key], ranks)
                     node = Node(edge, key, ins, "channels_last" if rank >= 3 else "flat")
@@ -644,6 +657,11 @@ class Walk:
         """The :class:`Graph` walked (walk to the end first)."""
         used = {n.layer for n in self.nodes}
         return Graph({n: r for n, r in self.layers.items() if n in used}, self.inputs, self.nodes, self.outputs, name=self.name)
+
+
+def layer_names(config: Any) -> list[str]:
+    """The name of every layer in a model config, in its order."""
+    return [n for _, _, n, _ in _normalise(config)[1]]
 
 
 def build(config: Any, source: WeightSource, *, name: str | None = None) -> Graph:

@@ -41,6 +41,8 @@ class _FileSource:
         return self.kf.conv(layer)
 
     def recurrent(self, layer: str, class_name: str, config: dict, arrays: list[np.ndarray]) -> Record:
+        if self.generation == 3:  # Keras 3 names its arrays vars/0, vars/1 ...: they come in get_weights order
+            return _recurrent(3, class_name, config, arrays, layer)
         names = [w.name for w in self.kf.layer(layer).weights]
         return _recurrent(self.generation, class_name, config, dict(zip(names, arrays)), layer)
 

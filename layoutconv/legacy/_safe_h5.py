@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import mmap
 import os
 import posixpath
 from typing import Any, Iterator, NamedTuple
@@ -76,6 +75,16 @@ def guard(label: str, what: str) -> Iterator[None]:
         ) from None
 
 
+#: the files (identity, size, modification time, span) whose global heaps passed :func:`check_global_heaps` last
+_HEAPS_CHECKED: list[tuple[Any, ...]] = []
+
+
+def _heaps_key(fh: Any, source: Any) -> tuple[Any, ...]:
+    st = os.fstat(fh.fileno())
+    span = (source.offset, source.size) if isinstance(source, Span) else (0, st.st_size)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *span)
+
+
 class Span(NamedTuple):
     """An HDF5 file stored inside another file: ``size`` bytes from byte ``offset`` of ``path`` (a stored zip member)."""
 
@@ -84,26 +93,56 @@ class Span(NamedTuple):
     size: int
 
 
-class _SpanView:
-    """What :func:`check_global_heaps` reads of a :class:`Span`: ``find``, slices, one byte, ``len`` (over an mmap)."""
+class _FileView:
+    """What :func:`check_global_heaps` reads of a file on disk (``find``, slices, one byte, ``len``), read a chunk at a
+    time: a scan through mmap would count every page of the file in the process's resident memory."""
 
-    def __init__(self, data: mmap.mmap, offset: int, size: int) -> None:
-        self._data, self._offset, self._size = data, offset, size
+    CHUNK = 16 << 20
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self._fd, self._offset, self._size = fd, offset, size
+        self._buffer: bytearray | None = None
 
     def __len__(self) -> int:
         return self._size
 
+    def _read(self, begin: int, end: int) -> bytes:
+        out = bytearray()
+        while begin + len(out) < end:
+            got = os.pread(self._fd, min(end - begin - len(out), self.CHUNK), self._offset + begin + len(out))
+            if not got:
+                break
+            out += got
+        return bytes(out)
+
     def find(self, sub: bytes, start: int = 0) -> int:
-        at = self._data.find(sub, self._offset + start, self._offset + self._size)
-        return at - self._offset if at >= 0 else -1
+        if self._buffer is None:
+            self._buffer = bytearray(self.CHUNK + len(sub))
+        view = memoryview(self._buffer)
+        pos = max(0, start)
+        while pos < self._size:
+            want = min(self._size - pos, self.CHUNK + len(sub) - 1)
+            got = 0
+            while got < want:
+                n = os.preadv(self._fd, [view[got:want]], self._offset + pos + got)
+                if n <= 0:
+                    break
+                got += n
+            at = self._buffer.find(sub, 0, got)
+            if at >= 0:
+                return pos + at
+            if got < want or pos + got >= self._size:
+                return -1
+            pos += self.CHUNK
+        return -1
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, slice):
             begin, end, _ = key.indices(self._size)
-            return self._data[self._offset + begin : self._offset + max(begin, end)]
+            return self._read(begin, max(begin, end))
         if not 0 <= key < self._size:
             raise IndexError(key)
-        return self._data[self._offset + key]
+        return self._read(key, key + 1)[0]
 
 
 class _SpanFile(io.RawIOBase):
@@ -191,8 +230,12 @@ class SafeH5:
             check_global_heaps(source, self.label)
         else:
             path = source.path if isinstance(source, Span) else source
-            with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                check_global_heaps(_SpanView(data, source.offset, source.size) if isinstance(source, Span) else data, self.label)
+            with open(path, "rb") as fh:
+                seen = _heaps_key(fh, source)
+                if seen not in _HEAPS_CHECKED:  # a file read twice in a row (parsed, then its weights) is scanned once
+                    offset, size = (source.offset, source.size) if isinstance(source, Span) else (0, self.file_size)
+                    check_global_heaps(_FileView(fh.fileno(), offset, size), self.label)
+                    _HEAPS_CHECKED[:] = [seen, *_HEAPS_CHECKED[:7]]
         with guard(self.label, "the HDF5 superblock"):
             if isinstance(source, (bytes, bytearray)):
                 self.file = h5py.File(io.BytesIO(bytes(source)), "r")
@@ -416,7 +459,7 @@ def check_tree(f: Any, label: str, file_size: int) -> None:
                     check_dataset(obj, label, limit)
 
 
-def check_global_heaps(data: bytes | bytearray | mmap.mmap, label: str) -> None:
+def check_global_heaps(data: Any, label: str) -> None:
     """Refuse a global heap collection that HDF5 would decode forever (or past its end).
 
     A collection is ``GCOL``, version 1, 3 reserved bytes and its size, then
@@ -453,7 +496,7 @@ def check_global_heaps(data: bytes | bytearray | mmap.mmap, label: str) -> None:
         start = data.find(b"GCOL", start + 1)
 
 
-def _size_of_lengths(data: bytes | bytearray | mmap.mmap) -> int | None:
+def _size_of_lengths(data: Any) -> int | None:
     """The superblock's "size of lengths" (8 in practice), or None for a superblock HDF5 would refuse."""
     version = data[8] if len(data) > 8 else None
     at = {0: 14, 1: 14, 2: 10, 3: 10}.get(version) if version is not None else None

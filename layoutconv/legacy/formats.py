@@ -469,6 +469,10 @@ def _natural(name: str) -> tuple[str, int]:
     return m.group(1), int(m.group(2) or -1)
 
 
+#: Where Keras 3 keeps a recurrent layer's arrays, in the order ``get_weights`` lists them (forward before backward)
+RECURRENT_CELLS = ("cell", "forward_layer/cell", "backward_layer/cell")
+
+
 def _parse_keras3(h5: SafeH5, source: Source, config: Any, version: tuple[str | None, str] | None) -> Parsed:
     import h5py
 
@@ -486,12 +490,20 @@ def _parse_keras3(h5: SafeH5, source: Source, config: Any, version: tuple[str | 
             path = prefix + child
             vars_group = obj.get("vars")
             if isinstance(vars_group, h5py.Group):
-                keys = sorted((k for k in vars_group.keys() if k.isdigit()), key=int)
-                weights = tuple(Weight(f"vars/{k}", *h5.info(posixpath.join(vars_group.name, k))) for k in keys)
+                weights = _vars(vars_group, "vars")
+                if not weights:  # a recurrent layer keeps its arrays in its cell; a Bidirectional in its two layers' cells
+                    for inner in RECURRENT_CELLS:
+                        cell = obj.get(f"{inner}/vars")
+                        if isinstance(cell, h5py.Group):
+                            weights += _vars(cell, f"{inner}/vars")
                 found.append((path, h5.text(vars_group, "name"), weights))
             sub = obj.get("layers")
             if isinstance(sub, h5py.Group):
                 walk(sub, path + "/", depth + 1)
+
+    def _vars(group: Any, prefix: str) -> tuple[Weight, ...]:
+        keys = sorted((k for k in group.keys() if k.isdigit()), key=int)
+        return tuple(Weight(f"{prefix}/{k}", *h5.info(posixpath.join(group.name, k))) for k in keys)
 
     layers_group = h5.group("layers")
     visited.add(hash(layers_group.id))
