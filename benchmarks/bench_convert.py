@@ -50,9 +50,11 @@ from layoutconv import cli
 try:
     code = cli.main(sys.argv[1:])
 finally:
+    import resource
     with open("/proc/self/status") as f:
         hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
-    sys.stderr.write(f"\nVMHWM_KB={hwm}\n")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    sys.stderr.write(f"\nVMHWM_KB={hwm} CPU_USER={usage.ru_utime:.2f} CPU_SYS={usage.ru_stime:.2f}\n")
 sys.exit(code)
 """
 
@@ -122,8 +124,10 @@ def wall(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str,
 def convert(source: str, out: str, extra: list[str], env: dict[str, str]) -> tuple[float, int, dict]:
     cmd = [sys.executable, "-c", LAUNCH, "convert", source, out, "--force", "--quiet", "--json", *extra]
     seconds, stdout, stderr = wall(cmd, env)
-    hwm = int(stderr.rsplit("VMHWM_KB=", 1)[1].split()[0]) * 1024
+    tail = stderr.rsplit("VMHWM_KB=", 1)[1].split()
+    hwm = int(tail[0]) * 1024
     report = json.loads(stdout[stdout.index("{"):stdout.rindex("}") + 1])
+    report["cpu"] = (float(tail[1].split("=")[1]), float(tail[2].split("=")[1]))  # user, kernel seconds
     return seconds, hwm, report
 
 
@@ -173,7 +177,7 @@ def main() -> None:
         t_cp = statistics.median(cps)
         for target in args.targets.split(","):
             out = os.path.join(out_dir, f"model.{target}")
-            times, peaks = [], []
+            times, peaks, cpus = [], [], []
             with OthersLoad() as others:
                 for _ in range(args.runs):
                     if os.path.exists(out):
@@ -181,12 +185,14 @@ def main() -> None:
                     seconds, hwm, report = convert(source, out, ["--stream", *extra], env)
                     times.append(seconds)
                     peaks.append(hwm)
+                    cpus.append(report["cpu"])
             assert report["passed"] and report["streamed"], report
             largest = report["largest_tensor"]
             t = statistics.median(times)
             peak = max(peaks)
+            user, kernel = sorted(cpus)[len(cpus) // 2]
             row = dict(source=label, size=size, target=target, cp=t_cp, convert=t, peak=peak, largest=largest,
-                       tensors=report["tensors"], written=report["nbytes"], others=others.share)
+                       tensors=report["tensors"], written=report["nbytes"], others=others.share, user=user, kernel=kernel)
             if args.whole:
                 os.unlink(out)
                 seconds, hwm, report_w = convert(source, out, ["--no-stream", *extra], env)
@@ -195,6 +201,7 @@ def main() -> None:
             rows.append(row)
             print(
                 f"{label} ({size / MB:.0f} MiB) -> {target}: cp {t_cp:.2f} s, convert {t:.2f} s = {t / t_cp:.1f} x cp "
+                f"(CPU {user:.1f} s user, {kernel:.1f} s kernel) "
                 f"(goal 2 x cp + 2 s = {2 * t_cp + 2:.2f} s: {t / (2 * t_cp + 2):.2f} of it); "
                 f"peak RSS {peak / MB:.0f} MB = {peak / largest:.2f} x largest tensor ({largest / MB:.0f} MB) "
                 f"(goal 2 x largest + 300 MB = {(2 * largest + 300 * MB) / MB:.0f} MB: {peak / (2 * largest + 300 * MB):.2f} of it); "
@@ -203,14 +210,14 @@ def main() -> None:
             )
     if args.markdown:
         print()
-        head = "| source | output | cp | convert | convert / cp | convert / (2 cp + 2 s) | peak RSS | peak / largest tensor | peak / (2 largest + 300 MB) | others' CPU |"
+        head = "| source | output | cp | convert (CPU user + kernel) | convert / cp | convert / (2 cp + 2 s) | peak RSS | peak / largest tensor | peak / (2 largest + 300 MB) | others' CPU |"
         if args.whole:
             head += " whole-model path |"
         print(head)
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if args.whole else ""))
         for r in rows:
             line = (
-                f"| {r['source']} ({r['size'] / MB:.0f} MiB) | .{r['target']} | {r['cp']:.2f} s | {r['convert']:.2f} s | "
+                f"| {r['source']} ({r['size'] / MB:.0f} MiB) | .{r['target']} | {r['cp']:.2f} s | {r['convert']:.2f} s ({r['user']:.1f} + {r['kernel']:.1f}) | "
                 f"{r['convert'] / r['cp']:.1f}x | {r['convert'] / (2 * r['cp'] + 2):.2f} | {r['peak'] / MB:.0f} MB | "
                 f"{r['peak'] / r['largest']:.2f}x ({r['largest'] / MB:.0f} MB) | {r['peak'] / (2 * r['largest'] + 300 * MB):.2f} | {r['others']:.0%} |"
             )

@@ -342,7 +342,6 @@ class _Stream:
         import torch
 
         from . import graph as graph_module, layers
-        from .adapters.torch_adapter import to_numpy
         from .adapters.torch_layers import GraphModule, run_graph
         from .graph import Graph, Input, Node
         from .porting import END_TO_END_FACTOR
@@ -382,17 +381,22 @@ class _Stream:
             with torch.no_grad():
                 sub.weight = torch.nn.Parameter(sub.weight.index_select(1, column), requires_grad=False)
             self.permuted[node.layer] = flatten.name
+        state = module.state_dict()
+        loose = {k: v.contiguous() for k, v in state.items() if not v.is_contiguous()}
+        if loose:  # written as torch.save would: contiguous (and the module computes with what is written)
+            module.load_state_dict({**state, **loose}, strict=True, assign=True)
+            state = module.state_dict()
         names: list[str] = []
         written = []
-        for key, tensor in module.state_dict().items():
-            tensor = tensor.detach().contiguous()
+        tensor = None
+        for key, tensor in state.items():
+            tensor = tensor.detach()
             name = f"{self.attr[node.layer]}.{key[len(prefix) + 1:]}"
             entry = self.writer.add(name, tensor)
             written.append((key, entry))
             names.append(name)
             self.total += entry.nbytes
             self.largest = max(self.largest, entry.nbytes)
-        state = module.state_dict()
         for key, entry in written:  # read back a slice at a time; each must equal what the module holds, which it then takes
             mine = state[key].detach()
             held = np.frombuffer(tensor_bytes(mine), dtype=np.uint8) if entry.nbytes else np.empty(0, np.uint8)
@@ -405,9 +409,8 @@ class _Stream:
             flat = mine.reshape(-1)
             self.kept[entry.name] = (tensor_bytes(flat[:1].contiguous()).tobytes(), tensor_bytes(flat[-1:].contiguous()).tobytes()) if entry.nbytes else (b"", b"")
             del mine, held, flat
-        del state
         got = run_graph(module, [x])
-        del module, sub
+        del module, sub, state, tensor
         rtol, atol = ASSERT_CLOSE_DEFAULTS.get(got.dtype.name, ASSERT_CLOSE_DEFAULTS["float32"])
         tol = rtol * END_TO_END_FACTOR
         if got.shape != expected.shape:
@@ -498,7 +501,7 @@ def _check_file(target: str, path: str, writer: Any, metadata: dict[str, str], k
             first, last = (flat[:1].contiguous(), flat[-1:].contiguous()) if flat.numel() else (None, None)
             same(name, str(t.dtype).replace("torch.", ""), tuple(t.shape), first, last)
     finally:
-        del state
+        del state  # unmaps the file
 
 
 def stream_model(
