@@ -171,6 +171,42 @@ def test_streamed_file_loads_into_a_hand_written_twin(tmp_path, suffix):
     np.testing.assert_allclose(got, m.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
+def recurrent_model():
+    L = keras.layers
+    inp = keras.Input((7, 3), name="x")
+    h = L.Bidirectional(L.LSTM(4, return_sequences=True), name="bi")(inp)
+    h = L.GRU(5, return_sequences=True, name="gru")(h)
+    h = L.SimpleRNN(3, name="rnn")(h)
+    return _randomise(keras.Model(inp, L.Dense(2, name="out")(h)), 8)
+
+
+def conv_kinds_model():
+    L = keras.layers
+    inp = keras.Input((12, 10, 4), name="x")
+    x = L.SeparableConv2D(6, 3, padding="same", activation="relu", name="sep")(inp)
+    x = L.DepthwiseConv2D((3, 2), name="dw")(x)
+    x = L.Conv2DTranspose(5, 3, strides=2, padding="same", name="up")(x)
+    x = L.LayerNormalization(name="ln")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return _randomise(keras.Model(inp, L.Dense(3, activation="softmax", name="out")(x)), 9)
+
+
+@pytest.mark.parametrize("make", [recurrent_model, conv_kinds_model], ids=["bidirectional-gru-rnn", "separable-depthwise-transpose-layernorm"])
+@pytest.mark.parametrize("save", ["keras", "weights"])
+def test_more_layer_kinds_stream_like_the_whole_path(tmp_path, make, save):
+    m = make()
+    if save == "keras":
+        source, arch = tmp_path / "m.keras", None
+        m.save(source)
+    else:
+        source, arch = tmp_path / "m.weights.h5", str(tmp_path / "m.json")
+        m.save_weights(source)
+        (tmp_path / "m.json").write_text(m.to_json())
+    stream_model(source, tmp_path / "s.pt", architecture=arch)
+    save_model(layoutconv.read_model(source, architecture=arch), tmp_path / "w.pt")
+    assert_same_file(tmp_path / "s.pt", tmp_path / "w.pt")
+
+
 def test_a_shared_layer_is_written_once_and_kept_until_its_last_call(tmp_path):
     L = keras.layers
     a, b = keras.Input((5,), name="a"), keras.Input((5,), name="b")
