@@ -24,6 +24,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) benchmarks/bench_reference.py
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) benchmarks/bench_cli.py
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) benchmarks/bench_convert.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

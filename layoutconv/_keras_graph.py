@@ -16,7 +16,7 @@ the channels-first axis it names.  Models built with ``data_format=
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import numpy as np
 
@@ -537,87 +537,148 @@ def _normalise(config: Any) -> tuple[str, list[tuple[str, dict, str, list[list[R
     raise fail(UnsupportedError, "Unknown Keras model class", "Sequential, Model or Functional", f"{cls!r}")
 
 
+class Walk:
+    """The nodes of a Keras model config in execution order, each layer read from ``source`` when first called.
+
+    Iterating yields every :class:`Node` as soon as its layer is read, so a
+    caller can convert and drop weights layer by layer
+    (:mod:`layoutconv.convert_stream`): :meth:`release` swaps a layer's record for
+    a lighter one of the same kind (what later calls of a shared layer and
+    :meth:`graph` use).  :func:`build` walks to the end and keeps every record.
+    """
+
+    def __init__(self, config: Any, source: WeightSource, *, name: str | None = None) -> None:
+        model_name, self._entries, input_refs, self._output_refs = _normalise(config)
+        nested = [n for c, _, n, _ in self._entries if c in ("Sequential", "Model", "Functional")]
+        if nested:
+            raise fail(UnsupportedError, "Nested models are not read yet", "a model whose layers are layers", f"nested models {nested}")
+        self.name = name or model_name
+        self.source = source
+        self.edge_of: dict[Ref, str] = {}  # a Keras tensor -> the graph edge holding it
+        self.rank_of: dict[str, int] = {}
+        self.inputs: list[Input] = []
+        by_name = {n: (c, cfg) for c, cfg, n, _ in self._entries}
+        for ref in input_refs:
+            cls, cfg = by_name.get(ref[0], ("?", {}))
+            spec = _input(ref[0], cfg)
+            self.inputs.append(spec)
+            self.edge_of[ref] = spec.name
+            self.rank_of[spec.name] = len(spec.shape) + 1
+        self.layers: dict[str, Record] = {}  # graph layer name -> record, in the order layers are first called
+        self.nodes: list[Node] = []
+        self.calls: dict[str, Call] = {}  # Keras layer name -> the call its reader was given
+        self._records: dict[str, Any] = {}  # Keras layer name -> what its reader returned
+        self._parts: dict[str, tuple[str, int]] = {}  # graph layer name -> (Keras layer name, index in the reader's tuple)
+        self._call_counts = {n: len(calls) for _, _, n, calls in self._entries}
+        self._constants: set[str] = set()  # graph layers made for one call with a number (x + 3.0)
+
+    def call_count(self, key: str) -> int:
+        """How many nodes call graph layer ``key`` (its Keras layer's calls; 1 for a merge with a number)."""
+        if key in self._constants:
+            return 1
+        return self._call_counts[self._parts[key][0]]
+
+    def release(self, key: str, record: Record) -> None:
+        """Hold ``record`` (the same kind of layer, lighter) for graph layer ``key`` from now on."""
+        self.layers[key] = record
+        lname, i = self._parts[key]
+        held = self._records[lname]
+        self._records[lname] = held[:i] + (record,) + held[i + 1 :] if isinstance(held, tuple) else record
+
+    def __iter__(self) -> Iterator[Node]:
+        pending = [(c, cfg, n, i, call) for c, cfg, n, calls in self._entries if c != "InputLayer" for i, call in enumerate(calls)]
+        constants_of = {(n, i): call[1] for _, _, n, i, call in pending}
+        pending = [(c, cfg, n, i, call[0]) for c, cfg, n, i, call in pending]
+        edge_of, rank_of = self.edge_of, self.rank_of
+        while pending:
+            progressed = False
+            for item in list(pending):
+                cls, cfg, lname, index, refs = item
+                if any(r not in edge_of for r in refs):
+                    continue
+                pending.remove(item)
+                progressed = True
+                ins = tuple(edge_of[r] for r in refs)
+                ranks = tuple(rank_of[e] for e in ins)
+                constants = constants_of.get((lname, index), ())
+                if constants:  # a merge called with a number: x + 3.0, x * (1 / 6)
+                    record_c = _with_constant(cls, lname, constants, len(refs))
+                    key = f"{lname}" if index == 0 else f"{lname}:{index}"
+                    self.layers[key] = record_c
+                    self._parts[key] = (key, 0)
+                    self._records[key] = record_c
+                    self._constants.add(key)
+                    node = Node(key, key, ins, "channels_last" if ranks[0] >= 3 else "flat")
+                    self.nodes.append(node)
+                    edge_of[(lname, index, 0)] = key
+                    rank_of[key] = ranks[0]
+                    yield node
+                    continue
+                if lname not in self._records:
+                    reader = READERS.get(cls)
+                    if reader is None:
+                        raise fail(
+                            UnsupportedError,
+                            f"Layer {lname!r} of class {cls} has no reader",
+                            "a Keras layer class layoutconv reads",
+                            f"class {cls}",
+                            f"Known classes: {', '.join(sorted(READERS))}.",
+                        )
+                    call = Call(cls, cfg, lname, ranks, self.source)
+                    self.calls[lname] = call
+                    self._records[lname] = reader(call)
+                if self._records[lname] is None:  # the identity at inference: the tensor passes through
+                    edge_of[(lname, index, 0)] = ins[0]
+                    continue
+                held = self._records[lname]
+                count = len(held) if isinstance(held, tuple) else 1
+                del held  # no record is held across a yield: the caller may release it (its arrays must then go)
+                base = lname if index == 0 else f"{lname}:{index}"
+                for i in range(count):  # a fused softmax follows its layer as a node of its own; the last keeps the layer's name
+                    held = self._records[lname]
+                    part = held[i] if isinstance(held, tuple) else held
+                    kind = type(part).__name__.lower()
+                    key = lname if i == 0 else f"{lname}/{kind}"
+                    if key not in self.layers:
+                        self.layers[key] = part
+                        self._parts[key] = (lname, i)
+                    del held, part
+                    edge = base if i == count - 1 else f"{base}/{kind}"
+                    rank = out_rank(self.layers[key], ranks)
+                    node = Node(edge, key, ins, "channels_last" if rank >= 3 else "flat")
+                    self.nodes.append(node)
+                    rank_of[edge] = rank
+                    ins, ranks = (edge,), (rank,)
+                    yield node
+                edge_of[(lname, index, 0)] = ins[0]
+            if not progressed:
+                stuck = sorted({item[2] for item in pending})
+                raise fail(ConfigError, "The model config's layers read tensors nobody makes", "a connected model", f"layers {stuck[:10]}")
+
+    @property
+    def outputs(self) -> list[str]:
+        """The edges the model returns (once the walk is over)."""
+        outputs = []
+        for ref in self._output_refs:
+            if ref not in self.edge_of:
+                raise fail(ConfigError, "A model output is not computed", "outputs made by the model's layers", f"{ref}")
+            outputs.append(self.edge_of[ref])
+        return outputs
+
+    def graph(self) -> Graph:
+        """The :class:`Graph` walked (walk to the end first)."""
+        used = {n.layer for n in self.nodes}
+        return Graph({n: r for n, r in self.layers.items() if n in used}, self.inputs, self.nodes, self.outputs, name=self.name)
+
+
+def layer_names(config: Any) -> list[str]:
+    """The name of every layer in a model config, in its order."""
+    return [n for _, _, n, _ in _normalise(config)[1]]
+
+
 def build(config: Any, source: WeightSource, *, name: str | None = None) -> Graph:
     """The :class:`Graph` of a Keras model config, reading weights and convolutions from ``source``."""
-    model_name, entries, input_refs, output_refs = _normalise(config)
-    nested = [n for c, _, n, _ in entries if c in ("Sequential", "Model", "Functional")]
-    if nested:
-        raise fail(UnsupportedError, "Nested models are not read yet", "a model whose layers are layers", f"nested models {nested}")
-    edge_of: dict[Ref, str] = {}  # a Keras tensor -> the graph edge holding it
-    rank_of: dict[str, int] = {}
-    graph_inputs: list[Input] = []
-    by_name = {n: (c, cfg) for c, cfg, n, _ in entries}
-    for ref in input_refs:
-        cls, cfg = by_name.get(ref[0], ("?", {}))
-        spec = _input(ref[0], cfg)
-        graph_inputs.append(spec)
-        edge_of[ref] = spec.name
-        rank_of[spec.name] = len(spec.shape) + 1
-    records: dict[str, Record | tuple[Record, ...] | None] = {}
-    parts_of: dict[str, list[tuple[str, Record]]] = {}  # layer -> (graph layer name, record) per record it reads as
-    nodes: list[Node] = []
-    pending = [(c, cfg, n, i, call) for c, cfg, n, calls in entries if c != "InputLayer" for i, call in enumerate(calls)]
-    constants_of = {(n, i): call[1] for _, _, n, i, call in pending}
-    pending = [(c, cfg, n, i, call[0]) for c, cfg, n, i, call in pending]
-    while pending:
-        progressed = False
-        for item in list(pending):
-            cls, cfg, lname, index, refs = item
-            if any(r not in edge_of for r in refs):
-                continue
-            pending.remove(item)
-            progressed = True
-            ins = tuple(edge_of[r] for r in refs)
-            ranks = tuple(rank_of[e] for e in ins)
-            constants = constants_of.get((lname, index), ())
-            if constants:  # a merge called with a number: x + 3.0, x * (1 / 6)
-                record_c = _with_constant(cls, lname, constants, len(refs))
-                key = f"{lname}" if index == 0 else f"{lname}:{index}"
-                parts_of[key] = [(key, record_c)]
-                nodes.append(Node(key, key, ins, "channels_last" if ranks[0] >= 3 else "flat"))
-                edge_of[(lname, index, 0)] = key
-                rank_of[key] = ranks[0]
-                continue
-            if lname not in records:
-                reader = READERS.get(cls)
-                if reader is None:
-                    raise fail(
-                        UnsupportedError,
-                        f"Layer {lname!r} of class {cls} has no reader",
-                        "a Keras layer class layoutconv reads",
-                        f"class {cls}",
-                        f"Known classes: {', '.join(sorted(READERS))}.",
-                    )
-                records[lname] = reader(Call(cls, cfg, lname, ranks, source))
-            record = records[lname]
-            if record is None:  # the identity at inference: the tensor passes through
-                edge_of[(lname, index, 0)] = ins[0]
-                continue
-            if lname not in parts_of:
-                several = record if isinstance(record, tuple) else (record,)
-                parts_of[lname] = [(lname if i == 0 else f"{lname}/{type(r).__name__.lower()}", r) for i, r in enumerate(several)]
-            edge = lname if index == 0 else f"{lname}:{index}"
-            for i, (part, part_record) in enumerate(parts_of[lname]):
-                last = i == len(parts_of[lname]) - 1
-                part_edge = edge if last else f"{edge}/{type(part_record).__name__.lower()}"
-                rank = out_rank(part_record, ranks)
-                nodes.append(Node(part_edge, part, ins, "channels_last" if rank >= 3 else "flat"))
-                rank_of[part_edge] = rank
-                ins, ranks = (part_edge,), (rank,)
-            edge_of[(lname, index, 0)] = edge
-        if not progressed:
-            stuck = sorted({item[2] for item in pending})
-            raise fail(ConfigError, "The model config's layers read tensors nobody makes", "a connected model", f"layers {stuck[:10]}")
-    used = {n.layer for n in nodes}
-    outputs = []
-    for ref in output_refs:
-        if ref not in edge_of:
-            raise fail(ConfigError, "A model output is not computed", "outputs made by the model's layers", f"{ref}")
-        outputs.append(edge_of[ref])
-    return Graph(
-        {part: r for parts in parts_of.values() for part, r in parts if part in used},
-        graph_inputs,
-        nodes,
-        outputs,
-        name=name or model_name,
-    )
+    walk = Walk(config, source, name=name)
+    for _ in walk:
+        pass
+    return walk.graph()

@@ -418,6 +418,12 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parents", action="store_true", help="create the output's missing parent directories")
     add_hyperparameter_arguments(p.add_argument_group("what the file does not record (every Keras 1 weights file)"))
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--stream", action=argparse.BooleanOptionalAction, default=None,
+        help="convert a whole model to .safetensors/.pt layer by layer, holding one layer's weights at a time "
+        "(default: for Keras files of 256 MiB or more); --no-stream builds the whole model in memory",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal for conversions over a second)")
 
 
 @command("convert", "write a file's Conv1D to ONNX, Keras 3 or PyTorch; keep the file only if it verifies", _convert_args)
@@ -426,7 +432,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     from .convert_model import is_whole_model
 
-    if args.model or args.architecture or args.to == "safetensors" or str(args.output).lower().endswith(".safetensors") or (
+    if args.model or args.architecture or args.stream or args.to == "safetensors" or str(args.output).lower().endswith(".safetensors") or (
         not args.layer and is_whole_model(args.source, args.backend)
     ):
         from .convert_model import convert_command

@@ -198,14 +198,32 @@ def _verify_held(graph: Graph, held: Any, framework: str, inputs: Any) -> ModelR
 
 
 def convert_command(args: Any) -> int:
-    """``layoutconv convert --model``: read a whole model, write it, verify it, print the report."""
+    """``layoutconv convert --model``: read a whole model, write it, verify it, print the report.
+
+    Streams layer by layer (:mod:`layoutconv.convert_stream`) with ``--stream``,
+    or on its own for a Keras file of ``STREAM_ABOVE`` bytes or more going to
+    ``.safetensors`` / ``.pt`` unless ``--no-stream``.
+    """
     import json
 
+    from . import convert_stream
     from .model import read_model
 
     if str(args.source).lower().endswith((".pt", ".pth", ".safetensors")):
         graph = _torch_source(args)
     else:
+        target = model_target_for(args.output, args.to)
+        if convert_stream.should_stream(args.source, target.name, getattr(args, "stream", None)):
+            report_s = convert_stream.stream_model(
+                args.source, args.output, to=args.to, architecture=args.architecture, backend=args.backend,
+                overwrite=args.force, parents=args.parents, progress=convert_stream.progress_wanted(getattr(args, "quiet", False)),
+            )
+            if args.json:
+                print(json.dumps({**report_s.to_dict(), "wrote": args.output}, indent=2))
+            else:
+                print(report_s)
+                print(f"wrote {args.output}")
+            return 0
         graph = read_model(args.source, architecture=args.architecture, backend=args.backend)
     if not args.json:
         print(graph.summary())

@@ -295,11 +295,45 @@ def flatten_channels_first(graph: Graph, inputs: Sequence[Any] | None = None) ->
             )
         inputs = [np.zeros((1,) + tuple(i.shape), dtype=np.int64 if i.kind == "int" else np.float64) for i in graph.inputs]
     edges = run(graph, inputs, lambda r, x: reference.forward(r, x), keep=True)
+    new_layers = dict(graph.layers)
+    for node, users in flatten_users(graph):
+        column = flatten_column(edges[node.inputs[0]].shape[1:])
+        new_layers[node.layer] = layers.Flatten("channels_first")
+        for u in users:
+            dense = graph.layers[u.layer]
+            new_layers[u.layer] = dense.replace(kernel=np.ascontiguousarray(dense.kernel[:, column]))
+    return graph.replace(layers=new_layers)
+
+
+def flatten_column(shape: Sequence[int]) -> np.ndarray:
+    """For a Flatten of channels-first data of ``shape`` ``(C, *S)``: the Keras-order column of each element in PyTorch's order.
+
+    A Dense kernel ``(out, in)`` reading Keras' flatten reads PyTorch's as ``kernel[:, column]``.
+    """
+    canonical = np.arange(int(np.prod(shape))).reshape(tuple(shape))
+    keras_order = np.moveaxis(canonical, 0, -1).reshape(-1)  # canonical index listed in Keras' order
+    column = np.empty_like(keras_order)
+    column[keras_order] = np.arange(keras_order.size)  # Keras column of each canonical element
+    return column
+
+
+def flatten_users(graph: Graph) -> list[tuple[Node, list[Node]]]:
+    """The Keras-order ``Flatten`` nodes :func:`flatten_channels_first` turns, each with the ``Dense`` nodes reading it.
+
+    Only the kinds of the layers and the nodes matter (not the weights): a Flatten
+    qualifies when every node reading it is a Dense and neither it nor those Dense
+    layers are called by another node.
+    """
+    from . import layers
+
     consumers: dict[str, list[Node]] = {}
     for n in graph.nodes:
         for e in n.inputs:
             consumers.setdefault(e, []).append(n)
-    new_layers = dict(graph.layers)
+    calls: dict[str, int] = {}
+    for n in graph.nodes:
+        calls[n.layer] = calls.get(n.layer, 0) + 1
+    found = []
     for node in graph.nodes:
         flat = graph.layers[node.layer]
         if not isinstance(flat, layers.Flatten) or flat.order != "channels_last":
@@ -307,17 +341,7 @@ def flatten_channels_first(graph: Graph, inputs: Sequence[Any] | None = None) ->
         users = consumers.get(node.name, [])
         if not users or any(not isinstance(graph.layers[u.layer], layers.Dense) for u in users):
             continue
-        if sum(1 for n in graph.nodes if n.layer == node.layer) > 1 or any(
-            sum(1 for n in graph.nodes if n.layer == u.layer) > 1 for u in users
-        ):
+        if calls[node.layer] > 1 or any(calls[u.layer] > 1 for u in users):
             continue  # shared layers: changing one use would change the others
-        shape = edges[node.inputs[0]].shape[1:]  # canonical (C, *S)
-        canonical = np.arange(int(np.prod(shape))).reshape(shape)
-        keras_order = np.moveaxis(canonical, 0, -1).reshape(-1)  # canonical index listed in Keras' order
-        column = np.empty_like(keras_order)
-        column[keras_order] = np.arange(keras_order.size)  # Keras column of each canonical element
-        new_layers[node.layer] = layers.Flatten("channels_first")
-        for u in users:
-            dense = graph.layers[u.layer]
-            new_layers[u.layer] = dense.replace(kernel=np.ascontiguousarray(dense.kernel[:, column]))
-    return graph.replace(layers=new_layers)
+        found.append((node, users))
+    return found

@@ -41,6 +41,8 @@ class _FileSource:
         return self.kf.conv(layer)
 
     def recurrent(self, layer: str, class_name: str, config: dict, arrays: list[np.ndarray]) -> Record:
+        if self.generation == 3:  # Keras 3 names its arrays vars/0, vars/1 ...: they come in get_weights order
+            return _recurrent(3, class_name, config, arrays, layer)
         names = [w.name for w in self.kf.layer(layer).weights]
         return _recurrent(self.generation, class_name, config, dict(zip(names, arrays)), layer)
 
@@ -134,6 +136,25 @@ def _is_onnx(source: Any) -> bool:
     return isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().endswith(".onnx")
 
 
+def keras_model_file(path: str | os.PathLike[str], *, architecture: Any = None, backend: str | None = None) -> Any:
+    """The :class:`~layoutconv.legacy.KerasFile` of a whole model: a full save, or weights with ``architecture``."""
+    from .legacy import open as open_keras_file
+
+    kf = open_keras_file(path, backend=backend)
+    if architecture is not None:
+        kf = kf.with_architecture(_architecture(architecture))
+    if kf.model_config is None:
+        weighted = [layer.name for layer in kf.layers if layer.weights]
+        raise fail(
+            ConfigError,
+            f"{kf.path} holds weights only ({kf.format}): it does not say how the layers connect",
+            "a full model save, or architecture= (the model.json from model.to_json(), or the Keras model)",
+            f"the weighted layers {weighted[:20]}",
+            "Pass architecture=..., or port the weights into your own model with layoutconv.port(path, model).",
+        )
+    return kf
+
+
 def read_model(source: Any, *, architecture: Any = None, backend: str | None = None, example_inputs: Any = None) -> Graph:
     """A whole model as a :class:`~layoutconv.graph.Graph`: a Keras model (Keras 3 or tf_keras), a Keras file, a PyTorch module, or ONNX.
 
@@ -189,20 +210,7 @@ def read_model(source: Any, *, architecture: Any = None, backend: str | None = N
         config = _live_config(source) if architecture is None else _architecture(architecture)
         return _keras_graph.build(config, _LiveSource(source, flavour), name=getattr(source, "name", None))
     if isinstance(source, (str, os.PathLike)):
-        from .legacy import open as open_keras_file
-
-        kf = open_keras_file(source, backend=backend)
-        if architecture is not None:
-            kf = kf.with_architecture(_architecture(architecture))
-        if kf.model_config is None:
-            weighted = [layer.name for layer in kf.layers if layer.weights]
-            raise fail(
-                ConfigError,
-                f"{kf.path} holds weights only ({kf.format}): it does not say how the layers connect",
-                "a full model save, or architecture= (the model.json from model.to_json(), or the Keras model)",
-                f"the weighted layers {weighted[:20]}",
-                "Pass architecture=..., or port the weights into your own model with layoutconv.port(path, model).",
-            )
+        kf = keras_model_file(source, architecture=architecture, backend=backend)
         return _keras_graph.build(kf.model_config, _FileSource(kf))
     raise fail(
         UnsupportedError,

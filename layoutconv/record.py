@@ -63,8 +63,8 @@ def frozen_array(name: str, value: Any) -> np.ndarray:
             f"dtype {arr.dtype}",
             f"Cast it first, for example `{name}.astype(np.float32)`.",
         )
-    finite = np.isfinite(arr.astype(np.float64))
-    if not finite.all():
+    if not _all_finite(arr):
+        finite = np.isfinite(arr.astype(np.float64))
         where = tuple(int(i) for i in np.argwhere(~finite)[0])
         raise fail(
             ConfigError,
@@ -75,6 +75,21 @@ def frozen_array(name: str, value: Any) -> np.ndarray:
         )
     arr.setflags(write=False)
     return arr
+
+
+#: elements checked at a time by :func:`_all_finite` (a float64 copy of a whole 1 GiB kernel would take 2 GiB)
+_FINITE_CHUNK = 1 << 20
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """True when every value is finite; checked a slice at a time so that big arrays need no copy."""
+    flat = arr.ravel(order="K")  # a view: arrays made by np.array(copy=True) are contiguous in their own order
+    native = arr.dtype.name != "bfloat16"  # numpy's isfinite knows float16/32/64; bfloat16 goes through float32 (exact)
+    for start in range(0, flat.size, _FINITE_CHUNK):
+        part = flat[start : start + _FINITE_CHUNK]
+        if not np.isfinite(part if native else part.astype(np.float32)).all():
+            return False
+    return True
 
 
 def _rebuild(cls: type, values: dict[str, Any]) -> "Record":

@@ -52,7 +52,7 @@ from torch import nn
 from .. import registry
 from ..errors import ConfigError, ShapeError, UnsupportedError, fail
 from ..recurrent import GRU, LSTM, RECORDS, Bidirectional, Recurrent, SimpleRNN, check_input
-from .torch_adapter import TORCH_ACTIVATIONS, _numpy_dtype, _torch_dtype, to_numpy, to_tensor
+from .torch_adapter import TORCH_ACTIVATIONS, _numpy_dtype, _torch_dtype, _view, to_numpy, to_tensor
 
 NAME = "torch"
 
@@ -256,12 +256,12 @@ class BidirectionalLayer(nn.Module):
 def _fill(rnn: nn.Module, layer: Recurrent, suffix: str) -> None:
     dtype = _torch_dtype(layer.dtype, "Kernel")
     zeros = torch.zeros(layer.kernel.shape[0], dtype=dtype)
-    with torch.no_grad():
-        getattr(rnn, f"weight_ih_l0{suffix}").copy_(to_tensor(layer.kernel))
-        getattr(rnn, f"weight_hh_l0{suffix}").copy_(to_tensor(layer.recurrent_kernel))
+    with torch.no_grad():  # copied straight from the record's arrays: no intermediate tensor
+        getattr(rnn, f"weight_ih_l0{suffix}").copy_(_view(layer.kernel))
+        getattr(rnn, f"weight_hh_l0{suffix}").copy_(_view(layer.recurrent_kernel))
         if rnn.bias:
-            getattr(rnn, f"bias_ih_l0{suffix}").copy_(zeros if layer.bias is None else to_tensor(layer.bias))
-            getattr(rnn, f"bias_hh_l0{suffix}").copy_(zeros if layer.recurrent_bias is None else to_tensor(layer.recurrent_bias))
+            getattr(rnn, f"bias_ih_l0{suffix}").copy_(zeros if layer.bias is None else _view(layer.bias))
+            getattr(rnn, f"bias_hh_l0{suffix}").copy_(zeros if layer.recurrent_bias is None else _view(layer.recurrent_bias))
 
 
 def _has_bias(layer: Recurrent) -> bool:

@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import mmap
 import os
 import posixpath
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -76,29 +75,149 @@ def guard(label: str, what: str) -> Iterator[None]:
         ) from None
 
 
+#: the files (identity, size, modification time, span) whose global heaps passed :func:`check_global_heaps` last
+_HEAPS_CHECKED: list[tuple[Any, ...]] = []
+
+
+def _heaps_key(fh: Any, source: Any) -> tuple[Any, ...]:
+    st = os.fstat(fh.fileno())
+    span = (source.offset, source.size) if isinstance(source, Span) else (0, st.st_size)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *span)
+
+
+class Span(NamedTuple):
+    """An HDF5 file stored inside another file: ``size`` bytes from byte ``offset`` of ``path`` (a stored zip member)."""
+
+    path: str
+    offset: int
+    size: int
+
+
+class _FileView:
+    """What :func:`check_global_heaps` reads of a file on disk (``find``, slices, one byte, ``len``), read a chunk at a
+    time: a scan through mmap would count every page of the file in the process's resident memory."""
+
+    CHUNK = 16 << 20
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self._fd, self._offset, self._size = fd, offset, size
+        self._buffer: bytearray | None = None
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _read(self, begin: int, end: int) -> bytes:
+        out = bytearray()
+        while begin + len(out) < end:
+            got = os.pread(self._fd, min(end - begin - len(out), self.CHUNK), self._offset + begin + len(out))
+            if not got:
+                break
+            out += got
+        return bytes(out)
+
+    def find(self, sub: bytes, start: int = 0) -> int:
+        if self._buffer is None:
+            self._buffer = bytearray(self.CHUNK + len(sub))
+        view = memoryview(self._buffer)
+        pos = max(0, start)
+        while pos < self._size:
+            want = min(self._size - pos, self.CHUNK + len(sub) - 1)
+            got = 0
+            while got < want:
+                n = os.preadv(self._fd, [view[got:want]], self._offset + pos + got)
+                if n <= 0:
+                    break
+                got += n
+            at = self._buffer.find(sub, 0, got)
+            if at >= 0:
+                return pos + at
+            if got < want or pos + got >= self._size:
+                return -1
+            pos += self.CHUNK
+        return -1
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            begin, end, _ = key.indices(self._size)
+            return self._read(begin, max(begin, end))
+        if not 0 <= key < self._size:
+            raise IndexError(key)
+        return self._read(key, key + 1)[0]
+
+
+class _SpanFile(io.RawIOBase):
+    """A read-only, seekable file over a :class:`Span` (what h5py reads through its file-object driver)."""
+
+    def __init__(self, span: Span) -> None:
+        super().__init__()
+        self._fd = os.open(span.path, os.O_RDONLY)
+        self._offset, self._size, self._pos = span.offset, span.size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = max(0, min(len(view), self._size - self._pos))
+        done = 0
+        while done < want:
+            got = os.preadv(self._fd, [view[done:want]], self._offset + self._pos + done)
+            if got <= 0:
+                break
+            done += got
+        self._pos += done
+        return done
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
 class SafeH5:
     """An HDF5 file opened read-only, checked, and kept open for reading.
 
-    ``source`` is a path or the bytes of an HDF5 file (a member of a zip
-    archive); ``label`` names it in messages.
+    ``source`` is a path, the bytes of an HDF5 file, or a :class:`Span` (an
+    HDF5 file stored uncompressed in a zip archive, read in place); ``label``
+    names it in messages.
 
     >>> with SafeH5("weights.h5") as h5:          # doctest: +SKIP
     ...     kernel = h5.dataset("conv1d_1/conv1d_1/kernel:0")
     """
 
-    def __init__(self, source: str | bytes, label: str | None = None) -> None:
+    def __init__(self, source: str | bytes | Span, label: str | None = None) -> None:
         self.label = label or str(source)
         self._source = source
         self.file: Any = None
+        self._raw: Any = None
         if isinstance(source, (bytes, bytearray)):
             self.file_size = len(source)
+        elif isinstance(source, Span):
+            self.file_size = source.size
         else:
             self.file_size = file_size(source)
 
     def __enter__(self) -> "SafeH5":
         import h5py
 
-        head = bytes(self._source[:8]) if isinstance(self._source, (bytes, bytearray)) else _read_head(self._source)
+        source = self._source
+        if isinstance(source, (bytes, bytearray)):
+            head = bytes(source[:8])
+        elif isinstance(source, Span):
+            head = _read_head(source.path, source.offset) if source.size >= 8 else b""
+        else:
+            head = _read_head(source)
         if head != HDF5_SIGNATURE:
             raise fail(
                 FileFormatError,
@@ -107,20 +226,32 @@ class SafeH5:
                 f"{head!r}",
                 "Check the file name; Keras weight files end in .h5, .hdf5 or .keras.",
             )
-        if isinstance(self._source, (bytes, bytearray)):
-            check_global_heaps(self._source, self.label)
+        if isinstance(source, (bytes, bytearray)):
+            check_global_heaps(source, self.label)
         else:
-            with open(self._source, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                check_global_heaps(data, self.label)
+            path = source.path if isinstance(source, Span) else source
+            with open(path, "rb") as fh:
+                seen = _heaps_key(fh, source)
+                if seen not in _HEAPS_CHECKED:  # a file read twice in a row (parsed, then its weights) is scanned once
+                    offset, size = (source.offset, source.size) if isinstance(source, Span) else (0, self.file_size)
+                    check_global_heaps(_FileView(fh.fileno(), offset, size), self.label)
+                    _HEAPS_CHECKED[:] = [seen, *_HEAPS_CHECKED[:7]]
         with guard(self.label, "the HDF5 superblock"):
-            if isinstance(self._source, (bytes, bytearray)):
-                self.file = h5py.File(io.BytesIO(bytes(self._source)), "r")
+            if isinstance(source, (bytes, bytearray)):
+                self.file = h5py.File(io.BytesIO(bytes(source)), "r")
+            elif isinstance(source, Span):
+                self._raw = _SpanFile(source)
+                try:
+                    self.file = h5py.File(self._raw, "r")
+                except BaseException:
+                    self._raw.close()
+                    raise
             else:
-                self.file = h5py.File(self._source, "r", locking=False)
+                self.file = h5py.File(source, "r", locking=False)
         try:
             check_tree(self.file, self.label, self.file_size)
         except BaseException:
-            self.file.close()
+            self.__exit__()
             raise
         return self
 
@@ -129,6 +260,9 @@ class SafeH5:
             with contextlib.suppress(Exception):
                 self.file.close()
             self.file = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
 
     # -- reading -----------------------------------------------------------
     def group(self, path: str) -> Any:
@@ -240,9 +374,10 @@ def file_size(path: str) -> int:
     return os.path.getsize(path)
 
 
-def _read_head(path: str) -> bytes:
+def _read_head(path: str, offset: int = 0) -> bytes:
     try:
         with open(path, "rb") as fh:
+            fh.seek(offset)
             return fh.read(8)
     except OSError as exc:
         raise fail(FileFormatError, f"Cannot open {path}", "a readable file", f"{exc.strerror or exc}") from None
@@ -324,7 +459,7 @@ def check_tree(f: Any, label: str, file_size: int) -> None:
                     check_dataset(obj, label, limit)
 
 
-def check_global_heaps(data: bytes | bytearray | mmap.mmap, label: str) -> None:
+def check_global_heaps(data: Any, label: str) -> None:
     """Refuse a global heap collection that HDF5 would decode forever (or past its end).
 
     A collection is ``GCOL``, version 1, 3 reserved bytes and its size, then
@@ -361,7 +496,7 @@ def check_global_heaps(data: bytes | bytearray | mmap.mmap, label: str) -> None:
         start = data.find(b"GCOL", start + 1)
 
 
-def _size_of_lengths(data: bytes | bytearray | mmap.mmap) -> int | None:
+def _size_of_lengths(data: Any) -> int | None:
     """The superblock's "size of lengths" (8 in practice), or None for a superblock HDF5 would refuse."""
     version = data[8] if len(data) > 8 else None
     at = {0: 14, 1: 14, 2: 10, 3: 10}.get(version) if version is not None else None

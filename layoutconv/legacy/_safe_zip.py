@@ -11,7 +11,11 @@ The rules (documented in ``docs/security.md`` and ``docs/keras-legacy.md``):
 * reads are capped (``MAX_JSON_BYTES`` for JSON members) and a member that
   yields more bytes than it declares is refused;
 * symbolic-link members (Unix mode ``S_IFLNK`` in the external attributes) are refused;
-* encrypted members and archives with more than ``MAX_MEMBERS`` members are refused.
+* encrypted members and archives with more than ``MAX_MEMBERS`` members are refused;
+* a member stored without compression (what Keras 3 writes) can be read in place,
+  without a copy (:meth:`SafeZip.stored_span`): its local header must agree with the
+  directory (signature, name, method) and its bytes must lie inside the file.  Its
+  CRC-32 is then not checked (as when Keras seeks in the member).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import collections
 import re
 import stat
+import struct
 import zipfile
 from typing import Any
 
@@ -76,8 +81,7 @@ class SafeZip:
     def names(self) -> list[str]:
         return list(self.members)
 
-    def read(self, name: str, cap: int = MAX_MEMBER_BYTES) -> bytes:
-        """The bytes of member ``name``, at most ``cap`` of them."""
+    def _member(self, name: str, cap: int) -> zipfile.ZipInfo:
         info = self.members.get(name)
         if info is None:
             raise fail(
@@ -95,6 +99,52 @@ class SafeZip:
                 f"{info.file_size} bytes declared",
                 "It was not read.",
             )
+        return info
+
+    def stored_span(self, name: str, cap: int = MAX_MEMBER_BYTES) -> tuple[int, int] | None:
+        """``(offset, size)`` of member ``name``'s bytes in the archive when it is stored uncompressed, else ``None``.
+
+        The member can then be read in place (no copy in memory); its local header
+        is checked against the directory first.
+        """
+        info = self._member(name, cap)
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            return None
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(info.header_offset)
+                head = fh.read(30)
+                if len(head) == 30:
+                    sig, _, _, method, _, _, _, _, _, name_len, extra_len = struct.unpack("<4s5H3L2H", head)
+                    stored_name = fh.read(name_len)
+                else:
+                    sig = method = name_len = extra_len = None
+                    stored_name = b""
+        except OSError as exc:
+            raise fail(FileFormatError, f"Cannot read {self.label}", "a readable file", f"{exc.strerror or exc}") from None
+        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+        if sig != b"PK\x03\x04" or method != zipfile.ZIP_STORED or stored_name != info.orig_filename.encode(encoding, "replace"):
+            raise fail(
+                FileFormatError,
+                f"The local header of member {name!r} of {self.label} does not match the archive's directory",
+                "a local header with the same name and method as the directory entry",
+                f"signature {sig!r}, method {method}, name {stored_name[:80]!r}",
+                "The archive is corrupt; save or download it again.",
+            )
+        start = info.header_offset + 30 + int(name_len) + int(extra_len)
+        if start + info.file_size > self.file_size:
+            raise fail(
+                FileFormatError,
+                f"Member {name!r} of {self.label} runs past the end of the file",
+                f"{info.file_size} bytes from byte {start} (a file of at least {start + info.file_size} bytes)",
+                f"a file of {self.file_size} bytes",
+                "The file is truncated; save or download it again.",
+            )
+        return start, info.file_size
+
+    def read(self, name: str, cap: int = MAX_MEMBER_BYTES) -> bytes:
+        """The bytes of member ``name``, at most ``cap`` of them."""
+        info = self._member(name, cap)
         assert self._zip is not None
         out = bytearray()
         try:

@@ -28,17 +28,18 @@ format                 structure
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from ..errors import FileFormatError, UnsupportedError, fail
 from . import semantics
-from ._safe_h5 import HDF5_SIGNATURE, SafeH5, file_size, guard
+from ._safe_h5 import HDF5_SIGNATURE, SafeH5, Span, file_size, guard
 from ._safe_zip import MAX_JSON_BYTES, ZIP_SIGNATURE, SafeZip
 
 #: format -> one-line description (shown by ``layoutconv inspect``)
@@ -139,14 +140,49 @@ def parse(path: str) -> Parsed:
 
 
 def read_arrays(path: str, source: Source, weights: Iterable[Weight]) -> list[np.ndarray]:
-    """Read the given weights (after re-checking the file) as native-order numpy arrays."""
-    if source.kind == "zip":
-        with SafeZip(path) as z:
-            data = z.read(source.member or WEIGHTS_MEMBER)
-        with SafeH5(data, label=f"{path}!{source.member}") as h5:
-            return [h5.dataset(w.path) for w in weights]
-    with SafeH5(path) as h5:
+    """Read the given weights as native-order numpy arrays: from the file opened by :func:`session`, else after
+    opening (and re-checking) it."""
+    held = _SESSIONS.get((path, source))
+    if held is not None:
+        return [held[0].dataset(w.path) for w in weights]
+    with _weights_h5(path, source) as h5:
         return [h5.dataset(w.path) for w in weights]
+
+
+#: files kept open by :func:`session`: (path, source) -> [the open SafeH5, number of sessions using it]
+_SESSIONS: dict[tuple[str, Source], list[Any]] = {}
+
+
+@contextlib.contextmanager
+def session(path: str, source: Source) -> Iterator[None]:
+    """Keep the weights of ``path`` open (checked once) while reading many layers: :func:`read_arrays` uses it."""
+    key = (path, source)
+    if key in _SESSIONS:
+        _SESSIONS[key][1] += 1
+    else:
+        h5 = _weights_h5(path, source)
+        h5.__enter__()
+        _SESSIONS[key] = [h5, 1]
+    try:
+        yield
+    finally:
+        held = _SESSIONS[key]
+        held[1] -= 1
+        if held[1] == 0:
+            del _SESSIONS[key]
+            held[0].__exit__(None, None, None)
+
+
+def _weights_h5(path: str, source: Source) -> SafeH5:
+    """The HDF5 file holding the weights (not yet opened): the file itself, or the weights member of an archive
+    (read in place when stored uncompressed, as Keras 3 writes it; otherwise read into memory)."""
+    if source.kind != "zip":
+        return SafeH5(path)
+    member = source.member or WEIGHTS_MEMBER
+    with SafeZip(path) as z:
+        span = z.stored_span(member)
+        data: Any = Span(path, *span) if span is not None else z.read(member)
+    return SafeH5(data, label=f"{path}!{member}")
 
 
 def _head(path: str) -> bytes:
@@ -433,6 +469,10 @@ def _natural(name: str) -> tuple[str, int]:
     return m.group(1), int(m.group(2) or -1)
 
 
+#: Where Keras 3 keeps a recurrent layer's arrays, in the order ``get_weights`` lists them (forward before backward)
+RECURRENT_CELLS = ("cell", "forward_layer/cell", "backward_layer/cell")
+
+
 def _parse_keras3(h5: SafeH5, source: Source, config: Any, version: tuple[str | None, str] | None) -> Parsed:
     import h5py
 
@@ -450,12 +490,20 @@ def _parse_keras3(h5: SafeH5, source: Source, config: Any, version: tuple[str | 
             path = prefix + child
             vars_group = obj.get("vars")
             if isinstance(vars_group, h5py.Group):
-                keys = sorted((k for k in vars_group.keys() if k.isdigit()), key=int)
-                weights = tuple(Weight(f"vars/{k}", *h5.info(posixpath.join(vars_group.name, k))) for k in keys)
+                weights = _vars(vars_group, "vars")
+                if not weights:  # a recurrent layer keeps its arrays in its cell; a Bidirectional in its two layers' cells
+                    for inner in RECURRENT_CELLS:
+                        cell = obj.get(f"{inner}/vars")
+                        if isinstance(cell, h5py.Group):
+                            weights += _vars(cell, f"{inner}/vars")
                 found.append((path, h5.text(vars_group, "name"), weights))
             sub = obj.get("layers")
             if isinstance(sub, h5py.Group):
                 walk(sub, path + "/", depth + 1)
+
+    def _vars(group: Any, prefix: str) -> tuple[Weight, ...]:
+        keys = sorted((k for k in group.keys() if k.isdigit()), key=int)
+        return tuple(Weight(f"{prefix}/{k}", *h5.info(posixpath.join(group.name, k))) for k in keys)
 
     layers_group = h5.group("layers")
     visited.add(hash(layers_group.id))
@@ -504,7 +552,8 @@ def _parse_archive(path: str) -> Parsed:
             meta = _json(z.read("metadata.json", cap=MAX_JSON_BYTES), path, "metadata.json")
             if isinstance(meta, dict) and meta.get("keras_version"):
                 version = (str(meta["keras_version"]), "metadata.json 'keras_version'")
-        data = z.read(WEIGHTS_MEMBER)
+        span = z.stored_span(WEIGHTS_MEMBER)
+        data: Any = Span(path, *span) if span is not None else z.read(WEIGHTS_MEMBER)
     with SafeH5(data, label=f"{path}!{WEIGHTS_MEMBER}") as h5, guard(h5.label, "the HDF5 structure"):
         if "layers" not in h5.file:
             raise fail(

@@ -144,6 +144,14 @@ class KerasFile:
         layer = self.layer(layer_name)
         return formats.read_arrays(self.path, self._source, layer.weights)
 
+    def reading(self) -> Any:
+        """A context in which the file stays open (checked once) for reading many layers.
+
+        >>> with kf.reading():                                  # doctest: +SKIP
+        ...     records = [kf.conv(layer.name) for layer in kf.conv_layers]
+        """
+        return formats.session(self.path, self._source)
+
     # -- conversion -------------------------------------------------------
     def convention(self, layer_name: str | None = None, *, layout: str | None = None, **hyperparameters: Any) -> Convention:
         """The :class:`~layoutconv.conventions.Convention` the layer's raw kernel follows.

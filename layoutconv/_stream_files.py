@@ -1,0 +1,305 @@
+"""State-dict files written tensor by tensor: ``.safetensors`` and PyTorch's ``.pt`` zip (for :mod:`layoutconv.convert_stream`).
+
+Both writers take one tensor at a time (:meth:`add`), write its bytes at once,
+and can read them back from the file (:meth:`read`) before the next one comes;
+nothing but the names, shapes and offsets is kept.
+
+``.safetensors`` (https://github.com/huggingface/safetensors, "Format"): 8 bytes
+(little-endian header size ``N``), ``N`` bytes of JSON (name -> dtype, shape,
+``data_offsets`` relative to the end of the header; ``__metadata__``), then the
+data.  The header comes first but is only known once every layer is converted,
+so the writer reserves room for it (:func:`header_room`), writes the data after
+that room, and finally writes the header padded with spaces to fill the room
+exactly (the format allows trailing spaces; the data stays 8-byte aligned).  A
+header that outgrows its room moves the data up (a copy; the room is sized so
+that this does not happen in practice).
+
+``.pt`` (what ``torch.save`` writes since PyTorch 1.6): a zip of uncompressed
+members under one folder (``archive/``): ``data/<key>`` holds the bytes of one
+storage (here one tensor each), ``data.pkl`` a pickle of the dict of tensors
+whose tensors refer to the storages by key (``torch._utils._rebuild_tensor_v2``
+and ``torch.<Type>Storage``, what ``torch.load(weights_only=True)`` accepts),
+plus ``byteorder``, ``version`` and ``.format_version``.  Members may come in any
+order, so each tensor's member is written as it comes and ``data.pkl`` last.
+Storages start on 64-byte boundaries (as ``torch.save`` aligns them), so
+``torch.load(mmap=True)`` maps them in place.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import pickle
+import struct
+import zipfile
+from typing import Any, NamedTuple
+
+import numpy as np
+
+#: torch dtype name -> safetensors dtype code
+SAFETENSORS_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
+    "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+}
+
+
+class Entry(NamedTuple):
+    """A tensor written: its name, torch dtype name, shape, and where its bytes are in the file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int  # absolute, in the file
+    nbytes: int
+
+
+def tensor_bytes(tensor: Any) -> memoryview:
+    """The bytes of a contiguous CPU tensor, without a copy."""
+    import torch
+
+    t = tensor.detach()
+    if not t.is_contiguous():
+        raise ValueError("tensor_bytes needs a contiguous tensor")
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return memoryview(t.numpy()).cast("B") if t.numel() else memoryview(b"")
+
+
+def from_bytes(buffer: np.ndarray, dtype: str, shape: tuple[int, ...]) -> Any:
+    """A tensor viewing ``buffer`` (uint8) as ``dtype`` and ``shape``."""
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    if buffer.size == 0:
+        return torch.empty(shape, dtype=torch_dtype)
+    return torch.frombuffer(buffer, dtype=torch_dtype).reshape(shape)
+
+
+def _pread_into(fd: int, nbytes: int, offset: int) -> np.ndarray:
+    out = np.empty(nbytes, dtype=np.uint8)
+    view, done = memoryview(out), 0
+    while done < nbytes:
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise OSError(f"the file ends {nbytes - done} bytes early")
+        done += got
+    return out
+
+
+def _pread_to(fd: int, out: np.ndarray, offset: int) -> np.ndarray:
+    """Fill ``out`` (uint8) from ``offset``; return the part filled (shorter only at the end of the file)."""
+    view, done = memoryview(out), 0
+    while done < out.size:
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            break
+        done += got
+    return out[:done]
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done : done + (1 << 30)], offset + done)
+
+
+# -- safetensors -----------------------------------------------------------------------------------
+
+
+def header_room(names: list[tuple[str, int]], metadata: dict[str, str]) -> int:
+    """Bytes to reserve for a safetensors header, from each layer's name and number of stored arrays.
+
+    Every array may become two tensors and every layer a few more (a batch
+    norm's running statistics, a recurrent layer's second bias); each entry
+    takes its name (at most the layer's name, a dedup suffix and a parameter
+    name) and at most ``SAFETENSORS_ENTRY`` more bytes of JSON.
+    """
+    room = 1024 + len(json.dumps(metadata))
+    for name, arrays in names:
+        room += (2 * arrays + 6) * (len(name.encode()) + 48 + SAFETENSORS_ENTRY)
+    return -(-room // 8) * 8
+
+
+#: JSON bytes around one entry's name: dtype, up to 6 dims and two offsets of 20 digits
+SAFETENSORS_ENTRY = 220
+
+
+class SafetensorsWriter:
+    """Write a ``.safetensors`` file tensor by tensor (module docs)."""
+
+    def __init__(self, path: str, room: int) -> None:
+        self.path = path
+        self.room = max(8, -(-room // 8) * 8)
+        self.entries: list[Entry] = []
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._end = 8 + self.room  # where the next tensor goes
+        self.data_start = 8 + self.room
+
+    def add(self, name: str, tensor: Any) -> Entry:
+        data = tensor_bytes(tensor)
+        entry = Entry(name, str(tensor.dtype).replace("torch.", ""), tuple(tensor.shape), self._end, len(data))
+        if entry.dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"safetensors has no dtype for {entry.dtype}")
+        _write_all(self._fd, data, self._end)
+        self._end += len(data)
+        self.entries.append(entry)
+        return entry
+
+    def read(self, entry: Entry) -> np.ndarray:
+        """The bytes of ``entry`` as read back from the file."""
+        return _pread_into(self._fd, entry.nbytes, entry.offset)
+
+    def read_into(self, entry: Entry, start: int, out: np.ndarray) -> np.ndarray:
+        """Bytes ``start`` onwards of ``entry``, read back from the file into ``out``."""
+        return _pread_to(self._fd, out, entry.offset + start)
+
+    def header(self, metadata: dict[str, str]) -> bytes:
+        table: dict[str, Any] = {"__metadata__": metadata}
+        for e in self.entries:
+            start = e.offset - self.data_start
+            table[e.name] = {"dtype": SAFETENSORS_DTYPES[e.dtype], "shape": list(e.shape), "data_offsets": [start, start + e.nbytes]}
+        return json.dumps(table, separators=(",", ":")).encode()
+
+    def finish(self, metadata: dict[str, str]) -> None:
+        """Write the header into its room (moving the data up if it does not fit), flush, close."""
+        header = self.header(metadata)
+        if len(header) > self.room:
+            self._move_data(-(-len(header) // 8) * 8)
+        header = header + b" " * (self.room - len(header))
+        _write_all(self._fd, memoryview(struct.pack("<Q", len(header)) + header), 0)
+        self.close()
+
+    def _move_data(self, room: int) -> None:
+        shift = room - self.room
+        length = self._end - self.data_start
+        chunk = 64 << 20
+        done = 0
+        while done < length:  # from the end, so nothing is overwritten before it is moved
+            size = min(chunk, length - done)
+            start = self.data_start + length - done - size
+            _write_all(self._fd, memoryview(_pread_into(self._fd, size, start)), start + shift)
+            done += size
+        self.entries = [e._replace(offset=e.offset + shift) for e in self.entries]
+        self.room, self.data_start, self._end = room, self.data_start + shift, self._end + shift
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def header_as_written(self) -> dict[str, Any]:
+        """The header read back from the file (JSON parsed)."""
+        with open(self.path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            return json.loads(fh.read(n))
+
+
+# -- PyTorch zip -----------------------------------------------------------------------------------
+
+ARCHIVE = "archive"
+ALIGNMENT = 64
+
+
+class _Storage:
+    """Stands for a storage in the pickle: ``persistent_id`` turns it into torch's storage reference."""
+
+    def __init__(self, key: str, dtype: str, numel: int) -> None:
+        self.key, self.dtype, self.numel = key, dtype, numel
+
+
+class _Tensor:
+    """Stands for a tensor in the pickle: reduces to ``torch._utils._rebuild_tensor_v2`` as torch's own tensors do."""
+
+    def __init__(self, storage: _Storage, shape: tuple[int, ...]) -> None:
+        self.storage, self.shape = storage, shape
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        import torch
+
+        stride, step = [], 1
+        for n in reversed(self.shape):
+            stride.append(step)
+            step *= n
+        return (torch._utils._rebuild_tensor_v2, (self.storage, 0, tuple(self.shape), tuple(reversed(stride)), False, collections.OrderedDict()))
+
+
+class _Pickler(pickle.Pickler):
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, _Storage):
+            import torch
+
+            storage_type = getattr(torch, torch.storage._dtype_to_storage_type_map()[getattr(torch, obj.dtype)])
+            return ("storage", storage_type, obj.key, "cpu", obj.numel)
+        return None
+
+
+def state_pickle(entries: list[Entry]) -> bytes:
+    """``data.pkl`` for ``entries`` (storage ``i`` holds entry ``i``), as ``torch.save`` pickles a dict of tensors."""
+    import torch
+
+    state = {}
+    for i, e in enumerate(entries):
+        itemsize = torch.empty((), dtype=getattr(torch, e.dtype)).element_size()
+        state[e.name] = _Tensor(_Storage(str(i), e.dtype, e.nbytes // itemsize), e.shape)
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=2).dump(state)
+    return buf.getvalue()
+
+
+class TorchZipWriter:
+    """Write a ``torch.save``-compatible ``.pt`` file tensor by tensor (module docs)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.entries: list[Entry] = []
+        self._file = open(path, "xb")  # a new file (not a truncated one)
+        self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self._fd = os.open(path, os.O_RDONLY)
+        self._small(".format_version", b"1")
+        self._small(".storage_alignment", str(ALIGNMENT).encode())
+        self._small("byteorder", b"little")
+
+    def _small(self, name: str, data: bytes) -> None:
+        info = zipfile.ZipInfo(f"{ARCHIVE}/{name}", date_time=(1980, 1, 1, 0, 0, 0))
+        self._zip.writestr(info, data)
+
+    def add(self, name: str, tensor: Any) -> Entry:
+        data = tensor_bytes(tensor)
+        member = f"{ARCHIVE}/data/{len(self.entries)}"
+        info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
+        info.file_size = len(data)
+        start = self._zip.fp.tell()
+        # local header: 30 bytes, the name, our padding field (4 + pad), the zip64 field (20)
+        fixed = start + 30 + len(member.encode()) + 4 + 20
+        pad = -fixed % ALIGNMENT
+        info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad  # "FB", as torch.save pads
+        with self._zip.open(info, "w", force_zip64=True) as out:
+            out.write(data)
+        self._zip.fp.flush()
+        entry = Entry(name, str(tensor.dtype).replace("torch.", ""), tuple(tensor.shape), fixed + pad, len(data))
+        self.entries.append(entry)
+        return entry
+
+    def read(self, entry: Entry) -> np.ndarray:
+        return _pread_into(self._fd, entry.nbytes, entry.offset)
+
+    def read_into(self, entry: Entry, start: int, out: np.ndarray) -> np.ndarray:
+        return _pread_to(self._fd, out, entry.offset + start)
+
+    def finish(self) -> None:
+        """Write ``data.pkl``, ``version`` and the zip directory; close."""
+        self._small("data.pkl", state_pickle(self.entries))
+        self._small("version", b"3\n")
+        self._small(".data/serialization_id", os.urandom(20).hex().encode())
+        self._zip.close()
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._zip.fp is not None:
+            self._zip.close()
+        self._file.close()

@@ -1,0 +1,627 @@
+"""Convert a whole Keras model file to ``.safetensors`` or ``.pt`` layer by layer, holding one layer's weights at a time.
+
+:func:`layoutconv.convert_model.save_model` builds the whole model in memory
+(every array), writes it, reads it all back and runs the whole model.  For a
+checkpoint of gigabytes that takes several copies of every weight.  Here
+(:func:`stream_model`, ``layoutconv convert --stream``) the model config is
+walked in execution order (:class:`layoutconv._keras_graph.Walk`), and each
+layer with weights, when first called, is:
+
+1. read from the file (kept open, checked once: :meth:`~layoutconv.legacy.KerasFile.reading`)
+   and made into its record by the same reader as :func:`~layoutconv.read_model`;
+2. run by the reference on a small random input (the layer's expected output);
+3. turned into its PyTorch module by the same code as
+   :class:`~layoutconv.adapters.torch_layers.GraphModule` (a one-layer
+   ``GraphModule``), so the tensors have the names, dtypes, layouts and bytes of
+   ``GraphModule(graph).state_dict()`` — a ``Dense`` after a Keras-order
+   ``Flatten`` with its columns in PyTorch's flatten order, as
+   :func:`~layoutconv.graph.flatten_channels_first` gives them;
+4. written, then read back from the file and compared byte for byte;
+5. loaded from the bytes read back into its module, which is run on the same
+   input and compared with step 2 (tolerance: :data:`ASSERT_CLOSE_DEFAULTS` of
+   the dtype, times ``END_TO_END_FACTOR``, relative to the largest output);
+6. dropped (a shared layer is kept until its last call).
+
+Layers without weights are run by the reference only, for the shapes that
+follow.  Once every layer is written the file is finished (the safetensors
+header, or the ``.pt`` pickle and zip directory) and opened by the framework
+(``safetensors.safe_open``, ``torch.load(weights_only=True, mmap=True)``): the
+names, dtypes and shapes must be those written and the first and last element
+of every tensor those compared in step 4.  Only then is the file renamed into
+place; any failure leaves nothing behind.
+
+The whole model is never run: that would need every weight in memory.  The
+checks are per layer (see ``docs/verification.md``, "Streaming conversion").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import FrameworkMissingError, OutputError, UnsupportedError, VerificationError, fail
+from .record import Record
+
+#: ``convert`` streams on its own (no --stream / --no-stream) from this source file size on, to .safetensors and .pt.
+STREAM_ABOVE = 256 << 20
+#: Targets written layer by layer (names of :data:`layoutconv.convert_model.MODEL_TARGETS`).
+STREAM_TARGETS = ("safetensors", "torch")
+#: A layer's reference check runs in float64 up to this many bytes of weights; above, in the weights' own float32
+#: (a float64 copy of a 1 GiB kernel would take 2 GiB).  The tolerance is the same either way.
+FLOAT64_CHECK_BYTES = 64 << 20
+#: Bytes read back (and compared) at a time: no tensor is read back whole.
+READ_BACK_CHUNK = 16 << 20
+#: Samples in each layer's random check input.
+CHECK_BATCH = 2
+#: Seconds of work before the progress bar shows (shorter conversions show none).
+PROGRESS_DELAY = 1.0
+#: Free input sizes (``None`` in the config) are taken as ``FREE_SIZE + 2 * axis`` (as verify_model's default inputs).
+FREE_SIZE = 17
+
+
+@dataclass(frozen=True)
+class LayerCheck:
+    """How one layer with weights went: its tensors, their bytes, and its numeric check."""
+
+    layer: str
+    kind: str
+    tensors: tuple[str, ...]
+    nbytes: int
+    max_abs_error: float
+    max_rel_error: float
+    tolerance: float
+    reference_dtype: str
+    passed: bool
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """What :func:`stream_model` wrote and checked."""
+
+    model: str
+    target: str
+    path: str
+    input_shapes: tuple[tuple[int, ...], ...]
+    layers: tuple[LayerCheck, ...]
+    tensors: int
+    nbytes: int
+    largest_tensor: int
+    seconds: float = 0.0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["passed"] = self.passed
+        out["streamed"] = True
+        return out
+
+    def __str__(self) -> str:
+        lines = [
+            f"streamed {self.model!r} to {self.target}: {self.tensors} tensors, {self.nbytes / 2**20:.1f} MiB "
+            f"(largest {self.largest_tensor / 2**20:.1f} MiB) in {self.seconds:.1f} s",
+            "every tensor read back byte for byte; each layer checked alone on a random input of "
+            f"{CHECK_BATCH} samples (inputs {[list(s) for s in self.input_shapes]}, channels first)",
+            f"{'layer':<28} {'kind':<14} {'tensors':>7} {'max abs err':>12} {'max rel err':>12} {'tolerance':>10} {'ref':>8}",
+        ]
+        for c in self.layers:
+            lines.append(
+                f"{c.layer[:28]:<28} {c.kind[:14]:<14} {len(c.tensors):>7} {c.max_abs_error:>12.3e} {c.max_rel_error:>12.3e} "
+                f"{c.tolerance:>10.1e} {c.reference_dtype:>8}" + ("" if c.passed else "  FAILED")
+            )
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append("PASSED" if self.passed else "FAILED")
+        return "\n".join(lines)
+
+
+def same_bytes(a: np.ndarray, b: np.ndarray, chunk: int = 8 << 20) -> bool:
+    """Byte-for-byte equality of two uint8 arrays, a slice at a time (a whole-array ``==`` would allocate its size again)."""
+    return a.size == b.size and all(np.array_equal(a[i : i + chunk], b[i : i + chunk]) for i in range(0, a.size, chunk))
+
+
+def _nbytes(record: Any) -> int:
+    """Bytes of every array a record holds (its sub-records' too)."""
+    total = 0
+    for name in getattr(record, "ARRAYS", ()):
+        value = getattr(record, name, None)
+        if value is not None:
+            total += value.nbytes
+    for name in getattr(record, "FIELDS", ()):
+        value = getattr(record, name, None)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, Record):
+                total += _nbytes(v)
+    return total
+
+
+def _weighted(record: Any) -> bool:
+    return _nbytes(record) > 0
+
+
+def hollow(record: Any) -> Any:
+    """The same record (class, hyperparameters, array shapes and dtypes) with each array a broadcast zero: no memory.
+
+    Kept by the walk in place of a layer already written, so that later calls of
+    a shared layer and the final graph see its kind; never computed with.
+    """
+
+    def light(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return np.broadcast_to(np.zeros((), dtype=value.dtype), value.shape)
+        if isinstance(value, Record):
+            return hollow(value)
+        if isinstance(value, tuple):
+            return tuple(light(v) for v in value)
+        return value
+
+    out = object.__new__(type(record))
+    for cls in type(record).__mro__:
+        for slot in getattr(cls, "__slots__", ()):
+            if hasattr(record, slot):
+                object.__setattr__(out, slot, light(getattr(record, slot)))
+    return out
+
+
+def _trim() -> None:
+    """Give the memory a layer's work freed back to the system before the next layer is read (glibc keeps freed
+    heap pages otherwise: about 30 MB more at the peak, measured on the benchmark model)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def _no_random_init() -> Iterator[None]:
+    """Build torch modules without their random initialisation (every layoutconv maker overwrites it).
+
+    ``nn.Linear(16384, 16384)`` fills 1 GiB with random numbers before the
+    maker replaces them: skipping that saves a pass over every weight and keeps
+    the untouched memory out of the process (``torch.empty`` pages are only
+    committed when written).  Deterministic fills (``ones_``, ``zeros_``) are kept.
+    """
+    from torch.nn import init
+
+    names = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_", "sparse_")
+    saved = {n: getattr(init, n) for n in names if hasattr(init, n)}
+    try:
+        for n in saved:
+            setattr(init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(init, n, fn)
+
+
+class _Progress:
+    """A progress bar on stderr (tqdm) for conversions that take over a second; nothing when off or tqdm is missing."""
+
+    def __init__(self, total: int, enabled: bool, label: str, *, file: Any = None, delay: float | None = None) -> None:
+        import sys
+
+        self._bar = None
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self._bar = tqdm(
+            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False, dynamic_ncols=True,
+            delay=PROGRESS_DELAY if delay is None else delay, file=sys.stderr if file is None else file,
+        )
+
+    def update(self, n: int, what: str = "") -> None:
+        if self._bar is not None:
+            if what:
+                self._bar.set_postfix_str(what[:40], refresh=False)
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def progress_wanted(quiet: bool) -> bool:
+    """A bar only for a person watching: stderr is a terminal and ``--quiet`` was not given."""
+    import sys
+
+    return not quiet and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+class _Stream:
+    """One streaming conversion (see the module docs); :func:`stream_model` drives it."""
+
+    def __init__(self, kf: Any, writer: Any, target: str, seed: int) -> None:
+        from . import _keras_graph
+        from .model import _FileSource
+
+        self.kf = kf
+        self.writer = writer
+        self.target = target
+        self.walk = _keras_graph.Walk(kf.model_config, _FileSource(kf))
+        self.rng = np.random.default_rng(seed)
+        self.fixed = all(s is not None for i in self.walk.inputs for s in i.shape)
+        self.shapes: dict[str, tuple[tuple[int, ...], str]] = {}  # edge -> (shape without the batch, channels first; kind)
+        for i in self.walk.inputs:
+            shape = tuple(FREE_SIZE + 2 * k if s is None else int(s) for k, s in enumerate(i.shape))
+            if i.layout == "channels_last" and len(shape) >= 2:
+                shape = (shape[-1],) + shape[:-1]
+            self.shapes[i.name] = (shape, i.kind)
+        self.taken: set[str] = set()
+        self.attr: dict[str, str] = {}  # graph layer -> GraphModule attribute (the state_dict prefix)
+        self.calls_left: dict[str, int] = {}
+        self.permuted: dict[str, str] = {}  # Dense layer -> the Flatten node whose order it was permuted for
+        self.checks: list[LayerCheck] = []
+        self.kept: dict[str, tuple[bytes, bytes]] = {}  # tensor -> its first and last element's bytes
+        self.largest = 0
+        self.total = 0
+        self._scratch = np.empty(READ_BACK_CHUNK, dtype=np.uint8)
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def _sample(self, edge: str, record: Any, dtype: np.dtype) -> np.ndarray:
+        from . import layers
+
+        shape, kind = self.shapes[edge]
+        size = (CHECK_BATCH,) + shape
+        if kind == "int":
+            vocab = record.weights.shape[0] if isinstance(record, layers.Embedding) else 2
+            return self.rng.integers(0, vocab, size=size)
+        return self.rng.standard_normal(size).astype(dtype)
+
+    @staticmethod
+    def _dtype(record: Any) -> np.dtype:
+        dtype = getattr(record, "dtype", None)
+        return np.dtype(dtype) if dtype is not None and np.dtype(dtype).kind == "f" else np.dtype(np.float32)
+
+    # -- the walk --------------------------------------------------------------------------------
+    def run(self, progress: _Progress) -> None:
+        from .adapters.torch_layers import attribute_name
+
+        walk = self.walk
+        for node in walk:
+            first = node.layer not in self.attr
+            if first:
+                self.attr[node.layer] = attribute_name(node.layer, self.taken)
+                self.calls_left[node.layer] = walk.call_count(node.layer)
+            weighted = _weighted(walk.layers[node.layer])
+            if first and weighted:
+                nbytes = _nbytes(walk.layers[node.layer])
+                y_shape = self._convert(node)  # takes the record from the walk and lets it go once converted
+                progress.update(nbytes, node.layer)
+            else:
+                record = walk.layers[node.layer]
+                args = [self._sample(e, record, self._dtype(record)) for e in node.inputs]
+                y_shape = self._forward(record, args[0] if len(args) == 1 else args, self._check_dtype(record)).shape[1:]
+                del record, args
+            self.shapes[node.name] = (tuple(y_shape), "float")
+            self.calls_left[node.layer] -= 1
+            if self.calls_left[node.layer] == 0 and weighted:
+                walk.release(node.layer, hollow(walk.layers[node.layer]))  # a shared layer's arrays go after its last call
+            if first and weighted:
+                _trim()
+
+    @staticmethod
+    def _forward(record: Any, x: Any, dtype: Any) -> np.ndarray:
+        from . import reference
+
+        return reference.forward(record, x, dtype=dtype)
+
+    @staticmethod
+    def _check_dtype(record: Any) -> Any:
+        return np.float64 if _nbytes(record) <= FLOAT64_CHECK_BYTES else np.float32
+
+    def _flatten_before(self, node: Any, record: Any) -> Any:
+        """The Keras-order Flatten node this Dense reads, when its columns are to be permuted (else None)."""
+        from . import layers
+
+        if not self.fixed or not isinstance(record, layers.Dense) or len(node.inputs) != 1:
+            return None
+        producer = next((n for n in self.walk.nodes if n.name == node.inputs[0]), None)
+        if producer is None:
+            return None
+        flat = self.walk.layers[producer.layer]
+        return producer if isinstance(flat, layers.Flatten) and flat.order == "channels_last" else None
+
+    def _convert(self, node: Any) -> tuple[int, ...]:
+        """Convert, write, read back and check one layer with weights; return its output shape (no batch)."""
+        import torch
+
+        from . import graph as graph_module, layers
+        from .adapters.torch_layers import GraphModule, run_graph
+        from .graph import Graph, Input, Node
+        from .porting import END_TO_END_FACTOR
+        from .tolerance import ASSERT_CLOSE_DEFAULTS
+        from ._stream_files import tensor_bytes
+
+        record = self.walk.layers[node.layer]
+        flatten = self._flatten_before(node, record)
+        dtype = self._dtype(record)
+        ref_dtype = self._check_dtype(record)
+        if flatten is not None:  # checked with the Flatten: Keras' order in the reference, PyTorch's in the module
+            x = self._sample(flatten.inputs[0], record, dtype)
+            flat_record = self.walk.layers[flatten.layer]
+            expected = self._forward(record, self._forward(flat_record, x, ref_dtype), ref_dtype)
+            mini_layers = {"flatten": layers.Flatten("channels_first"), node.layer: record}
+            mini_nodes = [Node("f", "flatten", ("x",), "flat"), Node("y", node.layer, ("f",), "flat")]
+            x_shape = self.shapes[flatten.inputs[0]][0]
+        else:
+            x = self._sample(node.inputs[0], record, dtype)
+            expected = self._forward(record, x, ref_dtype)
+            mini_layers = {node.layer: record}
+            mini_nodes = [Node("y", node.layer, ("x",), "channels_first" if expected.ndim > 2 else "flat")]
+            x_shape = self.shapes[node.inputs[0]][0]
+        kind = self.shapes[flatten.inputs[0] if flatten is not None else node.inputs[0]][1]
+        mini = Graph(mini_layers, [Input("x", x_shape, "channels_first" if len(x_shape) >= 2 else "flat", kind)], mini_nodes, ["y"], name=node.layer)
+        with _no_random_init():
+            module = GraphModule(mini, layout="channels_first")
+        del mini, mini_layers
+        kind_name = type(record).__name__
+        if self.calls_left[node.layer] == 1:  # its only call: the record can go now (the module holds the converted copy)
+            self.walk.release(node.layer, hollow(record))
+        del record
+        prefix = module._names[node.layer]
+        sub = getattr(module, prefix)
+        if flatten is not None:
+            column = torch.from_numpy(graph_module.flatten_column(self.shapes[flatten.inputs[0]][0]))
+            with torch.no_grad():
+                sub.weight = torch.nn.Parameter(sub.weight.index_select(1, column), requires_grad=False)
+            self.permuted[node.layer] = flatten.name
+        state = module.state_dict()
+        loose = {k: v.contiguous() for k, v in state.items() if not v.is_contiguous()}
+        if loose:  # written as torch.save would: contiguous (and the module computes with what is written)
+            module.load_state_dict({**state, **loose}, strict=True, assign=True)
+            state = module.state_dict()
+        names: list[str] = []
+        written = []
+        tensor = None
+        for key, tensor in state.items():
+            tensor = tensor.detach()
+            name = f"{self.attr[node.layer]}.{key[len(prefix) + 1:]}"
+            entry = self.writer.add(name, tensor)
+            written.append((key, entry))
+            names.append(name)
+            self.total += entry.nbytes
+            self.largest = max(self.largest, entry.nbytes)
+        for key, entry in written:  # read back a slice at a time; each must equal what the module holds, which it then takes
+            mine = state[key].detach()
+            held = np.frombuffer(tensor_bytes(mine), dtype=np.uint8) if entry.nbytes else np.empty(0, np.uint8)
+            for start in range(0, entry.nbytes, READ_BACK_CHUNK):
+                part = self.writer.read_into(entry, start, self._scratch[: min(READ_BACK_CHUNK, entry.nbytes - start)])
+                if not same_bytes(part, held[start : start + part.size]):
+                    raise fail(VerificationError, f"Tensor {entry.name!r} read back from the file differs from what was written",
+                               "the same bytes", f"other bytes from byte {start}", "Nothing was written.")
+                held[start : start + part.size] = part  # the module now computes with the bytes read back
+            flat = mine.reshape(-1)
+            self.kept[entry.name] = (tensor_bytes(flat[:1].contiguous()).tobytes(), tensor_bytes(flat[-1:].contiguous()).tobytes()) if entry.nbytes else (b"", b"")
+            del mine, held, flat
+        got = run_graph(module, [x])
+        del module, sub, state, tensor
+        rtol, atol = ASSERT_CLOSE_DEFAULTS.get(got.dtype.name, ASSERT_CLOSE_DEFAULTS["float32"])
+        tol = rtol * END_TO_END_FACTOR
+        if got.shape != expected.shape:
+            abs_err = rel_err = math.inf
+        else:
+            abs_err = float(np.max(np.abs(got.astype(np.float64) - expected))) if expected.size else 0.0
+            scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+            rel_err = abs_err / scale if scale > 0 else abs_err
+        passed = rel_err <= tol or abs_err <= atol
+        check = LayerCheck(node.layer, kind_name, tuple(names), sum(e.nbytes for _, e in written), abs_err, rel_err, tol, np.dtype(ref_dtype).name, passed)
+        self.checks.append(check)
+        if not passed:
+            raise fail(
+                VerificationError, f"Layer {node.layer!r} ({kind_name}) read back from the file does not compute the reference's output",
+                f"a relative error within {tol:.1e} (or an absolute one within {atol:.0e})",
+                f"{rel_err:.3e} relative, {abs_err:.3e} absolute" if got.shape == expected.shape else f"output shape {got.shape}, reference {expected.shape}",
+                "Nothing was written.",
+            )
+        return tuple(expected.shape[1:])
+
+    # -- the end ---------------------------------------------------------------------------------
+    def check_flattens(self) -> Any:
+        """Compare the Flatten orders chosen on the way with those the whole-model path chooses on the full graph."""
+        from . import graph as graph_module
+
+        graph = self.walk.graph()
+        wanted = {u.layer: n.name for n, users in graph_module.flatten_users(graph) for u in users} if self.fixed else {}
+        if wanted != self.permuted:
+            differ = sorted(set(wanted.items()) ^ set(self.permuted.items()))
+            raise fail(
+                UnsupportedError,
+                "A Flatten's output is used by more than the Dense layer read right after it (or a layer is shared), "
+                "which is only known at the end of the model",
+                "a Dense layer that alone reads its Flatten (then its columns follow PyTorch's flatten order)",
+                f"the layers {differ[:6]}",
+                "Convert without streaming (--no-stream): the whole-model path decides with the whole graph. Nothing was written.",
+            )
+        return graph
+
+
+def _check_file(target: str, path: str, writer: Any, metadata: dict[str, str], kept: dict[str, tuple[bytes, bytes]]) -> None:
+    """Open the finished file with the framework: names, dtypes, shapes, and each tensor's first and last element."""
+    import torch
+
+    from ._stream_files import SAFETENSORS_DTYPES, tensor_bytes
+
+    def same(name: str, dtype: str, shape: tuple[int, ...], first: Any, last: Any) -> None:
+        entry = entries[name]
+        if dtype != entry.dtype or tuple(shape) != entry.shape:
+            raise fail(VerificationError, f"Tensor {name!r} in the finished file is not what was written",
+                       f"{entry.dtype} {entry.shape}", f"{dtype} {tuple(shape)}", "Nothing was written.")
+        if first is not None and (tensor_bytes(first) != kept[name][0] or tensor_bytes(last) != kept[name][1]):
+            raise fail(VerificationError, f"Tensor {name!r} in the finished file does not start and end with the bytes written",
+                       "the bytes read back after writing", "other bytes", "Nothing was written.")
+
+    entries = {e.name: e for e in writer.entries}
+    if target == "safetensors":
+        try:
+            from safetensors import safe_open
+        except ImportError:  # pragma: no cover - checked before writing
+            raise fail(FrameworkMissingError, "Reading .safetensors needs the safetensors package", "safetensors installed", "an environment without it") from None
+        table = writer.header_as_written()
+        if table != {"__metadata__": metadata, **{e.name: {"dtype": SAFETENSORS_DTYPES[e.dtype], "shape": list(e.shape),
+                     "data_offsets": [e.offset - writer.data_start, e.offset - writer.data_start + e.nbytes]} for e in writer.entries}}:
+            raise fail(VerificationError, "The safetensors header read back is not the one written", "the same JSON", "another", "Nothing was written.")
+        codes = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+        with safe_open(path, framework="pt") as f:
+            if sorted(f.keys()) != sorted(entries) or (f.metadata() or {}) != metadata:
+                raise fail(VerificationError, "safetensors does not list the tensors written", f"{len(entries)} tensors", f"{len(list(f.keys()))}", "Nothing was written.")
+            for name in f.keys():
+                sl = f.get_slice(name)
+                shape = tuple(sl.get_shape())
+                first = last = None
+                if math.prod(shape):
+                    if len(shape) == 0:
+                        first = last = f.get_tensor(name).reshape(-1)
+                    else:
+                        first = sl[tuple(slice(0, 1) for _ in shape)].reshape(-1).contiguous()
+                        last = sl[tuple(slice(n - 1, n) for n in shape)].reshape(-1).contiguous()
+                same(name, codes[sl.get_dtype()], shape, first, last)
+        return
+    state = torch.load(path, weights_only=True, mmap=True)
+    try:
+        if list(state) != [e.name for e in writer.entries]:
+            raise fail(VerificationError, "torch.load does not list the tensors written", f"{len(entries)} tensors in order", f"{len(state)}", "Nothing was written.")
+        for name, t in state.items():
+            flat = t.reshape(-1)
+            first, last = (flat[:1].contiguous(), flat[-1:].contiguous()) if flat.numel() else (None, None)
+            same(name, str(t.dtype).replace("torch.", ""), tuple(t.shape), first, last)
+    finally:
+        del state  # unmaps the file
+
+
+def stream_model(
+    source: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    to: str | None = None,
+    architecture: Any = None,
+    backend: str | None = None,
+    overwrite: bool = False,
+    parents: bool = False,
+    progress: bool = False,
+    seed: int = 0,
+) -> StreamReport:
+    """Convert the whole Keras model in ``source`` to ``path`` (``.safetensors`` or ``.pt``) layer by layer (module docs).
+
+    Peak memory is about two copies of the largest layer's weights (read and
+    converted, then converted and read back) above what the frameworks take
+    when imported.  ``progress=True`` shows a bar on stderr (with tqdm, for
+    conversions over a second).  Returns a :class:`StreamReport`; a failed check
+    raises :class:`~layoutconv.VerificationError` and leaves nothing at ``path``.
+    """
+    from .convert import _check_output
+    from .convert_model import model_target_for
+    from .model import keras_model_file
+
+    start = time.perf_counter()
+    target = model_target_for(path, to)
+    if target.name not in STREAM_TARGETS:
+        raise fail(
+            UnsupportedError, f"Streaming conversion does not write {target.name} files yet",
+            "an output ending in .safetensors, .pt or .pth", f"{str(path)!r}",
+            "Convert without --stream: the whole-model path writes it (with every weight in memory).",
+        )
+    if target.name == "safetensors":
+        try:
+            import safetensors  # noqa: F401
+        except ImportError:
+            raise fail(
+                FrameworkMissingError, "Writing .safetensors needs the safetensors package", "safetensors installed",
+                "an environment without it", "Install it with: pip install 'layoutconv[safetensors]'",
+            ) from None
+    kf = keras_model_file(source, architecture=architecture, backend=backend)
+    final = Path(path)
+    _check_output(final, overwrite, parents)
+    suffix = final.suffix if final.suffix.lower() in target.suffixes else target.suffixes[0]
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    except OSError as exc:
+        raise fail(OutputError, f"Cannot write into {str(final.parent)!r}", "a writable directory", f"{exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(tmp)  # the writer creates it afresh (rewriting a truncated file makes ext4 flush it on close)
+    writer: Any = None
+    bar = _Progress(sum(_layer_bytes(layer) for layer in kf.layers), progress, f"convert {final.name}")
+    try:
+        from . import _keras_graph
+        from ._stream_files import SafetensorsWriter, TorchZipWriter, header_room
+
+        if target.name == "safetensors":
+            names = [(n, len(_stored(kf, n))) for n in _keras_graph.layer_names(kf.model_config)]
+            writer = SafetensorsWriter(tmp, header_room(names, {"written_by": "layoutconv", "model": "x" * 256}))
+        else:
+            writer = TorchZipWriter(tmp)
+        try:
+            with kf.reading():
+                stream = _Stream(kf, writer, target.name, seed)
+                stream.run(bar)
+            graph = stream.check_flattens()
+            metadata = {"written_by": "layoutconv", "model": graph.name}
+            if target.name == "safetensors":
+                writer.finish(metadata)
+            else:
+                writer.finish()
+            _check_file(target.name, tmp, writer, metadata, stream.kept)
+        except OSError as exc:
+            raise fail(OutputError, f"Cannot write {str(final)!r}", "room and permission to write the file", f"{exc.strerror or exc}", "Nothing was written.") from None
+        finally:
+            if writer is not None:
+                writer.close()
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise fail(OutputError, f"Cannot move the verified file to {str(final)!r}", "a writable path", f"{exc.strerror or exc}", "Nothing was written.") from None
+        return StreamReport(
+            graph.name, target.name, str(final), tuple(stream.shapes[i.name][0] for i in graph.inputs), tuple(stream.checks),
+            len(writer.entries), stream.total, stream.largest, time.perf_counter() - start,
+        )
+    finally:
+        bar.close()
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def _layer_bytes(layer: Any) -> int:
+    import numpy as np
+
+    return sum(int(np.prod(w.shape, dtype=np.int64)) * np.dtype(w.dtype).itemsize for w in layer.weights if _known_dtype(w.dtype))
+
+
+def _known_dtype(name: str) -> bool:
+    try:
+        np.dtype(name)
+    except TypeError:
+        return False
+    return True
+
+
+def _stored(kf: Any, name: str) -> tuple[Any, ...]:
+    for layer in kf.layers:
+        if layer.name == name:
+            return layer.weights
+    return ()
+
+
+def should_stream(source: str, target: str, stream: bool | None) -> bool:
+    """``--stream`` / ``--no-stream`` as given, else stream a Keras file of :data:`STREAM_ABOVE` bytes or more to a streamed format."""
+    if stream is not None:
+        return stream
+    try:
+        return target in STREAM_TARGETS and os.path.getsize(source) >= STREAM_ABOVE
+    except OSError:
+        return False
+
