@@ -185,6 +185,21 @@ def _check_output(final: Path, overwrite: bool, parents: bool) -> None:
         )
 
 
+def temporary_beside(final: Path, suffix: str) -> str:
+    """A free temporary name beside ``final`` (hidden, same directory, so the final rename is atomic); the file is
+    not left behind: writers create it themselves."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    except OSError as exc:
+        raise fail(
+            OutputError, f"Cannot write into {str(final.parent)!r}", "a writable directory", f"{exc.strerror or exc}",
+            "Choose another output path; nothing was written.",
+        ) from None
+    os.close(fd)
+    os.unlink(tmp)  # some writers refuse to overwrite, and rewriting a truncated file makes ext4 flush it on close
+    return tmp
+
+
 def save(
     conv: Conv1D,
     path: str | os.PathLike[str],
@@ -214,16 +229,8 @@ def save(
     final = Path(path)
     _check_output(final, overwrite, parents)
     suffix = final.suffix if final.suffix.lower() in target.suffixes else target.suffixes[0]
+    tmp = temporary_beside(final, suffix)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
-    except OSError as exc:
-        raise fail(
-            OutputError, f"Cannot write into {str(final.parent)!r}", "a writable directory", f"{exc.strerror or exc}",
-            "Choose another output path; nothing was written.",
-        ) from None
-    os.close(fd)
-    try:
-        os.unlink(tmp)  # some writers refuse to overwrite; they create the file themselves
         try:
             target.write(conv, tmp)
             back = target.read(tmp, conv)

@@ -25,13 +25,12 @@ and only then is it renamed into place.  A failure leaves nothing behind.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .convert import _check_output, target_for
+from .convert import _check_output, target_for, temporary_beside
 from .errors import ConfigError, FrameworkMissingError, OutputError, UnsupportedError, VerificationError, fail
 from .graph import Graph
 from .verify_model import ModelReport, ModelResult, default_inputs, verify_model
@@ -142,13 +141,8 @@ def save_model(
     final = Path(path)
     _check_output(final, overwrite, parents)
     suffix = final.suffix if final.suffix.lower() in target.suffixes else target.suffixes[0]
+    tmp = temporary_beside(final, suffix)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
-    except OSError as exc:
-        raise fail(OutputError, f"Cannot write into {str(final.parent)!r}", "a writable directory", f"{exc.strerror or exc}") from None
-    os.close(fd)
-    try:
-        os.unlink(tmp)
         try:
             held = target.write_and_check(graph, tmp)
         except OSError as exc:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -524,7 +523,7 @@ def stream_model(
     conversions over a second).  Returns a :class:`StreamReport`; a failed check
     raises :class:`~layoutconv.VerificationError` and leaves nothing at ``path``.
     """
-    from .convert import _check_output
+    from .convert import _check_output, temporary_beside
     from .convert_model import model_target_for
     from .model import keras_model_file
 
@@ -548,12 +547,7 @@ def stream_model(
     final = Path(path)
     _check_output(final, overwrite, parents)
     suffix = final.suffix if final.suffix.lower() in target.suffixes else target.suffixes[0]
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
-    except OSError as exc:
-        raise fail(OutputError, f"Cannot write into {str(final.parent)!r}", "a writable directory", f"{exc.strerror or exc}") from None
-    os.close(fd)
-    os.unlink(tmp)  # the writer creates it afresh (rewriting a truncated file makes ext4 flush it on close)
+    tmp = temporary_beside(final, suffix)
     writer: Any = None
     bar = _Progress(sum(_layer_bytes(layer) for layer in kf.layers), progress, f"convert {final.name}")
     try:
