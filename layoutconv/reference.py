@@ -201,6 +201,11 @@ DEPTHWISE_BLOCK = 1 << 18
 #: Depthwise convolutions with at most this many outputs per input channel sum their taps; more go through GEMM.
 DEPTHWISE_MULTIPLIER = 8
 
+#: Multiply-adds per image and group above which the images of a block get a matrix product each, written
+#: straight into the output; below, one product for the whole block (then a copy into the output) saves
+#: BLAS calls.
+GEMM_PER_IMAGE = 1 << 22
+
 
 class _Grid(NamedTuple):
     """Where a convolution's outputs are computed and where each tap reads them from.
@@ -317,7 +322,8 @@ def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np
 
     Per group, the column matrix has a row per (input channel, tap), plus a row of ones that meets
     the bias as ``W``'s last column, and a column per (image, position) of the block: one matrix
-    product per group and block (few, large BLAS calls: each call waits for its slowest thread).
+    product per group and block (few, large BLAS calls: each call waits for its slowest thread),
+    or one per image when that is large (:data:`GEMM_PER_IMAGE`) and can write into ``y`` directly.
     """
     n, c = grid.src.shape[:2]
     o, cg = kernel.shape[:2]
@@ -348,6 +354,11 @@ def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np
                     rows_of_tap[...] = window.transpose(1, 2, 0, *spatial)
                 if bias is not None:
                     buf[:, rows] = 1
+                if grid.flat is None and og * inner * count >= GEMM_PER_IMAGE:
+                    # big enough per image: a product per image straight into y (no copy of the results)
+                    for b, dest in enumerate(_view(y[images], (nb, groups, og, size))):
+                        np.matmul(w, buf[:, :, b], out=dest[..., p0 : p0 + count])
+                    continue
                 result = products[: groups * og * nb * count].reshape(groups, og, nb * count)
                 np.matmul(w, buf.reshape(groups, inner, nb * count), out=result)
                 result = result.reshape(groups, og, nb, count)

@@ -50,11 +50,13 @@ def _conv_case(rng, case, with_bias):
 
 
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("products", ["per_block", "per_image"])
 @pytest.mark.parametrize("grid", ["flat", "exact"])
 @pytest.mark.parametrize("block", BLOCKS, ids=list(BLOCKS))
 @pytest.mark.parametrize("case", CONV_CASES, ids=list(CONV_CASES))
-def test_conv_matches_direct_loop_across_blocks(rng, monkeypatch, case, block, grid, with_bias):
+def test_conv_matches_direct_loop_across_blocks(rng, monkeypatch, case, block, grid, products, with_bias):
     monkeypatch.setattr(reference, "COLUMN_BYTES", BLOCKS[block])
+    monkeypatch.setattr(reference, "GEMM_PER_IMAGE", 0 if products == "per_image" else float("inf"))
     monkeypatch.setattr(reference, "DEPTHWISE_BLOCK", max(1, BLOCKS[block] // 40))
     # flat: stride-1 convolutions use the padded input's grid whatever it wastes; exact: never
     monkeypatch.setattr(reference, "FLAT_GRID_WASTE", float("inf") if grid == "flat" else 0.0)
