@@ -201,10 +201,10 @@ DEPTHWISE_BLOCK = 1 << 18
 #: Depthwise convolutions with at most this many outputs per input channel sum their taps; more go through GEMM.
 DEPTHWISE_MULTIPLIER = 8
 
-#: Multiply-adds per image and group above which the images of a block get a matrix product each, written
-#: straight into the output; below, one product for the whole block (then a copy into the output) saves
-#: BLAS calls.
-GEMM_PER_IMAGE = 1 << 22
+#: Output values per image and group from which, when the grid is the output's own, each image of a block
+#: gets its own matrix product written straight into ``y``; below, one product for the whole block (then a
+#: copy into ``y``) saves BLAS calls.  The copy costs more than a call from a few ten thousand values on.
+GEMM_PER_IMAGE = 1 << 15
 
 
 class _Grid(NamedTuple):
@@ -354,7 +354,7 @@ def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np
                     rows_of_tap[...] = window.transpose(1, 2, 0, *spatial)
                 if bias is not None:
                     buf[:, rows] = 1
-                if grid.flat is None and og * inner * count >= GEMM_PER_IMAGE:
+                if grid.flat is None and og * count >= GEMM_PER_IMAGE:
                     # big enough per image: a product per image straight into y (no copy of the results)
                     for b, dest in enumerate(_view(y[images], (nb, groups, og, size))):
                         np.matmul(w, buf[:, :, b], out=dest[..., p0 : p0 + count])
