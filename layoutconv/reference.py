@@ -21,8 +21,10 @@ This is a cross-correlation: tap ``k`` of the kernel meets input position
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import threading
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -210,6 +212,11 @@ DEPTHWISE_BLOCK = 1 << 18
 #: Depthwise convolutions with at most this many outputs per input channel sum their taps; more go through GEMM.
 DEPTHWISE_MULTIPLIER = 8
 
+#: Output values per image and group from which, when the grid is the output's own, each image of a block
+#: gets its own matrix product written straight into ``y``; below, one product for the whole block (then a
+#: copy into ``y``) saves BLAS calls.  The copy costs more than a call from a few ten thousand values on.
+GEMM_PER_IMAGE = 1 << 15
+
 
 class _Grid(NamedTuple):
     """Where a convolution's outputs are computed and where each tap reads them from.
@@ -290,10 +297,35 @@ def _view(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 
 def _blocks(n: int, size: int, per_position: int, itemsize: int) -> tuple[int, int]:
-    """(images per block, grid positions per box) so that a block's ``per_position`` rows fit :data:`COLUMN_BYTES`."""
+    """(images per block, grid positions per box) so that a block's ``per_position`` values fit :data:`COLUMN_BYTES`."""
     budget = max(1, COLUMN_BYTES // itemsize // per_position)  # positions of all images of a block
     block = max(1, min(n, budget // size))
     return block, max(1, min(size, budget // block))
+
+
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def _workspace(dtype: np.dtype, *sizes: int):
+    """Flat ``dtype`` buffers of ``sizes`` elements, carved from a per-thread workspace kept between calls.
+
+    Big temporaries allocated afresh on every call are handed back to the OS and mapped and zeroed
+    again page by page (10 ms of a 47 ms float64 ResNet-stage pass); the workspace (at most
+    :data:`COLUMN_BYTES` plus alignment, as the blocks are sized for it) is not.  A nested call
+    gets a buffer of its own.
+    """
+    aligned = [-(-k * dtype.itemsize // 64) * 64 for k in sizes]
+    held = getattr(_LOCAL, "workspace", None)
+    _LOCAL.workspace = None
+    if held is None or held.nbytes < sum(aligned):
+        held = np.empty(sum(aligned), np.uint8)
+    try:
+        starts = np.cumsum([0, *aligned])
+        yield [held[a : a + k * dtype.itemsize].view(dtype) for a, k in zip(starts, sizes)]
+    finally:
+        if held.nbytes <= COLUMN_BYTES + (1 << 12):
+            _LOCAL.workspace = held
 
 
 def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray, groups: int) -> None:
@@ -301,7 +333,8 @@ def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np
 
     Per group, the column matrix has a row per (input channel, tap), plus a row of ones that meets
     the bias as ``W``'s last column, and a column per (image, position) of the block: one matrix
-    product per group and block (few, large BLAS calls: each call waits for its slowest thread).
+    product per group and block (few, large BLAS calls: each call waits for its slowest thread),
+    or one per image when that is large (:data:`GEMM_PER_IMAGE`) and can write into ``y`` directly.
     """
     n, c = grid.src.shape[:2]
     o, cg = kernel.shape[:2]
@@ -313,35 +346,41 @@ def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np
         w = np.concatenate([w, bias.reshape(groups, og, 1)], axis=2)
     inner = w.shape[2]
     size = math.prod(grid.shape)
-    block, most = _blocks(n, size, groups * inner, y.itemsize)
+    block, most = _blocks(n, size, groups * (inner + og), y.itemsize)
     spatial = range(3, 3 + len(grid.shape))  # the box's axes after (image, group, channel)
-    columns = np.empty(groups * inner * block * most, dtype=y.dtype)
-    products = np.empty(groups * og * block * most, dtype=y.dtype)
-    if grid.flat is not None and most < size:
-        canvas = np.empty((groups, og, block, size), dtype=y.dtype)  # results of every box, cropped at the end
-    for b0 in range(0, n, block):
-        images = slice(b0, min(b0 + block, n))
-        nb = images.stop - b0
-        for p0, box in _boxes(grid.shape, most):
-            shape = tuple(hi - lo for lo, hi in box)
-            count = math.prod(shape)
-            buf = columns[: groups * inner * nb * count].reshape(groups, inner, nb, count)
-            for tap in range(taps):
-                rows_of_tap = _view(buf[:, tap:rows:taps], (groups, cg, nb, *shape))
-                rows_of_tap[...] = grid.window(images, slice(None), tap, box).reshape(nb, groups, cg, *shape).transpose(1, 2, 0, *spatial)
-            if bias is not None:
-                buf[:, rows] = 1
-            result = products[: groups * og * nb * count].reshape(groups, og, nb * count)
-            np.matmul(w, buf.reshape(groups, inner, nb * count), out=result)
-            result = result.reshape(groups, og, nb, count)
-            if grid.flat is None:
-                _view(y[images], (nb, groups, og, size))[..., p0 : p0 + count] = result.transpose(2, 0, 1, 3)
-            elif count == size:
-                grid.crop(result.transpose(2, 0, 1, 3), _view(y[images], (nb, groups, og, *grid.out)))
-            else:
-                canvas[:, :, :nb, p0 : p0 + count] = result
-        if grid.flat is not None and most < size:
-            grid.crop(canvas[:, :, :nb].transpose(2, 0, 1, 3), _view(y[images], (nb, groups, og, *grid.out)))
+    boxed = grid.flat is not None and most < size  # results of every box gathered, then cropped
+    if boxed:
+        canvas = np.empty((groups, og, block, size), dtype=y.dtype)
+    with _workspace(y.dtype, groups * inner * block * most, groups * og * block * most) as (columns, products):
+        for b0 in range(0, n, block):
+            images = slice(b0, min(b0 + block, n))
+            nb = images.stop - b0
+            for p0, box in _boxes(grid.shape, most):
+                shape = tuple(hi - lo for lo, hi in box)
+                count = math.prod(shape)
+                buf = columns[: groups * inner * nb * count].reshape(groups, inner, nb, count)
+                for tap in range(taps):
+                    rows_of_tap = _view(buf[:, tap:rows:taps], (groups, cg, nb, *shape))
+                    window = grid.window(images, slice(None), tap, box).reshape(nb, groups, cg, *shape)
+                    rows_of_tap[...] = window.transpose(1, 2, 0, *spatial)
+                if bias is not None:
+                    buf[:, rows] = 1
+                if grid.flat is None and og * count >= GEMM_PER_IMAGE:
+                    # big enough per image: a product per image straight into y (no copy of the results)
+                    for b, dest in enumerate(_view(y[images], (nb, groups, og, size))):
+                        np.matmul(w, buf[:, :, b], out=dest[..., p0 : p0 + count])
+                    continue
+                result = products[: groups * og * nb * count].reshape(groups, og, nb * count)
+                np.matmul(w, buf.reshape(groups, inner, nb * count), out=result)
+                result = result.reshape(groups, og, nb, count)
+                if grid.flat is None:
+                    _view(y[images], (nb, groups, og, size))[..., p0 : p0 + count] = result.transpose(2, 0, 1, 3)
+                elif not boxed:
+                    grid.crop(result.transpose(2, 0, 1, 3), _view(y[images], (nb, groups, og, *grid.out)))
+                else:
+                    canvas[:, :, :nb, p0 : p0 + count] = result
+            if boxed:
+                grid.crop(canvas[:, :, :nb].transpose(2, 0, 1, 3), _view(y[images], (nb, groups, og, *grid.out)))
 
 
 def _depthwise(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray) -> None:
@@ -417,36 +456,35 @@ def _transpose_forward(t: ConvTranspose, x: Any, dtype: Any) -> np.ndarray:
     xg = x.astype(dtype, copy=False).reshape(n, g, cg, positions)
     w = t.kernel.astype(dtype).reshape(g, cg, rows).transpose(0, 2, 1)
     y = np.empty((n, o, *(m - b - max(e, 0) for m, (b, e) in zip(grown, pads))), dtype=xg.dtype)
-    block, most = _blocks(n, positions, g * rows, y.itemsize)
-    inputs = np.empty(g * cg * block * most, dtype=y.dtype)
-    products = np.empty(g * rows * block * most, dtype=y.dtype)
+    block, most = _blocks(n, positions, g * (cg + rows), y.itemsize)
     direct = all(b == e == 0 for b, e in pads)
     if not direct:
         canvas = np.empty((block, o, *grown), dtype=y.dtype)
     bias = None if t.bias is None else t.bias.astype(dtype).reshape((o,) + (1,) * rank)
-    for b0 in range(0, n, block):
-        images = slice(b0, min(b0 + block, n))
-        nb = images.stop - b0
-        full_out = y[images] if direct else canvas[:nb]
-        full_out[...] = 0
-        scatter = _view(full_out, (nb, g, og, *grown))
-        for p0, box in _boxes(size, most):
-            shape = tuple(hi - lo for lo, hi in box)
-            count = math.prod(shape)
-            xb = inputs[: g * cg * nb * count].reshape(g, cg, nb, count)
-            xb[...] = xg[images, :, :, p0 : p0 + count].transpose(1, 2, 0, 3)
-            parts = products[: g * rows * nb * count].reshape(g, rows, nb * count)
-            np.matmul(w, xb.reshape(g, cg, nb * count), out=parts)
-            parts = np.moveaxis(parts.reshape(g, og, *t.kernel_shape, nb, *shape), 2 + rank, 0)  # (nb, g, og, *k, *box)
-            for tap in taps:
-                where = tuple(
-                    slice(d * k + s * lo, d * k + s * (hi - 1) + 1, s) for d, k, s, (lo, hi) in zip(t.dilation, tap, t.stride, box)
-                )
-                scatter[(slice(None),) * 3 + where] += parts[(slice(None),) * 3 + tap]
-        if not direct:
-            y[images] = full_out[(slice(None), slice(None)) + crop]
-        if bias is not None:
-            y[images] += bias
+    with _workspace(y.dtype, g * cg * block * most, g * rows * block * most) as (inputs, products):
+        for b0 in range(0, n, block):
+            images = slice(b0, min(b0 + block, n))
+            nb = images.stop - b0
+            full_out = y[images] if direct else canvas[:nb]
+            full_out[...] = 0
+            scatter = _view(full_out, (nb, g, og, *grown))
+            for p0, box in _boxes(size, most):
+                shape = tuple(hi - lo for lo, hi in box)
+                count = math.prod(shape)
+                xb = inputs[: g * cg * nb * count].reshape(g, cg, nb, count)
+                xb[...] = xg[images, :, :, p0 : p0 + count].transpose(1, 2, 0, 3)
+                parts = products[: g * rows * nb * count].reshape(g, rows, nb * count)
+                np.matmul(w, xb.reshape(g, cg, nb * count), out=parts)
+                parts = np.moveaxis(parts.reshape(g, og, *t.kernel_shape, nb, *shape), 2 + rank, 0)  # (nb, g, og, *k, *box)
+                for tap in taps:
+                    where = tuple(
+                        slice(d * k + s * lo, d * k + s * (hi - 1) + 1, s) for d, k, s, (lo, hi) in zip(t.dilation, tap, t.stride, box)
+                    )
+                    scatter[(slice(None),) * 3 + where] += parts[(slice(None),) * 3 + tap]
+            if not direct:
+                y[images] = full_out[(slice(None), slice(None)) + crop]
+            if bias is not None:
+                y[images] += bias
     return activations.apply(t.activation, y)
 
 

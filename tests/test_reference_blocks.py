@@ -9,6 +9,7 @@ The loops are the independent oracles of ``test_reference_nd`` and ``test_transp
 from __future__ import annotations
 
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -49,11 +50,13 @@ def _conv_case(rng, case, with_bias):
 
 
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("products", ["per_block", "per_image"])
 @pytest.mark.parametrize("grid", ["flat", "exact"])
 @pytest.mark.parametrize("block", BLOCKS, ids=list(BLOCKS))
 @pytest.mark.parametrize("case", CONV_CASES, ids=list(CONV_CASES))
-def test_conv_matches_direct_loop_across_blocks(rng, monkeypatch, case, block, grid, with_bias):
+def test_conv_matches_direct_loop_across_blocks(rng, monkeypatch, case, block, grid, products, with_bias):
     monkeypatch.setattr(reference, "COLUMN_BYTES", BLOCKS[block])
+    monkeypatch.setattr(reference, "GEMM_PER_IMAGE", 0 if products == "per_image" else float("inf"))
     monkeypatch.setattr(reference, "DEPTHWISE_BLOCK", max(1, BLOCKS[block] // 40))
     # flat: stride-1 convolutions use the padded input's grid whatever it wastes; exact: never
     monkeypatch.setattr(reference, "FLAT_GRID_WASTE", float("inf") if grid == "flat" else 0.0)
@@ -120,3 +123,18 @@ def test_im2col_memory_is_bounded(rng, monkeypatch):
     padded = 4 * 64 * (4096 + 8) * 8
     assert peak <= padded + y.nbytes + 2 * reference.COLUMN_BYTES + (1 << 20)
     assert peak < full_columns / 5
+
+
+def test_workspace_is_per_thread_and_bounded(rng):
+    """Threads running the reference at once get the same results as one after the other; the kept workspace stays small."""
+    convs = [_conv_case(rng, case, True) for case in ("2d_3x3_p1", "1d_groups2_s2_d2_reflect", "3d_groups2_s121_d211")]
+    transposed = ConvTranspose(rng.standard_normal((4, 3, 3)), rng.standard_normal(3), stride=(2,), padding=((1, 2),))
+    tx = rng.standard_normal((3, 4, 11))
+    jobs = [(conv, x) for conv, x, _ in convs] + [(transposed, tx)]
+    alone = [reference.forward(record, x) for record, x in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda job: [reference.forward(*job) for _ in range(20)], jobs))
+    for want, got in zip(alone, together):
+        for y in got:
+            np.testing.assert_allclose(y, want, rtol=1e-13, atol=1e-13)
+    assert reference._LOCAL.workspace.nbytes <= reference.COLUMN_BYTES + 4096
