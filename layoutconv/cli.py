@@ -530,6 +530,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = f"layoutconv {args.command}: error:"
     try:
         return args.run(args)
+    except BrokenPipeError:
+        # the reader went away (`layoutconv inspect f.h5 | head`): stop quietly, as Unix tools do
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not raise again
+        except (OSError, ValueError, AttributeError):
+            pass  # not a real file (a test's stand-in): nothing to flush at exit
+        return 0
     except VerificationError as exc:
         print(f"{prefix} {exc}", file=sys.stderr)
         return 1

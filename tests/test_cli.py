@@ -308,3 +308,21 @@ def test_explain_keras2_theano_2d_file_in_its_own_terms(tmp_path, capsys):
     assert cli.main(["explain", "--file", str(path), "--stride", "1,2", "--padding", "same", "--index", "0,1,2,3"]) == 0
     out = capsys.readouterr().out
     assert "keras2d-theano" in out and "W[::-1, ::-1, :, 1] * X[0, 1:4, 4:9, :]" in out and "agree" in out
+
+
+def test_a_closed_pipe_stops_quietly(monkeypatch, capsys):
+    """`layoutconv inspect model | head -1`: the reader leaves early; no 'Broken pipe' error, exit 0."""
+    from pathlib import Path
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    fixtures = Path(__file__).parent / "fixtures" / "legacy_keras"
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    code = cli.main(["inspect", str(fixtures / "factornet_FOXA1_onePeak_DGF_final_model.hdf5")])
+    assert code == 0
+    assert capsys.readouterr().err == ""
