@@ -20,9 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -rs
 
-# the reference pass against the frameworks, then the command line's latency (import, verify, inspect)
+# the reference pass against the frameworks (one convolution, then whole models), then the command line's latency (import, verify, inspect)
 bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) benchmarks/bench_reference.py
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) benchmarks/bench_model.py
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) benchmarks/bench_cli.py
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) benchmarks/bench_convert.py
 

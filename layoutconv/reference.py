@@ -28,7 +28,7 @@ import threading
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided, sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from . import activations, layers
 from . import graph as graph_module
@@ -182,6 +182,8 @@ def _conv_forward(conv: Conv, x: Any, dtype: Any) -> np.ndarray:
     x, pads = check_input(conv, x)
     n, c = x.shape[:2]
     g, o = conv.groups, conv.out_channels
+    if g == 1 and all(k == 1 for k in conv.kernel_shape) and not any(b or e for b, e in pads):
+        return activations.apply(conv.activation, _pointwise(conv, x, dtype))
     xp = np.ascontiguousarray(pad(x, pads, conv.padding_mode, dtype=dtype))
     out = tuple((m - r) // s + 1 for m, r, s in zip(xp.shape[2:], conv.receptive_field, conv.stride))
     grid = _Grid.of(xp, out, conv.stride, conv.dilation, conv.kernel_shape)
@@ -193,6 +195,23 @@ def _conv_forward(conv: Conv, x: Any, dtype: Any) -> np.ndarray:
     else:
         _im2col_gemm(grid, kernel, bias, y, g)
     return activations.apply(conv.activation, y)
+
+
+def _pointwise(conv: Conv, x: np.ndarray, dtype: Any) -> np.ndarray:
+    """A 1x1 convolution without padding: ``y[n] = W @ x[n, :, ::s] + b``, the input itself the column matrix.
+
+    No column copy (the im2col path would copy the whole input for its single tap); with a stride,
+    only the positions read are copied.
+    """
+    n, c = x.shape[:2]
+    picked = x[(slice(None), slice(None), *(slice(None, None, s) for s in conv.stride))]
+    out = picked.shape[2:]
+    columns = np.ascontiguousarray(picked, dtype=dtype).reshape(n, c, math.prod(out))  # explicit sizes: N may be 0
+    y = np.empty((n, conv.out_channels, math.prod(out)), dtype=columns.dtype)
+    np.matmul(conv.kernel.astype(dtype).reshape(conv.out_channels, c), columns, out=y)
+    if conv.bias is not None:
+        y += conv.bias.astype(dtype)[:, None]
+    return y.reshape(n, conv.out_channels, *out)
 
 
 #: Bytes of the column matrix (im2col) filled at a time, and of a transposed convolution's per-tap
@@ -542,12 +561,17 @@ def _dense_forward(dense: layers.Dense, x: Any, dtype: Any) -> np.ndarray:
 def _batch_norm_forward(bn: layers.BatchNorm, x: Any, dtype: Any) -> np.ndarray:
     x = _float_input(bn, x, dtype)
     _channels(bn, x, bn.in_channels)
+    # y = (x - mean) / sqrt(var + eps) * scale + offset, as one multiply and one add per element (the
+    # frameworks fold it the same way): a = scale / sqrt(var + eps), b = offset - mean * a.
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    y = (x - bn.mean.astype(dtype).reshape(shape)) / np.sqrt(bn.variance.astype(dtype).reshape(shape) + np.dtype(dtype).type(bn.epsilon))
+    a = 1 / np.sqrt(bn.variance.astype(dtype) + np.dtype(dtype).type(bn.epsilon))
     if bn.scale is not None:
-        y = y * bn.scale.astype(dtype).reshape(shape)
+        a = a * bn.scale.astype(dtype)
+    b = -bn.mean.astype(dtype) * a
     if bn.offset is not None:
-        y = y + bn.offset.astype(dtype).reshape(shape)
+        b = b + bn.offset.astype(dtype)
+    y = np.multiply(x, a.reshape(shape))
+    y += b.reshape(shape)
     return y
 
 
@@ -618,20 +642,27 @@ def _pool_forward(pool: layers.Pool, x: Any, dtype: Any) -> np.ndarray:
         raise fail(ShapeError, "Input is smaller than the pooling window", f"padded sizes >= {pool.pool_size}", f"shape {tuple(x.shape)} with pads {pads}")
     check_size(x.shape[:2], int(np.prod([n + b + e for n, (b, e) in zip(spatial, pads)], dtype=np.int64)))
     widths = [(0, 0), (0, 0), *pads]
-    axes = tuple(range(2, 2 + rank))
-    pick = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in pool.stride)
-
-    def windows(a: np.ndarray) -> np.ndarray:
-        return sliding_window_view(a, pool.pool_size, axis=axes)[pick]
-
-    window_axes = tuple(range(2 + rank, 2 + 2 * rank))
     if pool.kind == "max":
-        return windows(np.pad(x, widths, constant_values=-np.inf)).max(axis=window_axes)
-    total = windows(np.pad(x, widths)).sum(axis=window_axes)
+        return _tap_reduce(np.pad(x, widths, constant_values=-np.inf), pool, np.maximum)
+    total = _tap_reduce(np.pad(x, widths), pool, np.add)
     if pool.count_include_pad:
         return total / np.prod(pool.pool_size)
-    counted = windows(np.pad(np.ones(spatial, dtype=dtype), list(pads)).reshape((1, 1) + tuple(n + b + e for n, (b, e) in zip(spatial, pads))))
-    return total / counted.sum(axis=window_axes)
+    ones = np.pad(np.ones(spatial, dtype=dtype), list(pads)).reshape((1, 1) + tuple(n + b + e for n, (b, e) in zip(spatial, pads)))
+    return total / _tap_reduce(ones, pool, np.add)
+
+
+def _tap_reduce(padded: np.ndarray, pool: layers.Pool, op: Any) -> np.ndarray:
+    """``op`` over the pooling window, one strided view of ``padded`` per tap (a reduction over small
+    window axes is many times slower in numpy)."""
+    out = tuple((m - k) // s + 1 for m, k, s in zip(padded.shape[2:], pool.pool_size, pool.stride))
+    result = None
+    for tap in itertools.product(*(range(k) for k in pool.pool_size)):
+        view = padded[(slice(None), slice(None), *(slice(t, t + s * (m - 1) + 1, s) for t, s, m in zip(tap, pool.stride, out)))]
+        if result is None:
+            result = view.copy()
+        else:
+            op(result, view, out=result)
+    return result
 
 
 def _global_pool_forward(pool: layers.GlobalPool, x: Any, dtype: Any) -> np.ndarray:
