@@ -78,14 +78,15 @@ class Activation(NamedTuple):
     function: Callable[[np.ndarray], np.ndarray]
     lipschitz: float
     formula: str
+    in_place: Callable[[np.ndarray], np.ndarray] | None = None  # the same function writing into its argument
 
 
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in (
         Activation("linear", lambda x: x, 1.0, "x"),
-        Activation("relu", lambda x: np.maximum(x, 0), 1.0, "max(x, 0)"),
-        Activation("relu6", lambda x: np.clip(x, 0, 6), 1.0, "min(max(x, 0), 6)"),
+        Activation("relu", lambda x: np.maximum(x, 0), 1.0, "max(x, 0)", lambda x: np.maximum(x, 0, out=x)),
+        Activation("relu6", lambda x: np.clip(x, 0, 6), 1.0, "min(max(x, 0), 6)", lambda x: np.clip(x, 0, 6, out=x)),
         Activation("leaky_relu", lambda x: np.where(x >= 0, x, 0.2 * x), 1.0, "x if x >= 0 else 0.2 x"),
         Activation("sigmoid", _sigmoid, 0.25, "1 / (1 + exp(-x))"),
         Activation("tanh", np.tanh, 1.0, "tanh(x)"),
@@ -203,9 +204,11 @@ def get(name: Any) -> Activation:
     return ACTIVATIONS[canonical(name)]
 
 
-def apply(name: Any, x: np.ndarray) -> np.ndarray:
-    """Apply the activation to ``x`` elementwise, in ``x``'s dtype."""
+def apply(name: Any, x: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """Apply the activation to ``x`` elementwise, in ``x``'s dtype (into ``x`` itself when ``overwrite`` allows)."""
     activation = get(name)
     if activation.name == "linear":
         return x
+    if overwrite and activation.in_place is not None and x.flags.writeable:
+        return activation.in_place(x)
     return np.asarray(activation.function(x), dtype=x.dtype)

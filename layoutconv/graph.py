@@ -238,12 +238,18 @@ def from_canonical(x: np.ndarray, layout: str) -> np.ndarray:
     return np.moveaxis(x, 1, -1) if layout == "channels_last" and x.ndim > 2 else x
 
 
-def run(graph: Graph, inputs: Sequence[Any], apply: Any, *, layout: str = "source", keep: bool = False) -> Any:
+def run(graph: Graph, inputs: Sequence[Any], apply: Any, *, layout: str = "source", keep: bool = False, donate: bool = False) -> Any:
     """Run ``graph`` with ``apply(record, x_or_list)`` for every node (the reference and verify share this walk).
 
     ``inputs`` are given in the source's layouts (``layout="source"``) or channels
     first (``"channels_first"``).  Returns the outputs (one array, or a tuple) in
     that layout, or with ``keep=True`` every edge by name, channels first.
+
+    With ``donate=True``, ``apply`` is called as ``apply(record, x_or_list, owned)``:
+    ``owned`` (a bool, or one per input) says that nothing else will read that input's
+    memory again (its last use, not an output, sharing no memory with a graph input or
+    with any value still to be read), so ``apply`` may overwrite it.  Values are dropped
+    after their last use.
     """
     if layout not in ("source", "channels_first"):
         raise fail(ConfigError, "Invalid value for argument `layout`", "'source' or 'channels_first'", f"layout={layout!r}")
@@ -265,13 +271,37 @@ def run(graph: Graph, inputs: Sequence[Any], apply: Any, *, layout: str = "sourc
                 f"shape {tuple(x.shape)}",
             )
         edges[spec.name] = to_canonical(x, spec.layout) if layout == "source" else x
-    for node in graph.nodes:
-        args = [edges[e] for e in node.inputs]
-        edges[node.name] = apply(graph.layers[node.layer], args[0] if len(args) == 1 else args)
+    if not donate:
+        for node in graph.nodes:
+            args = [edges[e] for e in node.inputs]
+            edges[node.name] = apply(graph.layers[node.layer], args[0] if len(args) == 1 else args)
+    else:
+        _run_donating(graph, edges, apply)
     if keep:
         return edges
     outs = [edges[o] if layout == "channels_first" else from_canonical(edges[o], graph.layout_of(o)) for o in graph.outputs]
     return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _run_donating(graph: Graph, edges: dict[str, Any], apply: Any) -> None:
+    """The node loop of :func:`run` with ``donate=True``: tells ``apply`` which inputs it may overwrite."""
+    last = {e: i for i, node in enumerate(graph.nodes) for e in node.inputs}
+    kept = set(graph.outputs)
+    protected = list(edges.values())  # the caller's arrays (or views of them)
+    for i, node in enumerate(graph.nodes):
+        args = [edges[e] for e in node.inputs]
+
+        def free(e: str, x: Any) -> bool:
+            if last[e] != i or e in kept or node.inputs.count(e) != 1:
+                return False
+            others = [v for name, v in edges.items() if name != e and (name in kept or last.get(name, -1) >= i)]
+            return not any(np.may_share_memory(v, x) for v in others + protected)
+
+        owned = [free(e, x) for e, x in zip(node.inputs, args)]
+        edges[node.name] = apply(graph.layers[node.layer], args[0] if len(args) == 1 else args, owned[0] if len(args) == 1 else owned)
+        for e in set(node.inputs):
+            if last[e] == i and e not in kept:
+                del edges[e]
 
 
 def flatten_channels_first(graph: Graph, inputs: Sequence[Any] | None = None) -> Graph:

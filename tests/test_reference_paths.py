@@ -110,3 +110,47 @@ def test_batch_norm_against_the_formula_per_element():
     np.testing.assert_allclose(reference.forward(bn, x), expected, rtol=1e-13, atol=1e-13)
     x32 = x.astype(np.float32)
     np.testing.assert_allclose(reference.forward(bn, x32, dtype=np.float32), expected, rtol=1.3e-6, atol=1e-5)
+
+
+def test_graph_runs_in_place_only_on_values_nobody_reads_again():
+    """Elementwise layers write into inputs no other node reads: a value read twice, an alias made by an
+    Identity or a Flatten, the caller's input and the graph's outputs must come out untouched."""
+    from layoutconv.graph import Graph, Input, Node
+
+    rng = np.random.default_rng(5)
+    c = 3  # the input's channels: conv's output is added to the input's relu
+    bn = layers.BatchNorm(rng.standard_normal(c), rng.uniform(0.5, 2, c), scale=rng.standard_normal(c), offset=rng.standard_normal(c))
+    g = Graph(
+        layers={
+            "conv": Conv(rng.standard_normal((c, 3, 5)), rng.standard_normal(c), padding="same_upper"),
+            "bn": bn,
+            "relu": layers.Activation("relu"),
+            "same": layers.Identity(),
+            "add": layers.Merge("add"),
+            "flat": layers.Flatten(),
+        },
+        inputs=[Input("x", (7, 3))],
+        nodes=[
+            Node("conv", "conv", ("x",)),
+            Node("alias", "same", ("conv",)),  # the same array under a second name
+            Node("bn", "bn", ("alias",)),  # alias's last use, but conv is read again below
+            Node("relu", "relu", ("bn",)),  # bn's last use: may be overwritten
+            Node("sum", "add", ("relu", "conv")),  # conv's last use, relu's too
+            Node("relu_in", "relu", ("x",)),  # the caller's input: never overwritten
+            Node("total", "add", ("sum", "relu_in")),
+            Node("flat", "flat", ("total",), "flat"),
+            Node("out", "relu", ("flat",), "flat"),  # a view of total, whose memory nobody else reads
+        ],
+        outputs=["sum", "out"],
+    )
+    x = rng.standard_normal((2, 7, 3))
+    before = x.copy()
+    got_sum, got_out = reference.forward(g, x)
+    np.testing.assert_array_equal(x, before)
+    cf = np.ascontiguousarray(x.transpose(0, 2, 1))
+    conv = reference.forward(g.layers["conv"], cf)
+    relu = np.maximum((conv - bn.mean[:, None]) / np.sqrt(bn.variance[:, None] + bn.epsilon) * bn.scale[:, None] + bn.offset[:, None], 0)
+    expected_sum = relu + conv
+    expected_out = np.maximum((expected_sum + np.maximum(cf, 0)).transpose(0, 2, 1).reshape(2, -1), 0)
+    np.testing.assert_allclose(got_sum.transpose(0, 2, 1), expected_sum, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(got_out, expected_out, rtol=1e-13, atol=1e-13)
