@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _harness import OthersLoad, fmt_ms, load_now, machine_info, median_seconds  # noqa: E402
+from profile_reference import forward_split  # noqa: E402
 
 import layoutconv  # noqa: E402
 from layoutconv import reference  # noqa: E402
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("\n" + f"{head[0]:<14}{head[1]:>7}" + "".join(f"{h:>13}" for h in head[2:]))
     rng = np.random.default_rng(0)
-    verdicts = []
+    verdicts, splits = [], []
     for name, (constructor, size, issue9) in MODELS.items():
         if args.only not in name:
             continue
@@ -123,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cells[0]:<14}{cells[1]:>7}" + "".join(f"{c:>13}" for c in cells[2:]), flush=True)
         if issue9:
             verdicts += [(name, e, t[e] / t["ort"]) for e in ("ref64", "ref32")]
+        for dtype in (np.float64, np.float32):
+            total, gemm = forward_split(graph, x, dtype, args.runs)
+            splits.append(f"{dash}{name}, reference in {np.dtype(dtype).name}: {fmt_ms(total)}, of which np.matmul {fmt_ms(gemm)} "
+                          f"({gemm / t['ort']:.1f}x onnxruntime's whole model; the rest {(total - gemm) / t['ort']:.1f}x)")
+    print("\n".join(splits))
     for name, engine, r in verdicts:
         print(f"{dash}issue 9, whole model {name}: {engine} / ort = {r:.1f}x (goal {GOAL}x): {'met' if r <= GOAL else 'missed'}")
     print(f"{dash}load average (1 min) at the end: {load_now():.2f}")
