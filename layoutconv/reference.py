@@ -205,8 +205,8 @@ def _conv_forward(conv: Conv, x: Any, dtype: Any) -> np.ndarray:
     xp = np.ascontiguousarray(pad(x, pads, conv.padding_mode, dtype=dtype))
     out = tuple((m - r) // s + 1 for m, r, s in zip(xp.shape[2:], conv.receptive_field, conv.stride))
     grid = _Grid.of(xp, out, conv.stride, conv.dilation, conv.kernel_shape)
-    kernel = conv.kernel.astype(dtype)
-    bias = None if conv.bias is None else conv.bias.astype(dtype)
+    kernel = conv.kernel.astype(dtype, copy=False)
+    bias = None if conv.bias is None else conv.bias.astype(dtype, copy=False)
     y = np.empty((n, o, *out), dtype=xp.dtype)
     if c // g == 1 and g > 1 and o // g <= DEPTHWISE_MULTIPLIER:
         _depthwise(grid, kernel, bias, y)
@@ -226,9 +226,9 @@ def _pointwise(conv: Conv, x: np.ndarray, dtype: Any) -> np.ndarray:
     out = picked.shape[2:]
     columns = np.ascontiguousarray(picked, dtype=dtype).reshape(n, c, math.prod(out))  # explicit sizes: N may be 0
     y = np.empty((n, conv.out_channels, math.prod(out)), dtype=columns.dtype)
-    np.matmul(conv.kernel.astype(dtype).reshape(conv.out_channels, c), columns, out=y)
+    np.matmul(conv.kernel.astype(dtype, copy=False).reshape(conv.out_channels, c), columns, out=y)
     if conv.bias is not None:
-        y += conv.bias.astype(dtype)[:, None]
+        y += conv.bias.astype(dtype, copy=False)[:, None]
     return y.reshape(n, conv.out_channels, *out)
 
 
@@ -491,13 +491,13 @@ def _transpose_forward(t: ConvTranspose, x: Any, dtype: Any) -> np.ndarray:
     taps = list(itertools.product(*(range(k) for k in t.kernel_shape)))
     rows = og * len(taps)  # rows of W^T per group: (output channel, tap)
     xg = x.astype(dtype, copy=False).reshape(n, g, cg, positions)
-    w = t.kernel.astype(dtype).reshape(g, cg, rows).transpose(0, 2, 1)
+    w = t.kernel.astype(dtype, copy=False).reshape(g, cg, rows).transpose(0, 2, 1)
     y = np.empty((n, o, *(m - b - max(e, 0) for m, (b, e) in zip(grown, pads))), dtype=xg.dtype)
     block, most = _blocks(n, positions, g * (cg + rows), y.itemsize)
     direct = all(b == e == 0 for b, e in pads)
     if not direct:
         canvas = np.empty((block, o, *grown), dtype=y.dtype)
-    bias = None if t.bias is None else t.bias.astype(dtype).reshape((o,) + (1,) * rank)
+    bias = None if t.bias is None else t.bias.astype(dtype, copy=False).reshape((o,) + (1,) * rank)
     with _workspace(y.dtype, g * cg * block * most, g * rows * block * most) as (inputs, products):
         for b0 in range(0, n, block):
             images = slice(b0, min(b0 + block, n))
@@ -570,9 +570,9 @@ def _channels(record: Any, x: np.ndarray, expected: int) -> None:
 def _dense_forward(dense: layers.Dense, x: Any, dtype: Any) -> np.ndarray:
     x = _float_input(dense, x, dtype)
     _channels(dense, x, dense.in_channels)
-    y = _channels_first(_channels_last(x) @ dense.kernel.astype(dtype).T)
+    y = _channels_first(_channels_last(x) @ dense.kernel.astype(dtype, copy=False).T)
     if dense.bias is not None:
-        y = y + dense.bias.astype(dtype).reshape((1, -1) + (1,) * (x.ndim - 2))
+        y = y + dense.bias.astype(dtype, copy=False).reshape((1, -1) + (1,) * (x.ndim - 2))
     return activations.apply(dense.activation, y)
 
 
@@ -582,12 +582,12 @@ def _batch_norm_forward(bn: layers.BatchNorm, x: Any, dtype: Any, owned: bool = 
     # y = (x - mean) / sqrt(var + eps) * scale + offset, as one multiply and one add per element (the
     # frameworks fold it the same way): a = scale / sqrt(var + eps), b = offset - mean * a.
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    a = 1 / np.sqrt(bn.variance.astype(dtype) + np.dtype(dtype).type(bn.epsilon))
+    a = 1 / np.sqrt(bn.variance.astype(dtype, copy=False) + np.dtype(dtype).type(bn.epsilon))
     if bn.scale is not None:
-        a = a * bn.scale.astype(dtype)
-    b = -bn.mean.astype(dtype) * a
+        a = a * bn.scale.astype(dtype, copy=False)
+    b = -bn.mean.astype(dtype, copy=False) * a
     if bn.offset is not None:
-        b = b + bn.offset.astype(dtype)
+        b = b + bn.offset.astype(dtype, copy=False)
     y = np.multiply(x, a.reshape(shape), out=x if _writable(given, x, owned) else None)
     y += b.reshape(shape)
     return y
@@ -609,7 +609,7 @@ def _layer_norm_forward(ln: layers.LayerNorm, x: Any, dtype: Any) -> np.ndarray:
             raise fail(
                 ShapeError, "Input does not fit the LayerNorm layer", f"sizes {value.shape} on axes {ln.axes}", f"shape {tuple(x.shape)}"
             )
-        value = value.astype(dtype).reshape((1,) + shape)
+        value = value.astype(dtype, copy=False).reshape((1,) + shape)
         y = y * value if name == "scale" else y + value
     return y
 
@@ -624,7 +624,7 @@ def _embedding_forward(emb: layers.Embedding, ids: Any, dtype: Any) -> np.ndarra
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise fail(ShapeError, "An Embedding id is out of range", f"ids in [0, {vocabulary})", f"{int(ids[where])} at index {where}")
-    return _channels_first(emb.weights.astype(dtype)[ids])
+    return _channels_first(emb.weights.astype(dtype, copy=False)[ids])
 
 
 def _activation_forward(act: layers.Activation, x: Any, dtype: Any, owned: bool = False) -> np.ndarray:
