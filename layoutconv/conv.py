@@ -19,7 +19,7 @@ import numpy as np
 
 from . import activations, layouts
 from .errors import ConfigError, ShapeError, fail
-from .record import Record, frozen_array
+from .record import Record, frozen_array, hand_over_copy
 
 #: Padding rules that are not explicit ``(begin, end)`` pairs.
 PADDING_RULES = ("valid", "same_upper", "same_lower", "causal")
@@ -246,7 +246,7 @@ class Conv(KernelRecord):
                     f"a layout with {rank} spatial axis name(s) ({' '.join(layouts.SPATIAL[rank])})",
                     f"{layouts.parse(layout).rank} spatial axes",
                 )
-            kernel = layouts.to_canonical(kernel, layout)
+            kernel = hand_over_copy(layouts.to_canonical(kernel, layout), kernel)  # a copy of its own: no second one
         if kernel.ndim != 2 + rank:
             raise fail(
                 ShapeError,

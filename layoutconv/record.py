@@ -23,6 +23,7 @@ True
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, ClassVar
 
 import numpy as np
@@ -52,9 +53,81 @@ def float_dtype(name: str) -> np.dtype:
     return np.dtype(ml_dtypes.bfloat16)
 
 
+#: memory records may hold without a copy (id -> the array owning it; an entry goes when its array does):
+#: arrays given away with :func:`hand_over`, and buffers declared with :func:`lend_memory`
+_TRUSTED: "weakref.WeakValueDictionary[int, np.ndarray]" = weakref.WeakValueDictionary()
+
+
+def hand_over(arr: np.ndarray) -> np.ndarray:
+    """Give a freshly made array to the records that will be built from it: read-only from now on, and taken
+    by :func:`frozen_array` (whole, or as a transposed view of it) without a copy.
+
+    For arrays nobody else holds, e.g. one just read from a file: a record
+    otherwise copies every array it is given, so that no caller can change it
+    afterwards (a checkpoint's 256 MB kernel would be allocated twice).  ``arr``
+    must own its memory or view a buffer given with :func:`lend_memory`;
+    anything else is left as it is (and copied as usual).
+    """
+    if not isinstance(arr, np.ndarray):
+        return arr
+    if arr.base is None and arr.flags.owndata:
+        arr.setflags(write=False)
+        _TRUSTED[id(arr)] = arr
+    elif _TRUSTED.get(id(_root(arr))) is _root(arr):
+        arr.setflags(write=False)
+    return arr
+
+
+def hand_over_copy(made: np.ndarray, source: Any) -> np.ndarray:
+    """:func:`hand_over` ``made`` when it is an array just made from ``source`` (its own memory, none of
+    ``source``'s): a record constructor's private copy, e.g. a kernel transposed to the canonical layout."""
+    if isinstance(made, np.ndarray) and made.base is None and made.flags.owndata and not np.may_share_memory(made, source):
+        return hand_over(made)
+    return made
+
+
+def lend_memory(buffer: np.ndarray) -> np.ndarray:
+    """Declare that ``buffer`` (an array owning its memory) is written by its owner only while nothing refers to
+    it: read-only views of it (:func:`hand_over`) may then be held by records without a copy.
+
+    For a pool that reuses big buffers from layer to layer (``layoutconv.convert_stream``):
+    every view of a buffer refers to it, so the pool sees when none is left.
+    """
+    if buffer.base is not None or not buffer.flags.owndata:
+        raise ValueError("lend_memory takes an array that owns its memory")
+    _TRUSTED[id(buffer)] = buffer
+    return buffer
+
+
+def _root(arr: np.ndarray) -> np.ndarray:
+    while isinstance(arr.base, np.ndarray):
+        arr = arr.base
+    return arr
+
+
+def _taken_whole(value: Any) -> bool:
+    """True for a read-only view of trusted memory (:func:`hand_over`, :func:`lend_memory`) whose elements are
+    dense (a contiguous array, or one with its axes permuted): a record may hold it without a copy."""
+    if not isinstance(value, np.ndarray) or value.flags.writeable:
+        return False
+    root = _root(value)
+    if _TRUSTED.get(id(root)) is not root:
+        return False
+    dims = sorted((s, n) for s, n in zip(value.strides, value.shape) if n > 1)
+    step = value.itemsize
+    for stride, n in dims:  # dense: the smallest stride one element, each next one the span of those before
+        if stride != step:
+            return False
+        step *= n
+    return True
+
+
 def frozen_array(name: str, value: Any) -> np.ndarray:
-    """A read-only copy of ``value`` in a supported float dtype, refusing non-finite values with their index."""
-    arr = np.array(value, copy=True)
+    """A read-only copy of ``value`` in a supported float dtype, refusing non-finite values with their index.
+
+    An array given away with :func:`hand_over` (or a transposed view of all of it) is taken as it is: no copy.
+    """
+    arr = value if _taken_whole(value) else np.array(value, copy=True)
     if arr.dtype.name not in FLOAT_DTYPES:
         raise fail(
             ConfigError,

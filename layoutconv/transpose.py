@@ -40,7 +40,7 @@ import numpy as np
 from . import activations, layouts
 from .conv import MAX_EXTENT, KernelRecord, Padding, _normalise_padding, _positive_tuple
 from .errors import ConfigError, ShapeError, fail
-from .record import frozen_array
+from .record import frozen_array, hand_over_copy
 
 #: Padding rules of a transposed convolution (no ``causal``: ONNX ``ConvTranspose`` has none).
 TRANSPOSE_PADDING_RULES = ("valid", "same_upper", "same_lower")
@@ -105,7 +105,7 @@ class ConvTranspose(KernelRecord):
         rank = self.spatial_rank
         kernel = np.asarray(kernel)
         if layout is not None:
-            kernel = layouts.to_canonical(kernel, layout, transposed=True)
+            kernel = hand_over_copy(layouts.to_canonical(kernel, layout, transposed=True), kernel)  # its own copy: kept as it is
         if kernel.ndim != 2 + rank or any(n == 0 for n in kernel.shape):
             raise fail(
                 ShapeError,
