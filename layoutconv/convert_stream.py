@@ -32,6 +32,12 @@ place; any failure leaves nothing behind.
 
 The whole model is never run: that would need every weight in memory.  The
 checks are per layer (see ``docs/verification.md``, "Streaming conversion").
+
+Memory: each array is read into a buffer of :class:`_Memory` and its record
+holds it as it is (no copy: :func:`layoutconv.record.hand_over`); the PyTorch
+tensors are made in the same buffers, which serve layer after layer, so the
+process touches fresh memory about twice the largest tensor once, not at
+every layer (on a virtual machine a first touch is the dearest part of a copy).
 """
 
 from __future__ import annotations
@@ -205,6 +211,69 @@ def _no_random_init() -> Iterator[None]:
             setattr(init, n, fn)
 
 
+class _Memory:
+    """The memory of a conversion's big arrays, reused from layer to layer instead of allocated anew.
+
+    A 256 MB array allocated afresh costs its first touch: page faults, and on
+    a virtual machine that returns freed memory to its host, the host's work to
+    give it back (0.2 to 0.5 s per 256 MB measured on the benchmark machine).
+    Each big weight needs two arrays (as read, and in PyTorch's layout); taken
+    from here, the same buffers serve every layer.  A buffer is taken again only
+    when nothing refers to it: every numpy view of it and every torch tensor made
+    of one refers to the buffer, so its reference count says when the last is
+    gone.  Records may hold its views without a copy
+    (:func:`layoutconv.record.lend_memory`).  Arrays under :attr:`SMALLEST`
+    bytes come from the ordinary allocator.
+    """
+
+    SMALLEST = 1 << 20
+
+    def __init__(self) -> None:
+        self._buffers: list[np.ndarray] = []
+        self._idle: list[int] = []  # each buffer's reference count when nothing else refers to it
+
+    def _is_idle(self, i: int) -> bool:
+        import sys
+
+        return sys.getrefcount(self._buffers[i]) <= self._idle[i]
+
+    def _take(self, nbytes: int) -> np.ndarray:
+        import sys
+
+        from .record import lend_memory
+
+        fits = [i for i in range(len(self._buffers)) if self._buffers[i].nbytes >= nbytes and self._is_idle(i)]
+        if fits:
+            return self._buffers[min(fits, key=lambda i: self._buffers[i].nbytes)]
+        # idle buffers too small for this array go back to the system: the peak stays that of the arrays alive
+        keep = [i for i in range(len(self._buffers)) if not self._is_idle(i)]
+        self._buffers = [self._buffers[i] for i in keep]
+        self._idle = [self._idle[i] for i in keep]
+        self._buffers.append(lend_memory(np.empty(nbytes, dtype=np.uint8)))
+        self._idle.append(sys.getrefcount(self._buffers[-1]))
+        return self._buffers[-1]
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A writable array of ``shape`` and ``dtype`` (uninitialised)."""
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < self.SMALLEST:
+            return np.empty(shape, dtype)
+        return self._take(nbytes)[:nbytes].view(dtype).reshape(shape)
+
+    def tensor(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """A contiguous torch tensor of ``shape`` and ``dtype`` (uninitialised)."""
+        import torch
+
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if nbytes < self.SMALLEST:
+            return torch.empty(shape, dtype=dtype)
+        return torch.from_numpy(self._take(nbytes)[:nbytes]).view(dtype).reshape(shape)
+
+    def clear(self) -> None:
+        self._buffers, self._idle = [], []
+
+
 class _Progress:
     """A progress bar on stderr (tqdm) for conversions that take over a second; nothing when off or tqdm is missing."""
 
@@ -245,7 +314,7 @@ def progress_wanted(quiet: bool) -> bool:
 class _Stream:
     """One streaming conversion (see the module docs); :func:`stream_model` drives it."""
 
-    def __init__(self, kf: Any, writer: Any, target: str, seed: int) -> None:
+    def __init__(self, kf: Any, writer: Any, target: str, seed: int, memory: _Memory | None = None) -> None:
         from . import _keras_graph
         from .model import _FileSource
 
@@ -269,7 +338,7 @@ class _Stream:
         self.kept: dict[str, tuple[bytes, bytes]] = {}  # tensor -> its first and last element's bytes
         self.largest = 0
         self.total = 0
-        self._scratch = np.empty(READ_BACK_CHUNK, dtype=np.uint8)
+        self.memory = memory if memory is not None else _Memory()
 
     # -- inputs ----------------------------------------------------------------------------------
     def _sample(self, edge: str, record: Any, dtype: np.dtype) -> np.ndarray:
@@ -341,6 +410,7 @@ class _Stream:
         import torch
 
         from . import graph as graph_module, layers
+        from .adapters.torch_adapter import tensor_memory
         from .adapters.torch_layers import GraphModule, run_graph
         from .graph import Graph, Input, Node
         from .porting import END_TO_END_FACTOR
@@ -366,7 +436,7 @@ class _Stream:
             x_shape = self.shapes[node.inputs[0]][0]
         kind = self.shapes[flatten.inputs[0] if flatten is not None else node.inputs[0]][1]
         mini = Graph(mini_layers, [Input("x", x_shape, "channels_first" if len(x_shape) >= 2 else "flat", kind)], mini_nodes, ["y"], name=node.layer)
-        with _no_random_init():
+        with _no_random_init(), tensor_memory(self.memory):
             module = GraphModule(mini, layout="channels_first")
         del mini, mini_layers
         kind_name = type(record).__name__
@@ -378,7 +448,9 @@ class _Stream:
         if flatten is not None:
             column = torch.from_numpy(graph_module.flatten_column(self.shapes[flatten.inputs[0]][0]))
             with torch.no_grad():
-                sub.weight = torch.nn.Parameter(sub.weight.index_select(1, column), requires_grad=False)
+                permuted = torch.index_select(sub.weight, 1, column, out=self.memory.tensor(tuple(sub.weight.shape), sub.weight.dtype))
+                sub.weight = torch.nn.Parameter(permuted, requires_grad=False)
+            del permuted
             self.permuted[node.layer] = flatten.name
         state = module.state_dict()
         loose = {k: v.contiguous() for k, v in state.items() if not v.is_contiguous()}
@@ -396,11 +468,13 @@ class _Stream:
             names.append(name)
             self.total += entry.nbytes
             self.largest = max(self.largest, entry.nbytes)
-        for key, entry in written:  # read back a slice at a time; each must equal what the module holds, which it then takes
+        # read back a slice at a time into memory of the pool (by now the buffer the layer was read into is free)
+        scratch = self.memory.empty((READ_BACK_CHUNK,), np.uint8)
+        for key, entry in written:  # each slice must equal what the module holds, which it then takes
             mine = state[key].detach()
             held = np.frombuffer(tensor_bytes(mine), dtype=np.uint8) if entry.nbytes else np.empty(0, np.uint8)
             for start in range(0, entry.nbytes, READ_BACK_CHUNK):
-                part = self.writer.read_into(entry, start, self._scratch[: min(READ_BACK_CHUNK, entry.nbytes - start)])
+                part = self.writer.read_into(entry, start, scratch[: min(READ_BACK_CHUNK, entry.nbytes - start)])
                 if not same_bytes(part, held[start : start + part.size]):
                     raise fail(VerificationError, f"Tensor {entry.name!r} read back from the file differs from what was written",
                                "the same bytes", f"other bytes from byte {start}", "Nothing was written.")
@@ -408,6 +482,7 @@ class _Stream:
             flat = mine.reshape(-1)
             self.kept[entry.name] = (tensor_bytes(flat[:1].contiguous()).tobytes(), tensor_bytes(flat[-1:].contiguous()).tobytes()) if entry.nbytes else (b"", b"")
             del mine, held, flat
+        del scratch
         got = run_graph(module, [x])
         del module, sub, state, tensor
         rtol, atol = ASSERT_CLOSE_DEFAULTS.get(got.dtype.name, ASSERT_CLOSE_DEFAULTS["float32"])
@@ -560,9 +635,12 @@ def stream_model(
         else:
             writer = TorchZipWriter(tmp)
         try:
-            with kf.reading():
-                stream = _Stream(kf, writer, target.name, seed)
+            memory = _Memory()
+            # records take the arrays read as they are (the walk keeps no other reference), in memory reused layer by layer
+            with kf.reading(hand_over=True, memory=memory):
+                stream = _Stream(kf, writer, target.name, seed, memory)
                 stream.run(bar)
+            memory.clear()
             graph = stream.check_flattens()
             metadata = {"written_by": "layoutconv", "model": graph.name}
             if target.name == "safetensors":

@@ -207,6 +207,53 @@ def test_more_layer_kinds_stream_like_the_whole_path(tmp_path, make, save):
     assert_same_file(tmp_path / "s.pt", tmp_path / "w.pt")
 
 
+@pytest.mark.parametrize("make", [mixed_model, recurrent_model, conv_kinds_model], ids=["mixed", "recurrent", "conv-kinds"])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_every_array_in_reused_memory_still_streams_like_the_whole_path(tmp_path, monkeypatch, make, suffix):
+    """With every array read and every tensor made in the stream's reused buffers (not only those over 1 MiB),
+    the file is that of the whole-model path, bit for bit: no buffer was taken again while a record or a module
+    still used it.  And the buffers were reused: far fewer than the arrays."""
+    monkeypatch.setattr(convert_stream._Memory, "SMALLEST", 0)
+    made = []
+    real_take = convert_stream._Memory._take
+
+    def take(memory, nbytes):
+        before = {id(b) for b in memory._buffers}
+        out = real_take(memory, nbytes)
+        made.extend([nbytes] if id(out) not in before else [])
+        return out
+
+    monkeypatch.setattr(convert_stream._Memory, "_take", take)
+    m = make()
+    m.save(tmp_path / "m.keras")
+    report = stream_model(tmp_path / "m.keras", tmp_path / f"s{suffix}")
+    assert report.passed
+    save_model(layoutconv.read_model(tmp_path / "m.keras"), tmp_path / f"w{suffix}")
+    assert_same_file(tmp_path / f"s{suffix}", tmp_path / f"w{suffix}")
+    assert 0 < len(made) < report.tensors
+
+
+def test_memory_takes_a_buffer_again_only_when_nothing_refers_to_it():
+    from layoutconv import layers
+
+    memory = convert_stream._Memory()
+    a = memory.empty((512, 1024), np.float32)  # 2 MiB
+    b = memory.empty((256, 1024), np.float32)  # 1 MiB: a is in use, so a buffer of its own
+    assert not np.shares_memory(a, b) and len(memory._buffers) == 2
+    record = layers.Dense(layoutconv.record.hand_over(a), layout="I O")  # the record holds a's memory, not a copy
+    assert np.shares_memory(record.kernel, memory._buffers[0])
+    del a
+    c = memory.empty((512, 1024), np.float32)
+    assert not np.shares_memory(c, record.kernel)  # the record still uses the first buffer
+    del b
+    d = memory.tensor((256, 1024), torch.float32)  # the second one is free again
+    assert np.shares_memory(d.numpy(), memory._buffers[1]) and len(memory._buffers) == 3
+    del record, c, d
+    big = memory.empty((1024, 1024), np.float32)  # 4 MiB: none fits, the idle smaller ones go
+    assert len(memory._buffers) == 1 and big.nbytes == memory._buffers[0].nbytes
+    assert memory.empty((10,), np.float32).base is None  # small arrays: the ordinary allocator
+
+
 def test_a_shared_layer_is_written_once_and_kept_until_its_last_call(tmp_path):
     L = keras.layers
     a, b = keras.Input((5,), name="a"), keras.Input((5,), name="b")

@@ -41,8 +41,10 @@ beginning and the rest at the end, and is refused for stride > 1;
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -107,13 +109,32 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return t.numpy().copy()
 
 
+#: where :func:`to_tensor` takes its tensors' memory (:func:`tensor_memory`); None: torch's allocator
+_TENSOR_MEMORY: contextvars.ContextVar[Any] = contextvars.ContextVar("layoutconv_tensor_memory", default=None)
+
+
+@contextlib.contextmanager
+def tensor_memory(memory: Any) -> Iterator[None]:
+    """Within this context, :func:`to_tensor` copies into ``memory.tensor(shape, dtype)`` (a contiguous tensor)
+    instead of a fresh one: a conversion that reuses its buffers from layer to layer (``convert --stream``)."""
+    token = _TENSOR_MEMORY.set(memory)
+    try:
+        yield
+    finally:
+        _TENSOR_MEMORY.reset(token)
+
+
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """A torch tensor owning a contiguous copy of ``array``, same dtype and values (``ml_dtypes.bfloat16`` -> ``torch.bfloat16``).
 
     One copy, made by torch (whose strided copy transposes a Keras kernel several
-    times faster than ``np.ascontiguousarray``).
+    times faster than ``np.ascontiguousarray``), into memory of :func:`tensor_memory` if one is set.
     """
-    return _view(array).clone(memory_format=torch.contiguous_format)
+    source = _view(array)
+    memory = _TENSOR_MEMORY.get()
+    if memory is None:
+        return source.clone(memory_format=torch.contiguous_format)
+    return memory.tensor(tuple(source.shape), source.dtype).copy_(source)
 
 
 def _view(array: np.ndarray) -> torch.Tensor:
@@ -552,6 +573,11 @@ def _torch_padding(conv: Conv) -> Any:
 
 
 def _fill(module: nn.Module, record: Any) -> nn.Module:
+    if _TENSOR_MEMORY.get() is not None:  # the weights in that memory instead of the module's own
+        module.weight = nn.Parameter(to_tensor(record.kernel), requires_grad=module.weight.requires_grad)
+        if record.bias is not None:
+            module.bias = nn.Parameter(to_tensor(record.bias), requires_grad=module.bias.requires_grad)
+        return module.eval()
     with torch.no_grad():  # copied straight from the record's arrays: no intermediate tensor
         module.weight.copy_(_view(record.kernel))
         if record.bias is not None:

@@ -287,8 +287,13 @@ class SafeH5:
         with guard(self.label, f"dataset {path!r}"):
             return tuple(int(n) for n in dset.shape), _dtype_name(dset.dtype), dset.name
 
-    def dataset(self, path: str) -> np.ndarray:
-        """Read a floating-point dataset into a native-byte-order numpy array (values unchanged)."""
+    def dataset(self, path: str, into: Any = None) -> np.ndarray:
+        """Read a floating-point dataset into a native-byte-order numpy array (values unchanged).
+
+        ``into`` (an object with ``empty(shape, dtype)`` giving a writable
+        array) provides the memory for a native-order dataset; otherwise h5py
+        allocates it.
+        """
         dset = self._dataset(path)
         with guard(self.label, f"dataset {path!r}"):
             dtype = dset.dtype
@@ -299,7 +304,11 @@ class SafeH5:
                     "float16, float32 or float64",
                     f"dtype {dtype}",
                 )
-            arr = np.asarray(dset[()])
+            if into is not None and dtype.isnative and dset.size:
+                arr = into.empty(dset.shape, dtype.newbyteorder("="))
+                dset.read_direct(arr)
+            else:
+                arr = np.asarray(dset[()])
         if arr.dtype.byteorder not in ("=", "|"):
             arr = arr.astype(arr.dtype.newbyteorder("="))
         return arr

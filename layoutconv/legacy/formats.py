@@ -38,6 +38,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from ..errors import FileFormatError, UnsupportedError, fail
+from ..record import hand_over
 from . import semantics
 from ._safe_h5 import HDF5_SIGNATURE, SafeH5, Span, file_size, guard
 from ._safe_zip import MAX_JSON_BYTES, ZIP_SIGNATURE, SafeZip
@@ -144,25 +145,37 @@ def read_arrays(path: str, source: Source, weights: Iterable[Weight]) -> list[np
     opening (and re-checking) it."""
     held = _SESSIONS.get((path, source))
     if held is not None:
-        return [held[0].dataset(w.path) for w in weights]
+        h5, _, options = held
+        if options.get("memory") is not None:
+            arrays = [h5.dataset(w.path, into=options["memory"]) for w in weights]
+        else:
+            arrays = [h5.dataset(w.path) for w in weights]
+        return [hand_over(a) for a in arrays] if options.get("hand_over") else arrays
     with _weights_h5(path, source) as h5:
         return [h5.dataset(w.path) for w in weights]
 
 
-#: files kept open by :func:`session`: (path, source) -> [the open SafeH5, number of sessions using it]
+#: files kept open by :func:`session`: (path, source) -> [the open SafeH5, number of sessions using it, options]
 _SESSIONS: dict[tuple[str, Source], list[Any]] = {}
 
 
 @contextlib.contextmanager
-def session(path: str, source: Source) -> Iterator[None]:
-    """Keep the weights of ``path`` open (checked once) while reading many layers: :func:`read_arrays` uses it."""
+def session(path: str, source: Source, *, hand_over: bool = False, memory: Any = None) -> Iterator[None]:
+    """Keep the weights of ``path`` open (checked once) while reading many layers: :func:`read_arrays` uses it.
+
+    ``hand_over=True`` (for a caller that builds records of the arrays and keeps
+    no other reference to them): every array read is given to the records
+    without a copy (:func:`layoutconv.record.hand_over`): read-only.  ``memory``
+    (an object with ``empty(shape, dtype)``) gives the arrays read their memory
+    (:meth:`SafeH5.dataset`).  A nested session keeps the outer one's options.
+    """
     key = (path, source)
     if key in _SESSIONS:
         _SESSIONS[key][1] += 1
     else:
         h5 = _weights_h5(path, source)
         h5.__enter__()
-        _SESSIONS[key] = [h5, 1]
+        _SESSIONS[key] = [h5, 1, {"hand_over": hand_over, "memory": memory}]
     try:
         yield
     finally:

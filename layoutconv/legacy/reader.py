@@ -144,13 +144,18 @@ class KerasFile:
         layer = self.layer(layer_name)
         return formats.read_arrays(self.path, self._source, layer.weights)
 
-    def reading(self) -> Any:
+    def reading(self, *, hand_over: bool = False, memory: Any = None) -> Any:
         """A context in which the file stays open (checked once) for reading many layers.
+
+        ``hand_over=True``: the arrays read are given to the records built of
+        them without a copy (read-only; for a caller that keeps no other
+        reference to them).  ``memory``: where the arrays read get their memory
+        (:func:`layoutconv.legacy.formats.session`).
 
         >>> with kf.reading():                                  # doctest: +SKIP
         ...     records = [kf.conv(layer.name) for layer in kf.conv_layers]
         """
-        return formats.session(self.path, self._source)
+        return formats.session(self.path, self._source, hand_over=hand_over, memory=memory)
 
     # -- conversion -------------------------------------------------------
     def convention(self, layer_name: str | None = None, *, layout: str | None = None, **hyperparameters: Any) -> Convention:
