@@ -93,9 +93,33 @@ class Span(NamedTuple):
     size: int
 
 
+def _libc_memmem() -> Any:
+    """glibc's ``memmem`` through ctypes (None elsewhere): twice as fast as ``bytes.find`` on weight bytes, where
+    the first byte of a 4-byte signature turns up every 256 bytes."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL("libc.so.6").memmem
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_void_p
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+    return fn
+
+
+_MEMMEM: list[Any] = []  # [memmem or None], looked up once
+
+
 class _FileView:
-    """What :func:`check_global_heaps` reads of a file on disk (``find``, slices, one byte, ``len``), read a chunk at a
-    time: a scan through mmap would count every page of the file in the process's resident memory."""
+    """What :func:`check_global_heaps` reads of a file on disk (``find``, slices, one byte, ``len``).
+
+    ``find`` maps the file a chunk at a time (read-only ``mmap``, unmapped
+    before the next: mapping a whole 1 GiB file would count every page of it in
+    the process's resident memory) and searches the page cache in place, with
+    glibc's ``memmem`` where there is one: no copy of the file is made (a
+    ``pread`` into a buffer costs as much kernel time as the search itself).
+    Where mapping fails it reads the chunk into a buffer instead.
+    """
 
     CHUNK = 16 << 20
 
@@ -116,25 +140,60 @@ class _FileView:
         return bytes(out)
 
     def find(self, sub: bytes, start: int = 0) -> int:
-        if self._buffer is None:
-            self._buffer = bytearray(self.CHUNK + len(sub))
-        view = memoryview(self._buffer)
         pos = max(0, start)
         while pos < self._size:
             want = min(self._size - pos, self.CHUNK + len(sub) - 1)
-            got = 0
-            while got < want:
-                n = os.preadv(self._fd, [view[got:want]], self._offset + pos + got)
-                if n <= 0:
-                    break
-                got += n
-            at = self._buffer.find(sub, 0, got)
+            at, got = self._find_mapped(sub, pos, want)
+            if got is None:
+                at, got = self._find_read(sub, pos, want)
             if at >= 0:
                 return pos + at
             if got < want or pos + got >= self._size:
                 return -1
             pos += self.CHUNK
         return -1
+
+    def _find_mapped(self, sub: bytes, pos: int, want: int) -> tuple[int, int | None]:
+        """``sub`` in bytes ``pos`` to ``pos + want`` through a mapping: (offset from ``pos`` or -1, bytes searched),
+        or (-1, None) when the file cannot be mapped (or is shorter than it was)."""
+        import mmap
+
+        absolute = self._offset + pos
+        lead = absolute % mmap.ALLOCATIONGRANULARITY
+        try:
+            if os.fstat(self._fd).st_size < absolute + want:
+                return -1, None
+            mapped = mmap.mmap(self._fd, lead + want, access=mmap.ACCESS_READ, offset=absolute - lead)
+        except (OSError, ValueError, OverflowError):
+            return -1, None
+        try:
+            if not _MEMMEM:
+                _MEMMEM.append(_libc_memmem())
+            memmem = _MEMMEM[0]
+            if memmem is None:
+                at = mapped.find(sub, lead, lead + want)
+                return (at - lead if at >= 0 else -1), want
+            view = np.frombuffer(mapped, dtype=np.uint8)
+            try:
+                address = view.ctypes.data
+                hit = memmem(address + lead, want, sub, len(sub))
+            finally:
+                del view  # the mapping cannot close while a view of it exists
+            return (hit - address - lead if hit else -1), want
+        finally:
+            mapped.close()
+
+    def _find_read(self, sub: bytes, pos: int, want: int) -> tuple[int, int]:
+        if self._buffer is None:
+            self._buffer = bytearray(self.CHUNK + len(sub))
+        view = memoryview(self._buffer)
+        got = 0
+        while got < want:
+            n = os.preadv(self._fd, [view[got:want]], self._offset + pos + got)
+            if n <= 0:
+                break
+            got += n
+        return self._buffer.find(sub, 0, got), got
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, slice):
