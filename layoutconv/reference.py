@@ -570,7 +570,11 @@ def _channels(record: Any, x: np.ndarray, expected: int) -> None:
 def _dense_forward(dense: layers.Dense, x: Any, dtype: Any) -> np.ndarray:
     x = _float_input(dense, x, dtype)
     _channels(dense, x, dense.in_channels)
-    y = _channels_first(_channels_last(x) @ dense.kernel.astype(dtype, copy=False).T)
+    kernel = dense.kernel.astype(dtype, copy=False)
+    if x.ndim == 2:  # W x per sample: BLAS streams a big kernel once (x @ W.T first repacks it: 4x slower at 2 samples)
+        y = np.ascontiguousarray((kernel @ x.T).T)
+    else:
+        y = _channels_first(_channels_last(x) @ kernel.T)
     if dense.bias is not None:
         y = y + dense.bias.astype(dtype, copy=False).reshape((1, -1) + (1,) * (x.ndim - 2))
     return activations.apply(dense.activation, y)
