@@ -460,6 +460,27 @@ def _json_part(text):
     return text[text.index("{"):] if "{" in text else ""
 
 
+PRELOAD_RUN = r"""
+import sys, threading
+from layoutconv import convert_stream, FileFormatError
+assert "torch" not in sys.modules
+try:
+    convert_stream.stream_model(sys.argv[1] + ".missing", sys.argv[2])
+except FileFormatError:
+    pass
+assert threading.active_count() == 1  # the importing thread is joined on failure too
+report = convert_stream.stream_model(sys.argv[1], sys.argv[2])
+assert report.passed and threading.active_count() == 1 and "torch" in sys.modules
+print("ok")
+"""
+
+
+def test_torch_is_imported_in_a_thread_joined_before_the_stream_returns_or_fails(files, tmp_path):
+    run = subprocess.run([sys.executable, "-c", PRELOAD_RUN, str(files["h5"][0]), str(tmp_path / "m.pt")],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
 def test_cli_stream_json_report(files, tmp_path):
     run = cli("convert", files["h5"][0], tmp_path / "m.pt", "--stream", "--json")
     assert run.returncode == 0, run.stderr
