@@ -130,8 +130,9 @@ class StreamReport:
         return "\n".join(lines)
 
 
-def same_bytes(a: np.ndarray, b: np.ndarray, chunk: int = 8 << 20) -> bool:
-    """Byte-for-byte equality of two uint8 arrays, a slice at a time (a whole-array ``==`` would allocate its size again)."""
+def same_bytes(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 20) -> bool:
+    """Byte-for-byte equality of two uint8 arrays, a slice at a time (a whole-array ``==`` would allocate its size again;
+    1 MiB slices: their ``==`` adds 1 MB at the stream's peak, where both big buffers are in use)."""
     return a.size == b.size and all(np.array_equal(a[i : i + chunk], b[i : i + chunk]) for i in range(0, a.size, chunk))
 
 
