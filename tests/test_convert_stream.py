@@ -233,6 +233,27 @@ def test_every_array_in_reused_memory_still_streams_like_the_whole_path(tmp_path
     assert 0 < len(made) < report.tensors
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_tensors_written_in_small_pieces_make_the_same_file(files, tmp_path, monkeypatch, suffix):
+    """Writes of WRITE_CHUNK bytes (an odd 1000 here: pieces end inside elements and tensors) give the file
+    the whole-model path writes; no single write is larger."""
+    from layoutconv import _stream_files
+
+    sizes = []
+    real_pwrite = os.pwrite
+
+    def pwrite(fd, data, offset):
+        sizes.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(_stream_files, "WRITE_CHUNK", 1000)
+    monkeypatch.setattr(_stream_files.os, "pwrite", pwrite)
+    assert stream_model(files["keras"][0], tmp_path / f"s{suffix}").passed
+    assert_same_file(tmp_path / f"s{suffix}", _whole(files, tmp_path, suffix))
+    if suffix == ".safetensors":
+        assert sizes and max(sizes) <= 1000
+
+
 def test_memory_takes_a_buffer_again_only_when_nothing_refers_to_it():
     from layoutconv import layers
 
@@ -240,6 +261,7 @@ def test_memory_takes_a_buffer_again_only_when_nothing_refers_to_it():
     a = memory.empty((512, 1024), np.float32)  # 2 MiB
     b = memory.empty((256, 1024), np.float32)  # 1 MiB: a is in use, so a buffer of its own
     assert not np.shares_memory(a, b) and len(memory._buffers) == 2
+    a[...] = 0.5  # uninitialised memory may hold NaN, which a record refuses
     record = layers.Dense(layoutconv.record.hand_over(a), layout="I O")  # the record holds a's memory, not a copy
     assert np.shares_memory(record.kernel, memory._buffers[0])
     del a
