@@ -684,20 +684,22 @@ def _dims(name: str, shape: Sequence[int | None]) -> list[Any]:
 
 
 def write_graph(
-    graph: Graph, opset: Any = None, layout: str = "source", dtype: Any = None, *, store: Store | None = None, check: bool = True
+    graph: Graph, opset: Any = None, layout: str = "source", dtype: Any = None, *, store: Store | None = None, check: bool = True,
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> onnx.ModelProto:
     """The ONNX model of ``graph`` (see :func:`to_native`).
 
     ``store`` makes each weight's initializer (default: the bytes inside the tensor; see :data:`Store`);
     ``check=False`` skips the in-memory ONNX checker, for a model whose weights are external data (checked
-    by its path once written).
+    by its path once written).  ``shapes``: every edge's per-sample shape (channels first) when the caller knows
+    them (a streaming conversion), instead of :func:`static_shapes` running the reference on the whole graph.
     """
     if layout not in ("source", "channels_first"):
         raise fail(ConfigError, "Invalid value for argument `layout`", "'source' or 'channels_first'", f"layout={layout!r}")
     dt = _graph_dtype(graph, dtype)
     opset = _choose_opset(graph, dt, opset)
     elem = helper.np_dtype_to_tensor_dtype(dt)
-    shapes = static_shapes(graph)
+    shapes = static_shapes(graph) if shapes is None else shapes
     ranks: dict[str, int | None] = {i.name: len(i.shape) + 1 for i in graph.inputs}
     kinds = {i.name: i.kind for i in graph.inputs}
     for n in graph.nodes:
