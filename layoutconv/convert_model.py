@@ -255,7 +255,12 @@ def convert_command(args: Any) -> int:
         graph = _torch_source(args)
     else:
         target = model_target_for(args.output, args.to)
-        if convert_stream.should_stream(args.source, target.name, getattr(args, "stream", None)):
+        if getattr(args, "external_data", None) is False and target.name == "onnx" and getattr(args, "stream", None):
+            raise fail(ConfigError, "A streamed .onnx keeps its weights in external data", "--stream without --no-external-data",
+                       "--stream --no-external-data", "Drop one of them (--no-stream builds the whole model in memory).")
+        if convert_stream.should_stream(args.source, target.name, getattr(args, "stream", None)) and not (
+            target.name == "onnx" and getattr(args, "external_data", None) is False
+        ):
             report_s = convert_stream.stream_model(
                 args.source, args.output, to=args.to, architecture=args.architecture, backend=args.backend,
                 overwrite=args.force, parents=args.parents, progress=convert_stream.progress_wanted(getattr(args, "quiet", False)),
@@ -269,7 +274,7 @@ def convert_command(args: Any) -> int:
         graph = read_model(args.source, architecture=args.architecture, backend=args.backend)
     if not args.json:
         print(graph.summary())
-    report = save_model(graph, args.output, to=args.to, overwrite=args.force, parents=args.parents)
+    report = save_model(graph, args.output, to=args.to, overwrite=args.force, parents=args.parents, external_data=getattr(args, "external_data", None))
     if args.json:
         print(json.dumps({**report.to_dict(), "wrote": args.output}, indent=2))
     else:

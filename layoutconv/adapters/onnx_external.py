@@ -316,7 +316,7 @@ def plan(model: onnx.ModelProto, base_dir: str) -> list[tuple[TensorProto, str, 
             fields[e.key] = e.value
         location = fields.get("location", "")
         if not plain_name(location):
-            raise _refuse(t, "keeps its data in an external file outside the model's directory",
+            raise _refuse(t, "names its external data file by something other than a plain file name in the model's directory",
                           f"data_location=EXTERNAL, location={location[:200]!r}")
         if t.data_type not in _READ_TYPES or t.HasField("segment") or t.HasField("raw_data"):
             raise _refuse(t, "is external data of a kind layoutconv does not read",

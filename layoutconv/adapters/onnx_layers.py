@@ -601,6 +601,8 @@ def _out_rank(record: Any, ranks: Sequence[int | None]) -> int | None:
         return len(getattr(record, "shape", None) or record.dims) + 1
     if isinstance(record, layers.GlobalPool) and not record.keepdims:
         return 2
+    if isinstance(record, (Recurrent, Bidirectional)) and not record.return_sequences:
+        return 2  # the last step only: (N, units)
     first = ranks[0] if ranks else None
     if isinstance(record, layers.Embedding):
         return None if first is None else first + 1
