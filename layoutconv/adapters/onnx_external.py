@@ -101,13 +101,22 @@ def weight_bytes(graph: Any) -> int:
 # -- writing -----------------------------------------------------------------------------------------
 
 
-def _raw(array: np.ndarray) -> memoryview:
-    """The little-endian bytes of ``array`` as ONNX's ``raw_data`` holds them, without a copy when it is contiguous."""
+def _chunks(array: np.ndarray) -> Iterator[np.ndarray]:
+    """The little-endian bytes of ``array`` in C order, as ONNX's ``raw_data`` holds them, about :data:`CHUNK` bytes at
+    a time (uint8 arrays): a weight that is a transposed view is never copied whole."""
     a = np.asarray(array)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    a = np.ascontiguousarray(a)
-    return memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b"")
+    if a.size == 0:
+        return
+    if a.ndim == 0 or a.flags.c_contiguous:
+        flat = a.reshape(-1).view(np.uint8)
+        for start in range(0, flat.size, CHUNK):
+            yield flat[start : start + CHUNK]
+        return
+    rows = max(1, CHUNK // max(1, a.nbytes // a.shape[0]))
+    for start in range(0, a.shape[0], rows):
+        yield np.ascontiguousarray(a[start : start + rows]).reshape(-1).view(np.uint8)
 
 
 def external_tensor(name: str, dtype: np.dtype, shape: tuple[int, ...], location: str, offset: int, length: int) -> TensorProto:
@@ -143,18 +152,19 @@ class DataWriter:
         if array.nbytes < EXTERNAL_MIN_BYTES or not self.external:
             t = _tensor(name, array)
         else:
-            data = _raw(array)
-            offset = -(-self._end // ALIGNMENT) * ALIGNMENT
-            done = 0
-            while done < len(data):
-                done += os.pwrite(self._fd, data[done : done + (1 << 30)], offset + done)
-            self._end = offset + len(data)
-            t = external_tensor(name, array.dtype, array.shape, self.location, offset, len(data))
-            if not self.same_bytes(t, array):
+            offset = done = -(-self._end // ALIGNMENT) * ALIGNMENT
+            for chunk in _chunks(array):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.pwrite(self._fd, view, done) :]
+                done += chunk.size
+            self._end = done
+            t = external_tensor(name, array.dtype, array.shape, self.location, offset, array.nbytes)
+            if done - offset != array.nbytes or not self.same_bytes(t, array):
                 raise fail(VerificationError, f"Tensor {name!r} read back from {self.location!r} differs from what was written",
                            "the same bytes", "other bytes", "Nothing was written.")
-            self.largest = max(self.largest, len(data))
-            self.total += len(data)
+            self.largest = max(self.largest, array.nbytes)
+            self.total += array.nbytes
         self.tensors[requested] = t
         return t
 
@@ -164,16 +174,19 @@ class DataWriter:
             return True  # in the model itself: made by _tensor, which checks its round trip
         fields = external_fields(t)
         offset, length = int(fields["offset"]), int(fields["length"])
-        held = np.frombuffer(_raw(array), dtype=np.uint8) if length else np.empty(0, np.uint8)
-        if held.size != length:
+        if np.asarray(array).nbytes != length:
             return False
         buf = self._scratch if scratch is None else scratch
-        for start in range(0, length, buf.size):
-            part = buf[: min(buf.size, length - start)]
-            got = os.preadv(self._fd, [memoryview(part)], offset + start)
-            if got != part.size or not np.array_equal(part, held[start : start + part.size]):
-                return False
-        return True
+        start = 0
+        for chunk in _chunks(array):
+            for i in range(0, chunk.size, buf.size):  # a chunk is one row at most when a row outgrows CHUNK
+                held = chunk[i : i + buf.size]
+                part = buf[: held.size]
+                got = os.preadv(self._fd, [memoryview(part)], offset + start)
+                if got != part.size or not np.array_equal(part, held):
+                    return False
+                start += held.size
+        return start == length
 
     def close(self) -> None:
         if self._fd >= 0:
