@@ -90,7 +90,8 @@ def build(workdir: str, width: int = WIDTH, forms: str = "keras,h5,weights") -> 
         "json": os.path.join(workdir, "model.json"),
     }
     done = os.path.join(workdir, "model.done")
-    if os.path.exists(done):
+    wanted = [paths[f] for f in forms.split(",")]
+    if os.path.exists(done) and all(os.path.exists(p) for p in wanted):
         return paths
     os.makedirs(workdir, exist_ok=True)
     code = r"""
