@@ -139,6 +139,9 @@ def test_inspect_and_cli_convert_read_and_write_external_data(tmp_path):
     run = subprocess.run([sys.executable, "-m", "layoutconv", "inspect", str(path), "--json"], capture_output=True, text=True, env=ENV, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "fc.weight" in run.stdout and "conv.weight" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "layoutconv", "verify", "--file", str(path), "--layer", "c", "--frameworks", "onnx,torch", "--workers", "1"],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert run.returncode == 0 and "PASSED" in run.stdout, run.stdout + run.stderr
     run = subprocess.run([sys.executable, "-m", "layoutconv", "convert", str(path), str(tmp_path / "again.onnx"), "--model", "--external-data", "--json"],
                          capture_output=True, text=True, env=ENV, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -252,3 +255,11 @@ def test_cli_inspect_refuses_traversal_in_one_line(tmp_path):
     run = subprocess.run([sys.executable, "-m", "layoutconv", "inspect", str(path)], capture_output=True, text=True, env=ENV, timeout=300)
     assert run.returncode == 2 and run.stdout == "" and len(run.stderr.strip().splitlines()) == 1
     assert "plain file name" in run.stderr and "etc/passwd" in run.stderr
+
+
+def test_onnxruntime_runs_external_data_from_a_path_only(tmp_path):
+    path, _ = _with_external(tmp_path, {"location": "w.data", "offset": 0, "length": NBYTES}, "good")
+    x = np.ones((2, 20), np.float32)
+    assert L.run(str(path), [x]).shape == (2, 24)
+    with pytest.raises(UnsafeFileError, match="no directory"):
+        L.run(onnx.load(str(path), load_external_data=False), [x])

@@ -870,6 +870,7 @@ def session(model: Any, options: Any = None) -> Any:
 
     try:
         if isinstance(model, onnx.ModelProto):
+            base._refuse_external_data(model)  # onnxruntime would look for it beside the working directory
             source: Any = model.SerializeToString()
         else:
             loaded = base._load(model, external="check")
