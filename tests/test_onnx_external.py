@@ -263,3 +263,27 @@ def test_onnxruntime_runs_external_data_from_a_path_only(tmp_path):
     assert L.run(str(path), [x]).shape == (2, 24)
     with pytest.raises(UnsafeFileError, match="no directory"):
         L.run(onnx.load(str(path), load_external_data=False), [x])
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 96, 7], ids=["one-chunk", "rows-per-chunk", "rows-larger-than-a-chunk"])
+def test_strided_weights_are_written_in_chunks_bit_for_bit(tmp_path, monkeypatch, chunk):
+    """Transposed and sliced views (as records hold Keras kernels) written in chunks: the bytes of their C-order copy."""
+    monkeypatch.setattr(E, "CHUNK", chunk)
+    rng = np.random.default_rng(5)
+    arrays = {
+        "t2": rng.standard_normal((37, 29)).astype(np.float32).T,
+        "t4": rng.standard_normal((3, 2, 11, 13)).astype(np.float64).transpose(3, 2, 0, 1),
+        "sliced": rng.standard_normal((40, 70)).astype(np.float16)[::2, 3:67],
+        "big-endian": rng.standard_normal((37, 9)).astype(">f4"),  # 1332 bytes: external
+        "contiguous": rng.standard_normal((300,)).astype(np.float32),
+    }
+    writer = E.DataWriter(tmp_path / "w.data", "w.data")
+    stored = {k: writer.store(k, k, a) for k, a in arrays.items()}
+    writer.close()
+    data = (tmp_path / "w.data").read_bytes()
+    for k, a in arrays.items():
+        f = E.external_fields(stored[k])
+        start, n = int(f["offset"]), int(f["length"])
+        assert start % E.ALIGNMENT == 0 and n == a.nbytes
+        assert data[start : start + n] == np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes(), k
+        assert b"".join(c.tobytes() for c in E._chunks(a)) == data[start : start + n], k
