@@ -186,26 +186,6 @@ class DataWriter:
                 return False
         return True
 
-    def same_bytes(self, t: TensorProto, array: np.ndarray, scratch: np.ndarray | None = None) -> bool:
-        """Whether the file holds ``array``'s bytes where ``t`` says, read back :data:`CHUNK` bytes at a time."""
-        if t.data_location != TensorProto.EXTERNAL:
-            return True  # in the model itself: made by _tensor, which checks its round trip
-        fields = external_fields(t)
-        offset, length = int(fields["offset"]), int(fields["length"])
-        if np.asarray(array).nbytes != length:
-            return False
-        buf = self._scratch if scratch is None else scratch
-        start = 0
-        for chunk in _chunks(array):
-            for i in range(0, chunk.size, buf.size):  # a chunk is one row at most when a row outgrows CHUNK
-                held = chunk[i : i + buf.size]
-                part = buf[: held.size]
-                got = os.preadv(self._fd, [memoryview(part)], offset + start)
-                if got != part.size or not np.array_equal(part, held):
-                    return False
-                start += held.size
-        return start == length
-
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

@@ -889,8 +889,6 @@ def session(model: Any, options: Any = None) -> Any:
         ) from None
 
 
-_session = session
-
 
 def run(model: Any, inputs: Any) -> Any:
     """Run an ONNX model (``ModelProto`` or path) with onnxruntime's CPU provider on one array or a list (one per input).
@@ -908,8 +906,8 @@ def run(model: Any, inputs: Any) -> Any:
             "a bfloat16 input",
             "Cast a copy of the weights and inputs to float32 to check it.",
         )
-    session = _session(model)
-    specs = session.get_inputs()
+    sess = session(model)
+    specs = sess.get_inputs()
     if len(xs) != len(specs):
         raise fail(ShapeError, "Wrong number of inputs", f"{len(specs)}: {[s.name for s in specs]}", f"{len(xs)} array(s)")
     feeds = {}
@@ -923,7 +921,7 @@ def run(model: Any, inputs: Any) -> Any:
             raise fail(ShapeError, f"Input {spec.name!r} has the wrong rank", f"{len(spec.shape)} axes", f"shape {tuple(x.shape)}")
         feeds[spec.name] = x
     try:
-        ys = session.run(None, feeds)
+        ys = sess.run(None, feeds)
     except Exception as exc:
         raise base._ort_error(exc, f"onnxruntime failed on inputs of shapes {[tuple(x.shape) for x in xs]}", "Check the input shapes against the model's.", ShapeError) from None
     ys = [np.asarray(y) for y in ys]
