@@ -148,3 +148,40 @@ def test_cli_streams_big_files_to_onnx_on_its_own(files, tmp_path, monkeypatch, 
     out = capsys.readouterr().out
     assert "streamed" not in json.loads(out[out.index("{"):])
     assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data", "inside.onnx"]
+
+
+PEAK = r"""
+import sys
+from layoutconv import cli
+code = cli.main(sys.argv[1:]) if len(sys.argv) > 1 else 0
+if len(sys.argv) == 1:
+    import layoutconv._stream_onnx, layoutconv.adapters.onnx_layers, layoutconv.adapters.onnx_external, h5py, onnx, onnxruntime
+with open("/proc/self/status") as f:
+    print("VMHWM_KB", next(int(line.split()[1]) for line in f if line.startswith("VmHWM")))
+sys.exit(code)
+"""
+
+
+def _peak(*argv):
+    run = subprocess.run([sys.executable, "-c", PEAK, *map(str, argv)], capture_output=True, text=True, env=ENV, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return int(run.stdout.rsplit("VMHWM_KB", 1)[1].split()[0]) << 10
+
+
+def test_the_stream_holds_two_copies_of_the_largest_tensor_at_most(tmp_path):
+    """Peak RSS of `convert --stream` to .onnx, over a process that only imports what it imports: within two copies of
+    the largest tensor (144 MB, transposed for ONNX) and 128 MiB (measured: two copies and 36 MiB; a third copy held at the peak would fail)."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 3), name="image")
+    x = L.Conv2D(16, 3, name="conv")(inp)
+    x = L.Flatten(name="flat")(x)
+    x = L.Dense(6000, name="fc1")(x)  # 576 x 6000: 14 MB
+    x = L.Dense(6000, name="fc2")(x)  # 6000 x 6000: 144 MB, the largest
+    out = L.Dense(7, name="head")(x)
+    keras.Model(inp, out).save(tmp_path / "m.keras")
+    largest = 6000 * 6000 * 4
+    peak = _peak("convert", tmp_path / "m.keras", tmp_path / "m.onnx", "--stream", "--quiet")
+    base = _peak()
+    assert (tmp_path / "m.onnx.data").stat().st_size > largest
+    print(f"peak {peak >> 20} MiB, imports {base >> 20} MiB, largest {largest >> 20} MiB")
+    assert peak - base <= 2 * largest + (128 << 20), (peak >> 20, base >> 20, largest >> 20)
