@@ -523,16 +523,17 @@ def stream_model(
     conversions over a second).  Returns a :class:`StreamReport`; a failed check
     raises :class:`~layoutconv.VerificationError` and leaves nothing at ``path``.
     """
-    from .convert import _check_output, temporary_beside
     from .convert_model import model_target_for
+
+    if model_target_for(path, to).name == "onnx":  # first, and without torch: layoutconv._stream_onnx
+        from ._stream_onnx import stream_onnx
+
+        return stream_onnx(source, path, architecture=architecture, backend=backend, overwrite=overwrite, parents=parents, progress=progress, seed=seed)
+    from .convert import _check_output, temporary_beside
     from .model import keras_model_file
 
     start = time.perf_counter()
     target = model_target_for(path, to)
-    if target.name == "onnx":  # the structure from the config, the weights streamed into ONNX external data
-        from ._stream_onnx import stream_onnx
-
-        return stream_onnx(source, path, architecture=architecture, backend=backend, overwrite=overwrite, parents=parents, progress=progress, seed=seed)
     if target.name not in STREAM_TARGETS:
         raise fail(
             UnsupportedError, f"Streaming conversion does not write {target.name} files yet",
