@@ -889,7 +889,6 @@ def session(model: Any, options: Any = None) -> Any:
         ) from None
 
 
-
 def run(model: Any, inputs: Any) -> Any:
     """Run an ONNX model (``ModelProto`` or path) with onnxruntime's CPU provider on one array or a list (one per input).
 
