@@ -359,7 +359,7 @@ class _RowShift(NamedTuple):
             return None
         offsets = tuple(sum(d * k * f for d, k, f in zip(conv.dilation, row, flat)) for row in itertools.product(*(range(k) for k in rows)))
         halo = offsets[-1]
-        per_position = taps * c + (len(offsets) + 1) * conv.out_channels  # columns, products of every row, their sum
+        per_position = taps * c + 1 + (len(offsets) + 1) * conv.out_channels  # columns, products of every row, their sum
         budget = max(1, COLUMN_BYTES // itemsize // per_position)  # grid positions of a block
         if span + halo <= budget:
             return cls(flat, offsets, conv.dilation[-1], taps, max(1, min(n, budget // (span + halo))), positions)
@@ -373,38 +373,42 @@ class _RowShift(NamedTuple):
         """Grid positions from a box's first output to its last."""
         return sum((m - 1) * f for m, f in zip(shape, self.flat)) + 1
 
+    def crop(self, results: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        """The outputs of a box of ``shape`` out of ``results`` on its grid positions (last axis): a strided view."""
+        step = results.strides[-1]
+        return as_strided(results, results.shape[:-1] + tuple(shape), results.strides[:-1] + tuple(step * f for f in self.flat), writeable=False)
+
 
 def _row_shift_gemm(plan: _RowShift, xp: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray, groups: int) -> None:
-    """``y = sum over kernel rows r of W_r @ columns[offset_r:]``: the taps of a kernel row share their column matrix.
+    """``y = b + sum over kernel rows r of W_r @ columns[offsets[r]:]``: the taps of a kernel row share one column matrix.
 
     Stride 1 only, on the padded input's own grid (``plan.flat``; the positions past the output's
     edges are computed and dropped).  Per block of images and box of positions, the column matrix
-    has a row per (tap of a kernel row, input channel): ``taps`` shifted copies of the padded input,
-    not one per tap of the kernel, and reaches ``halo`` positions past the box.  Kernel row ``r``
-    at grid position ``q`` reads it at ``q + offsets[r]``: one matrix product for every kernel row
-    at once (``W`` stacked by rows, ``(rows x O/g, taps x C/g)`` per group), then the rows' shifted
-    products summed, cropped to the output and the bias added, in one pass over the output.
+    has a row per (tap of a kernel row, input channel), ``taps`` shifted copies of the padded
+    input instead of one per tap of the kernel, plus a row of ones that meets the bias, and
+    reaches ``halo`` positions past the box.  Kernel row ``r`` at grid position ``q`` reads it at
+    ``q + offsets[r]``: one matrix product gives every kernel row's (``W`` stacked by kernel rows,
+    ``(rows x O/g, taps x C/g + 1)`` per group), then the rows' shifted products are summed, the
+    last one straight into ``y`` with the crop to the output.
     """
     n, c = xp.shape[:2]
     o, cg = kernel.shape[:2]
     og = o // groups
     rows, taps = len(plan.offsets), plan.taps
+    inner = taps * cg + (bias is not None)
     src = xp.reshape(n, c, math.prod(xp.shape[2:]))  # no -1: a batch of 0 has shapes too
     out = y.shape[2:]
-    w = np.ascontiguousarray(
-        kernel.reshape(groups, og, cg, rows, taps).transpose(0, 3, 1, 4, 2).reshape(groups, rows * og, taps * cg)
-    )
+    w = np.zeros((groups, rows, og, inner), dtype=y.dtype)
+    w[..., : taps * cg] = kernel.reshape(groups, og, cg, rows, taps).transpose(0, 3, 1, 4, 2).reshape(groups, rows, og, taps * cg)
     if bias is not None:
-        bias = bias.reshape(groups, og, 1, *(1,) * len(out))
+        w[:, 0, :, -1] = bias.reshape(groups, og)  # the bias once, with the first kernel row
+    w = w.reshape(groups, rows * og, inner)
     halo = plan.offsets[-1]
     boxes = list(_boxes(out, plan.most))
     longest = max((plan.extent([hi - lo for lo, hi in box]) for _, box in boxes), default=1)
     block = plan.block
-    with _workspace(y.dtype, c * taps * block * (longest + halo), o * rows * block * (longest + halo), o * block * longest) as (
-        columns,
-        products,
-        sums,
-    ):
+    sizes = (groups * inner * block * (longest + halo), o * rows * block * (longest + halo), o * block * longest)
+    with _workspace(y.dtype, *sizes) as (columns, products, sums):
         for b0 in range(0, n, block):
             images = slice(b0, min(b0 + block, n))
             nb = images.stop - b0
@@ -414,25 +418,25 @@ def _row_shift_gemm(plan: _RowShift, xp: np.ndarray, kernel: np.ndarray, bias: n
                 first = sum(lo * f for (lo, _), f in zip(box, plan.flat))
                 ext = plan.extent(shape)
                 width = ext + halo
-                cols = columns[: c * taps * nb * width].reshape(groups, taps, cg, nb, width)
+                buf = columns[: groups * inner * nb * width].reshape(groups, inner, nb, width)
+                cols = _view(buf[:, : taps * cg], (groups, taps, cg, nb, width))
                 for tap in range(taps):
                     start = first + plan.step * tap
                     cols[:, tap] = src[images, :, start : start + width].reshape(nb, groups, cg, width).transpose(1, 2, 0, 3)
+                if bias is not None:
+                    buf[:, -1] = 1
                 prod = products[: o * rows * nb * width].reshape(groups, rows * og, nb * width)
-                np.matmul(w, cols.reshape(groups, taps * cg, nb * width), out=prod)
+                np.matmul(w, buf.reshape(groups, inner, nb * width), out=prod)
                 prod = prod.reshape(groups, rows, og, nb, width)
-                acc = sums[: o * nb * ext].reshape(groups, og, nb, ext)
-                np.add(prod[:, 0, ..., plan.offsets[0] : plan.offsets[0] + ext], prod[:, 1, ..., plan.offsets[1] : plan.offsets[1] + ext], out=acc)
-                for r in range(2, rows):
-                    acc += prod[:, r, ..., plan.offsets[r] : plan.offsets[r] + ext]
-                step = acc.strides[-1]
-                cropped = as_strided(acc, acc.shape[:-1] + shape, acc.strides[:-1] + tuple(step * f for f in plan.flat), writeable=False)
-                target = dest[(slice(None),) * 3 + tuple(slice(lo, hi) for lo, hi in box)]
-                target = target.transpose(1, 2, 0, *range(3, 3 + len(out)))
-                if bias is None:
-                    target[...] = cropped
-                else:
-                    np.add(cropped, bias, out=target)
+                parts = [prod[:, r, ..., at : at + ext] for r, at in enumerate(plan.offsets)]
+                if rows > 2:
+                    acc = sums[: o * nb * ext].reshape(groups, og, nb, ext)
+                    np.add(parts[0], parts[1], out=acc)
+                    for part in parts[2:-1]:
+                        acc += part
+                    parts[:-1] = [acc]
+                target = dest[(slice(None),) * 3 + tuple(slice(lo, hi) for lo, hi in box)].transpose(1, 2, 0, *range(3, 3 + len(out)))
+                np.add(*(plan.crop(part, shape) for part in parts), out=target)
 
 
 def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray, groups: int) -> None:

@@ -131,7 +131,8 @@ def test_row_shift_boxes_cut_rows_and_images(rng, monkeypatch):
     """Budgets that give boxes ending mid-row, several images per block (not dividing the batch), one box per image."""
     monkeypatch.setattr(reference, "ROW_SHIFT_HALO", float("-inf"))
     conv, x, expected = _row_shift_case(rng, "2d_3x3_p1", True, n=5)
-    per_position = 3 * 3 + 4 * 5  # three shifted copies of 3 channels; 3 kernel rows' products and their sum, 5 filters
+    # per grid position: three shifted copies of 3 channels and a row of ones; 3 kernel rows' products and their sum, 5 filters
+    per_position = 3 * 3 + 1 + 4 * 5
     plans = set()
     image = 6 * 13 + 11 + 26  # grid positions of an image's outputs (padded rows of 13) and its halo (two rows)
     for positions in (26 + 7, 26 + 30, 2 * image, 5 * image):
