@@ -153,7 +153,9 @@ def forward(record: Any, *inputs: Any, dtype: Any = np.float64, layout: str = "s
     any arithmetic, so the result carries no rounding of a framework under
     test.  Vectorised: one padded copy; then, per block of images and output
     positions, the taps copied into a column matrix and one matrix product
-    (BLAS); a depthwise convolution sums its taps over strided views instead.
+    (BLAS); with stride 1 and a kernel of several rows, only the taps of one
+    kernel row are copied and the rows' products are summed shifted; a
+    depthwise convolution sums its taps over strided views instead.
 
     >>> import numpy as np
     >>> from layoutconv import Conv
