@@ -19,6 +19,13 @@ norm, a Flatten and large Dense layers; glorot-random weights) and saves it as
   ``2 x largest + 300 MB``; the peak of a process that only imports what
   ``convert`` imports is printed too.
 
+Outputs: ``.safetensors``, ``.pt`` and ``.onnx`` (the weights in
+``model.onnx.data`` beside it, ONNX external data; its peak is also compared
+with a process that imports what the ONNX stream imports, without PyTorch).
+``--big`` builds and converts a model of 2.3 GiB instead (Dense layers of
+14336 units, the largest tensor 784 MiB; ``.keras`` only by default), beyond
+protobuf's 2 GiB: the case that needs external data.
+
 ``cp`` runs right after the previous copy was deleted, so it writes into page
 cache pages just freed; ``convert`` writes its first tensor seconds after its
 start.  On a virtual machine that returns memory freed for about 2 s to its
@@ -71,9 +78,17 @@ import layoutconv.convert_stream, layoutconv.adapters.torch_layers, h5py, safete
 with open("/proc/self/status") as f:
     print(next(int(line.split()[1]) for line in f if line.startswith("VmHWM")))
 """
+#: The same for ``convert --stream`` to ``.onnx`` (onnx and onnxruntime, no PyTorch).
+IMPORTS_ONNX = r"""
+import layoutconv._stream_onnx, layoutconv.adapters.onnx_layers, layoutconv.adapters.onnx_external, h5py, onnx, onnxruntime, time
+with open("/proc/self/status") as f:
+    print(next(int(line.split()[1]) for line in f if line.startswith("VmHWM")))
+"""
+#: Units of the three large Dense layers: 8192 (978 MiB of weights), or with ``--big`` 14336 (2.3 GiB).
+WIDTH, BIG_WIDTH = 8192, 14336
 
 
-def build(workdir: str) -> dict[str, str]:
+def build(workdir: str, width: int = WIDTH, forms: str = "keras,h5,weights") -> dict[str, str]:
     """The checkpoint in its three forms (made once; ``model.done`` marks a complete set)."""
     paths = {
         "keras": os.path.join(workdir, "model.keras"),
@@ -82,12 +97,14 @@ def build(workdir: str) -> dict[str, str]:
         "json": os.path.join(workdir, "model.json"),
     }
     done = os.path.join(workdir, "model.done")
-    if os.path.exists(done):
+    wanted = [paths[f] for f in forms.split(",")]
+    if os.path.exists(done) and all(os.path.exists(p) for p in wanted):
         return paths
     os.makedirs(workdir, exist_ok=True)
     code = r"""
 import sys, keras
 paths = dict(zip(["keras", "h5", "weights", "json"], sys.argv[1:5]))
+W, forms = int(sys.argv[5]), sys.argv[6].split(",")
 L = keras.layers
 inp = keras.Input((32, 32, 3), name="image")
 x = L.Conv2D(64, 3, padding="same", activation="relu", name="conv1")(inp)
@@ -101,19 +118,22 @@ x = L.BatchNormalization(name="bn4")(x)
 x = L.Activation("relu", name="relu4")(x)
 x = L.MaxPooling2D(2, name="pool4")(x)
 x = L.Flatten(name="flatten")(x)
-x = L.Dense(8192, activation="relu", name="fc1")(x)
-x = L.Dense(8192, activation="relu", name="fc2")(x)
-x = L.Dense(8192, activation="relu", name="fc3")(x)
+x = L.Dense(W, activation="relu", name="fc1")(x)
+x = L.Dense(W, activation="relu", name="fc2")(x)
+x = L.Dense(W, activation="relu", name="fc3")(x)
 x = L.Dense(4096, activation="relu", name="fc4")(x)
 out = L.Dense(10, activation="softmax", name="head")(x)
 model = keras.Model(inp, out, name="bench")
-model.save(paths["keras"])
-model.save(paths["h5"])
-model.save_weights(paths["weights"])
+if "keras" in forms:
+    model.save(paths["keras"])
+if "h5" in forms:
+    model.save(paths["h5"])
+if "weights" in forms:
+    model.save_weights(paths["weights"])
 with open(paths["json"], "w") as f:
     f.write(model.to_json())
 """
-    subprocess.run([sys.executable, "-c", code, paths["keras"], paths["h5"], paths["weights"], paths["json"]], check=True)
+    subprocess.run([sys.executable, "-c", code, paths["keras"], paths["h5"], paths["weights"], paths["json"], str(width), forms], check=True)
     with open(done, "w") as f:
         f.write("ok\n")
     return paths
@@ -140,10 +160,11 @@ def convert(source: str, out: str, extra: list[str], env: dict[str, str]) -> tup
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default="/tmp/layoutconv-bench-convert")
+    parser.add_argument("--workdir", default=None, help="default /tmp/layoutconv-bench-convert (-big with --big)")
+    parser.add_argument("--big", action="store_true", help="a model of 2.3 GiB (beyond protobuf's 2 GiB), .keras only unless --sources")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of cp and of convert per case (median)")
-    parser.add_argument("--sources", default="keras,h5,weights", help="which forms of the checkpoint")
-    parser.add_argument("--targets", default="safetensors,pt", help="which outputs")
+    parser.add_argument("--sources", default=None, help="which forms of the checkpoint (default keras,h5,weights; keras with --big)")
+    parser.add_argument("--targets", default="safetensors,pt,onnx", help="which outputs")
     parser.add_argument("--whole", action="store_true", help="also time the whole-model path (--no-stream) once")
     parser.add_argument("--idle-cp", type=float, default=3.0, help="also time cp this many seconds after deleting the previous copy (0: not)")
     parser.add_argument("--markdown", action="store_true")
@@ -153,7 +174,9 @@ def main() -> None:
     from _harness import OthersLoad, machine_info
 
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    paths = build(args.workdir)
+    args.workdir = args.workdir or ("/tmp/layoutconv-bench-convert-big" if args.big else "/tmp/layoutconv-bench-convert")
+    args.sources = args.sources or ("keras" if args.big else "keras,h5,weights")
+    paths = build(args.workdir, BIG_WIDTH if args.big else WIDTH, args.sources)
     out_dir = os.path.join(args.workdir, "out")
     os.makedirs(out_dir, exist_ok=True)
     for line in machine_info():
@@ -163,8 +186,9 @@ def main() -> None:
     t_torch = min(wall([sys.executable, "-c", "import torch"], env)[0] for _ in range(3))
     t_python = min(wall([sys.executable, "-c", "pass"], env)[0] for _ in range(3))
     base_kb = int(wall([sys.executable, "-c", IMPORTS], env)[1].split()[-1])
+    onnx_kb = int(wall([sys.executable, "-c", IMPORTS_ONNX], env)[1].split()[-1])
     print(f"start-up: python {t_python:.2f} s, python -c 'import torch' {t_torch:.2f} s; "
-          f"peak RSS of a process importing what convert imports: {base_kb / 1024:.0f} MB")
+          f"peak RSS of a process importing what convert imports: {base_kb / 1024:.0f} MB (to .onnx: {onnx_kb / 1024:.0f} MB)")
     sources = {
         "keras": (paths["keras"], [], ".keras"),
         "h5": (paths["h5"], [], ".h5 (full save)"),
@@ -192,11 +216,13 @@ def main() -> None:
         t_cp_idle = statistics.median(idle_cps) if idle_cps else float("nan")
         for target in args.targets.split(","):
             out = os.path.join(out_dir, f"model.{target}")
+            written = [out, out + ".data"] if target == "onnx" else [out]
             times, peaks, cpus = [], [], []
             with OthersLoad() as others:
                 for _ in range(args.runs):
-                    if os.path.exists(out):
-                        os.unlink(out)  # a new file, as cp makes (replacing one makes ext4 flush it first)
+                    for f in written:
+                        if os.path.exists(f):
+                            os.unlink(f)  # a new file, as cp makes (replacing one makes ext4 flush it first)
                     seconds, hwm, report = convert(source, out, ["--stream", *extra], env)
                     times.append(seconds)
                     peaks.append(hwm)
@@ -209,10 +235,14 @@ def main() -> None:
             row = dict(source=label, size=size, target=target, cp=t_cp, cp_idle=t_cp_idle, convert=t, peak=peak, largest=largest,
                        tensors=report["tensors"], written=report["nbytes"], others=others.share, user=user, kernel=kernel)
             if args.whole:
-                os.unlink(out)
+                for f in written:
+                    if os.path.exists(f):
+                        os.unlink(f)
                 seconds, hwm, report_w = convert(source, out, ["--no-stream", *extra], env)
                 row.update(whole=seconds, whole_peak=hwm)
-            os.unlink(out)
+            for f in written:
+                if os.path.exists(f):
+                    os.unlink(f)
             rows.append(row)
             print(
                 f"{label} ({size / MB:.0f} MiB) -> {target}: cp {t_cp:.2f} s (after {args.idle_cp:.0f} s idle {t_cp_idle:.2f} s), "

@@ -420,8 +420,13 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
         "--stream", action=argparse.BooleanOptionalAction, default=None,
-        help="convert a whole model to .safetensors/.pt layer by layer, holding one layer's weights at a time "
+        help="convert a whole model to .safetensors/.pt/.onnx layer by layer, holding one layer's weights at a time "
         "(default: for Keras files of 256 MiB or more); --no-stream builds the whole model in memory",
+    )
+    p.add_argument(
+        "--external-data", action=argparse.BooleanOptionalAction, default=None,
+        help="a whole model to .onnx: weights in OUTPUT.data beside the model (ONNX external data; default: above 1.5 GiB "
+        "of weights, always when streaming)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal for conversions over a second)")
 

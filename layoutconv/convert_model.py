@@ -135,11 +135,22 @@ def save_model(
     inputs: Any = None,
     overwrite: bool = False,
     parents: bool = False,
+    external_data: bool | None = None,
 ) -> ModelReport:
-    """Write ``graph`` to ``path`` (module docs), verify what the file holds against the reference, keep it only then."""
+    """Write ``graph`` to ``path`` (module docs), verify what the file holds against the reference, keep it only then.
+
+    ``external_data`` (``.onnx`` only): store the weights in ``<path>.data`` beside the model (ONNX external
+    data, :mod:`layoutconv.adapters.onnx_external`); by default when they exceed ``EXTERNAL_ABOVE`` bytes (1.5 GiB:
+    protobuf cannot hold 2 GiB); ``False`` never (a larger model then fails).
+    """
     target = model_target_for(path, to)
     final = Path(path)
     _check_output(final, overwrite, parents)
+    if external_data and target.name != "onnx":
+        raise fail(ConfigError, "External data is an ONNX feature", "an output ending in .onnx with external_data=True",
+                   f"a {target.name} output", "Drop external_data (--external-data).")
+    if target.name == "onnx" and _external(graph, external_data):
+        return _save_onnx_external(graph, final, inputs, overwrite)
     suffix = final.suffix if final.suffix.lower() in target.suffixes else target.suffixes[0]
     tmp = temporary_beside(final, suffix)
     try:
@@ -148,11 +159,7 @@ def save_model(
         except OSError as exc:
             raise fail(OutputError, f"Cannot write {str(final)!r}", "room and permission to write the file", f"{exc.strerror or exc}", "Nothing was written.") from None
         report = _verify_held(graph, held, target.framework, inputs)
-        result = report.results[0]
-        if result.status == "unsupported":
-            raise fail(UnsupportedError, f"{target.framework} cannot run this model, so the file could not be verified", "a model the framework runs", result.message, "Nothing was written.")
-        if not report.passed:
-            raise fail(VerificationError, f"The model written to {str(final)!r} does not compute the reference's outputs", "outputs within tolerance", "\n" + str(report), "Nothing was written.")
+        _passed(report, target.framework, final)
         try:
             os.replace(tmp, final)
         except OSError as exc:
@@ -161,6 +168,47 @@ def save_model(
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+def _passed(report: ModelReport, framework: str, final: Path) -> None:
+    result = report.results[0]
+    if result.status == "unsupported":
+        raise fail(UnsupportedError, f"{framework} cannot run this model, so the file could not be verified", "a model the framework runs", result.message, "Nothing was written.")
+    if not report.passed:
+        raise fail(VerificationError, f"The model written to {str(final)!r} does not compute the reference's outputs", "outputs within tolerance", "\n" + str(report), "Nothing was written.")
+
+
+def _external(graph: Graph, external_data: bool | None) -> bool:
+    from .adapters.onnx_external import EXTERNAL_ABOVE, weight_bytes
+
+    return bool(external_data) if external_data is not None else weight_bytes(graph) > EXTERNAL_ABOVE
+
+
+def _save_onnx_external(graph: Graph, final: Path, inputs: Any, overwrite: bool) -> ModelReport:
+    """``.onnx`` with its weights in ``<name>.data``: written tensor by tensor from the records (each read back
+    byte for byte), the model checked by its path, run in onnxruntime from the files, then both moved into place."""
+    from .adapters import onnx_adapter, onnx_external, onnx_layers
+
+    pair = onnx_external.Pair(final, overwrite)
+    try:
+        try:
+            writer = onnx_external.DataWriter(pair.data, pair.data_name)
+            try:
+                model = onnx_layers.write_graph(graph, store=writer.store, check=False)
+                onnx_external.save(model, pair.model)
+            finally:
+                writer.close()
+            del model
+            onnx_external.check_path(pair.model, f"the model written to {str(final)!r}")
+            onnx_adapter._load(pair.model, external="check")  # layoutconv's own reader accepts what it wrote
+        except OSError as exc:
+            raise fail(OutputError, f"Cannot write {str(final)!r}", "room and permission to write the file", f"{exc.strerror or exc}", "Nothing was written.") from None
+        report = _verify_held(graph, pair.model, "onnx", inputs)
+        _passed(report, "onnx", final)
+        pair.commit(with_data=writer.total > 0)
+        return report
+    finally:
+        pair.cleanup()
 
 
 def _verify_held(graph: Graph, held: Any, framework: str, inputs: Any) -> ModelReport:
@@ -207,7 +255,12 @@ def convert_command(args: Any) -> int:
         graph = _torch_source(args)
     else:
         target = model_target_for(args.output, args.to)
-        if convert_stream.should_stream(args.source, target.name, getattr(args, "stream", None)):
+        if getattr(args, "external_data", None) is False and target.name == "onnx" and getattr(args, "stream", None):
+            raise fail(ConfigError, "A streamed .onnx keeps its weights in external data", "--stream without --no-external-data",
+                       "--stream --no-external-data", "Drop one of them (--no-stream builds the whole model in memory).")
+        if convert_stream.should_stream(args.source, target.name, getattr(args, "stream", None)) and not (
+            target.name == "onnx" and getattr(args, "external_data", None) is False
+        ):
             report_s = convert_stream.stream_model(
                 args.source, args.output, to=args.to, architecture=args.architecture, backend=args.backend,
                 overwrite=args.force, parents=args.parents, progress=convert_stream.progress_wanted(getattr(args, "quiet", False)),
@@ -221,7 +274,7 @@ def convert_command(args: Any) -> int:
         graph = read_model(args.source, architecture=args.architecture, backend=args.backend)
     if not args.json:
         print(graph.summary())
-    report = save_model(graph, args.output, to=args.to, overwrite=args.force, parents=args.parents)
+    report = save_model(graph, args.output, to=args.to, overwrite=args.force, parents=args.parents, external_data=getattr(args, "external_data", None))
     if args.json:
         print(json.dumps({**report.to_dict(), "wrote": args.output}, indent=2))
     else:

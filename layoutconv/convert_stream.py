@@ -55,10 +55,10 @@ import numpy as np
 from .errors import FrameworkMissingError, OutputError, UnsupportedError, VerificationError, fail
 from .record import Record
 
-#: ``convert`` streams on its own (no --stream / --no-stream) from this source file size on, to .safetensors and .pt.
+#: ``convert`` streams on its own (no --stream / --no-stream) from this source file size on, to .safetensors, .pt and .onnx.
 STREAM_ABOVE = 256 << 20
-#: Targets written layer by layer (names of :data:`layoutconv.convert_model.MODEL_TARGETS`).
-STREAM_TARGETS = ("safetensors", "torch")
+#: Targets written layer by layer (names of :data:`layoutconv.convert_model.MODEL_TARGETS`; ``onnx``: :mod:`layoutconv._stream_onnx`).
+STREAM_TARGETS = ("safetensors", "torch", "onnx")
 #: A layer's reference check runs in float64 up to this many bytes of weights; above, in the weights' own float32
 #: (a float64 copy of a 1 GiB kernel would take 2 GiB).  The tolerance is the same either way.
 FLOAT64_CHECK_BYTES = 64 << 20
@@ -599,6 +599,12 @@ def stream_model(
     conversions over a second).  Returns a :class:`StreamReport`; a failed check
     raises :class:`~layoutconv.VerificationError` and leaves nothing at ``path``.
     """
+    from .convert_model import model_target_for
+
+    if model_target_for(path, to).name == "onnx":  # first, and without torch: layoutconv._stream_onnx
+        from ._stream_onnx import stream_onnx
+
+        return stream_onnx(source, path, architecture=architecture, backend=backend, overwrite=overwrite, parents=parents, progress=progress, seed=seed)
     with _torch_in_background():
         return _stream_model(source, path, to, architecture, backend, overwrite, parents, progress, seed)
 
@@ -638,8 +644,8 @@ def _torch_in_background() -> Iterator[None]:
 def _stream_model(
     source: Any, path: Any, to: str | None, architecture: Any, backend: str | None, overwrite: bool, parents: bool, progress: bool, seed: int,
 ) -> StreamReport:
-    from .convert import _check_output, temporary_beside
     from .convert_model import model_target_for
+    from .convert import _check_output, temporary_beside
     from .model import keras_model_file
 
     start = time.perf_counter()
@@ -647,7 +653,7 @@ def _stream_model(
     if target.name not in STREAM_TARGETS:
         raise fail(
             UnsupportedError, f"Streaming conversion does not write {target.name} files yet",
-            "an output ending in .safetensors, .pt or .pth", f"{str(path)!r}",
+            "an output ending in .safetensors, .pt, .pth or .onnx", f"{str(path)!r}",
             "Convert without --stream: the whole-model path writes it (with every weight in memory).",
         )
     if target.name == "safetensors":

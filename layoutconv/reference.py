@@ -154,7 +154,9 @@ def forward(record: Any, *inputs: Any, dtype: Any = np.float64, layout: str = "s
     any arithmetic, so the result carries no rounding of a framework under
     test.  Vectorised: one padded copy; then, per block of images and output
     positions, the taps copied into a column matrix and one matrix product
-    (BLAS); a depthwise convolution sums its taps over strided views instead.
+    (BLAS); with stride 1 and a kernel of several rows, only the taps of one
+    kernel row are copied and the rows' products are summed shifted; a
+    depthwise convolution sums its taps over strided views instead.
 
     >>> import numpy as np
     >>> from layoutconv import Conv
@@ -210,6 +212,8 @@ def _conv_forward(conv: Conv, x: Any, dtype: Any) -> np.ndarray:
     y = np.empty((n, o, *out), dtype=xp.dtype)
     if c // g == 1 and g > 1 and o // g <= DEPTHWISE_MULTIPLIER:
         _depthwise(grid, kernel, bias, y)
+    elif (plan := _RowShift.of(xp.shape, out, conv, y.itemsize)) is not None:
+        _row_shift_gemm(plan, xp, kernel, bias, y, g)
     else:
         _im2col_gemm(grid, kernel, bias, y, g)
     return activations.apply(conv.activation, y, overwrite=True)
@@ -253,6 +257,11 @@ DEPTHWISE_MULTIPLIER = 8
 #: gets its own matrix product written straight into ``y``; below, one product for the whole block (then a
 #: copy into ``y``) saves BLAS calls.  The copy costs more than a call from a few ten thousand values on.
 GEMM_PER_IMAGE = 1 << 15
+
+#: Stride-1 convolutions whose kernel has more than one row (2-D, 3-D) share the columns of a kernel row
+#: between its rows (:func:`_row_shift_gemm`) instead of copying every tap, when a box of positions
+#: covers at least ``ROW_SHIFT_HALO`` times the rows it reads below itself (each box computes those too).
+ROW_SHIFT_HALO = 4
 
 
 class _Grid(NamedTuple):
@@ -363,6 +372,110 @@ def _workspace(dtype: np.dtype, *sizes: int):
     finally:
         if held.nbytes <= COLUMN_BYTES + (1 << 12):
             _LOCAL.workspace = held
+
+
+class _RowShift(NamedTuple):
+    """How :func:`_row_shift_gemm` cuts a stride-1 convolution: grid steps, kernel-row offsets, blocks."""
+
+    flat: tuple[int, ...]  # grid position of output t: sum(t * flat) (the padded input's own strides)
+    offsets: tuple[int, ...]  # per kernel row (every tap but the last axis'), its grid offset
+    step: int  # grid offset between two taps of a kernel row (the last axis' dilation)
+    taps: int  # taps per kernel row (the last axis' kernel size)
+    block: int  # images per block
+    most: int  # output positions per box
+
+    @classmethod
+    def of(cls, padded_shape: Sequence[int], out: Sequence[int], conv: Conv, itemsize: int) -> "_RowShift | None":
+        """The plan for ``conv`` on a padded input of ``padded_shape``, or None where the column copies serve better."""
+        n, c, *padded = padded_shape
+        *rows, taps = conv.kernel_shape
+        if any(s != 1 for s in conv.stride) or math.prod(rows) < 2:
+            return None
+        flat = tuple(math.prod(padded[a + 1 :]) for a in range(len(out)))
+        positions = math.prod(out)
+        span = sum((m - 1) * f for m, f in zip(out, flat)) + 1
+        if span > FLAT_GRID_WASTE * positions:
+            return None
+        offsets = tuple(sum(d * k * f for d, k, f in zip(conv.dilation, row, flat)) for row in itertools.product(*(range(k) for k in rows)))
+        halo = offsets[-1]
+        per_position = taps * c + 1 + (len(offsets) + 1) * conv.out_channels  # columns, products of every row, their sum
+        budget = max(1, COLUMN_BYTES // itemsize // per_position)  # grid positions of a block
+        if span + halo <= budget:
+            return cls(flat, offsets, conv.dilation[-1], taps, max(1, min(n, budget // (span + halo))), positions)
+        if budget - halo < ROW_SHIFT_HALO * halo:
+            return None
+        # boxes of one image; per output position, a box cut along the first axis spans the most grid positions
+        most = max(1, (budget - halo) * math.prod(out[1:]) // flat[0])
+        return cls(flat, offsets, conv.dilation[-1], taps, 1, most)
+
+    def extent(self, shape: Sequence[int]) -> int:
+        """Grid positions from a box's first output to its last."""
+        return sum((m - 1) * f for m, f in zip(shape, self.flat)) + 1
+
+    def crop(self, results: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        """The outputs of a box of ``shape`` out of ``results`` on its grid positions (last axis): a strided view."""
+        step = results.strides[-1]
+        return as_strided(results, results.shape[:-1] + tuple(shape), results.strides[:-1] + tuple(step * f for f in self.flat), writeable=False)
+
+
+def _row_shift_gemm(plan: _RowShift, xp: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray, groups: int) -> None:
+    """``y = b + sum over kernel rows r of W_r @ columns[offsets[r]:]``: the taps of a kernel row share one column matrix.
+
+    Stride 1 only, on the padded input's own grid (``plan.flat``; the positions past the output's
+    edges are computed and dropped).  Per block of images and box of positions, the column matrix
+    has a row per (tap of a kernel row, input channel), ``taps`` shifted copies of the padded
+    input instead of one per tap of the kernel, plus a row of ones that meets the bias, and
+    reaches ``halo`` positions past the box.  Kernel row ``r`` at grid position ``q`` reads it at
+    ``q + offsets[r]``: one matrix product gives every kernel row's (``W`` stacked by kernel rows,
+    ``(rows x O/g, taps x C/g + 1)`` per group), then the rows' shifted products are summed, the
+    last one straight into ``y`` with the crop to the output.
+    """
+    n, c = xp.shape[:2]
+    o, cg = kernel.shape[:2]
+    og = o // groups
+    rows, taps = len(plan.offsets), plan.taps
+    inner = taps * cg + (bias is not None)
+    src = xp.reshape(n, c, math.prod(xp.shape[2:]))  # no -1: a batch of 0 has shapes too
+    out = y.shape[2:]
+    w = np.zeros((groups, rows, og, inner), dtype=y.dtype)
+    w[..., : taps * cg] = kernel.reshape(groups, og, cg, rows, taps).transpose(0, 3, 1, 4, 2).reshape(groups, rows, og, taps * cg)
+    if bias is not None:
+        w[:, 0, :, -1] = bias.reshape(groups, og)  # the bias once, with the first kernel row
+    w = w.reshape(groups, rows * og, inner)
+    halo = plan.offsets[-1]
+    boxes = list(_boxes(out, plan.most))
+    longest = max((plan.extent([hi - lo for lo, hi in box]) for _, box in boxes), default=1)
+    block = plan.block
+    sizes = (groups * inner * block * (longest + halo), o * rows * block * (longest + halo), o * block * longest)
+    with _workspace(y.dtype, *sizes) as (columns, products, sums):
+        for b0 in range(0, n, block):
+            images = slice(b0, min(b0 + block, n))
+            nb = images.stop - b0
+            dest = _view(y[images], (nb, groups, og, *out))
+            for _, box in boxes:
+                shape = tuple(hi - lo for lo, hi in box)
+                first = sum(lo * f for (lo, _), f in zip(box, plan.flat))
+                ext = plan.extent(shape)
+                width = ext + halo
+                buf = columns[: groups * inner * nb * width].reshape(groups, inner, nb, width)
+                cols = _view(buf[:, : taps * cg], (groups, taps, cg, nb, width))
+                for tap in range(taps):
+                    start = first + plan.step * tap
+                    cols[:, tap] = src[images, :, start : start + width].reshape(nb, groups, cg, width).transpose(1, 2, 0, 3)
+                if bias is not None:
+                    buf[:, -1] = 1
+                prod = products[: o * rows * nb * width].reshape(groups, rows * og, nb * width)
+                np.matmul(w, buf.reshape(groups, inner, nb * width), out=prod)
+                prod = prod.reshape(groups, rows, og, nb, width)
+                parts = [prod[:, r, ..., at : at + ext] for r, at in enumerate(plan.offsets)]
+                if rows > 2:
+                    acc = sums[: o * nb * ext].reshape(groups, og, nb, ext)
+                    np.add(parts[0], parts[1], out=acc)
+                    for part in parts[2:-1]:
+                        acc += part
+                    parts[:-1] = [acc]
+                target = dest[(slice(None),) * 3 + tuple(slice(lo, hi) for lo, hi in box)].transpose(1, 2, 0, *range(3, 3 + len(out)))
+                np.add(*(plan.crop(part, shape) for part in parts), out=target)
 
 
 def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray, groups: int) -> None:

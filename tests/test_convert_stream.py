@@ -405,10 +405,9 @@ def test_an_existing_output_is_kept(files, tmp_path):
     assert len(load(out)) > 0
 
 
-def test_onnx_and_keras_outputs_are_not_streamed(files, tmp_path):
-    for name in ("m.onnx", "m.keras"):
-        with pytest.raises(UnsupportedError, match="without --stream"):
-            stream_model(files["keras"][0], tmp_path / name)
+def test_keras_outputs_are_not_streamed(files, tmp_path):  # .onnx is: tests/test_stream_onnx.py
+    with pytest.raises(UnsupportedError, match="without --stream"):
+        stream_model(files["keras"][0], tmp_path / "m.keras")
     assert os.listdir(tmp_path) == []
 
 
@@ -512,9 +511,9 @@ def test_cli_stream_json_report(files, tmp_path):
     assert sorted(c["layer"] for c in report["layers"]) == sorted(["conv2d", "bn", "fc", "embed", "conv1d", "lstm", "head"])
 
 
-def test_cli_refuses_to_stream_onnx(files, tmp_path):
-    run = cli("convert", files["keras"][0], tmp_path / "m.onnx", "--stream")
-    assert run.returncode == 2 and "Streaming conversion does not write onnx" in run.stderr
+def test_cli_refuses_to_stream_keras(files, tmp_path):
+    run = cli("convert", files["keras"][0], tmp_path / "m.keras", "--stream")
+    assert run.returncode == 2 and "Streaming conversion does not write keras" in run.stderr
     assert os.listdir(tmp_path) == []
 
 

@@ -140,14 +140,31 @@ def test_onnx_garbage_is_a_clear_error(tmp_path, capsys):
     assert_one_line_error(*run(capsys, bad), "is not an ONNX model", "model.onnx", "ModelProto")
 
 
-def test_onnx_external_data_is_refused(tmp_path, rng, capsys):
+def test_onnx_external_data_outside_the_folder_is_refused(tmp_path, rng, capsys):
     import onnx
     from onnx.external_data_helper import convert_model_to_external_data
 
     model = onnx_model(rng)
     convert_model_to_external_data(model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
-    onnx.save(model, str(tmp_path / "ext.onnx"))
-    assert_one_line_error(*run(capsys, tmp_path / "ext.onnx"), "external file", "weights.bin")
+    (tmp_path / "model").mkdir()
+    onnx.save(model, str(tmp_path / "model" / "ext.onnx"))  # writes model/weights.bin
+    model = onnx.load(str(tmp_path / "model" / "ext.onnx"), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../model/weights.bin"  # the same file, reached through the parent
+    (tmp_path / "model" / "ext.onnx").write_bytes(model.SerializeToString())
+    assert_one_line_error(*run(capsys, tmp_path / "model" / "ext.onnx"), "external data file", "../model/weights.bin")
+
+
+def test_onnx_external_data_beside_the_model_is_read(tmp_path, rng, capsys):
+    """Since external data became readable (docs/security.md): onnx's own external-data files inspect like any other."""
+    import onnx
+
+    model = onnx_model(rng)
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    code, out, err = run(capsys, tmp_path / "ext.onnx")
+    assert code == 0 and err == "" and "Weights  all finite" in out
 
 
 # -- PyTorch -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -485,14 +486,19 @@ def test_kernel_shape_disagrees(A, onnx, rng):
         A.from_native(model)
 
 
-def test_external_data_is_refused(A, onnx, rng, tmp_path):
-    model = A.to_native(make_conv(rng))
+def test_external_data_is_read_beside_a_path_and_refused_elsewhere(A, onnx, rng, tmp_path):
+    conv = make_conv(rng)
+    model = A.to_native(conv)
     path = tmp_path / "ext.onnx"
     onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    back = A.from_native(path)  # a plain file name beside the model: read (docs/security.md)
+    assert back.kernel.tobytes() == conv.kernel.tobytes() and back.bias.tobytes() == conv.bias.tobytes()
     with pytest.raises(UnsafeFileError, match="weights.bin"):
+        A.from_native(onnx.load(path, load_external_data=False))  # a ModelProto has no directory to read it from
+    (tmp_path / "weights.bin").rename(tmp_path / "real.bin")
+    os.symlink(tmp_path / "real.bin", tmp_path / "weights.bin")
+    with pytest.raises(UnsafeFileError, match="symbolic link"):
         A.from_native(path)
-    with pytest.raises(UnsafeFileError):
-        A.from_native(onnx.load(path, load_external_data=False))
 
 
 def test_unreadable_inputs(A, tmp_path):

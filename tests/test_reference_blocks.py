@@ -1,4 +1,5 @@
-"""The reference pass's fast paths (blocked im2col + GEMM, depthwise, blocked transposed scatter) against direct loops.
+"""The reference pass's fast paths (blocked im2col + GEMM, kernel rows sharing their columns, depthwise,
+blocked transposed scatter) against direct loops.
 
 The block sizes are shrunk so that every boundary is crossed: blocks of images that do not
 divide the batch, boxes of output positions that end mid-row, one position per box, and
@@ -60,6 +61,7 @@ def test_conv_matches_direct_loop_across_blocks(rng, monkeypatch, case, block, g
     monkeypatch.setattr(reference, "DEPTHWISE_BLOCK", max(1, BLOCKS[block] // 40))
     # flat: stride-1 convolutions use the padded input's grid whatever it wastes; exact: never
     monkeypatch.setattr(reference, "FLAT_GRID_WASTE", float("inf") if grid == "flat" else 0.0)
+    monkeypatch.setattr(reference, "ROW_SHIFT_HALO", float("inf"))  # the column copies, tap by tap (the row shift: below)
     conv, x, expected = _conv_case(rng, case, with_bias)
     got = reference.forward(conv, x)
     assert got.dtype == np.float64 and got.shape == expected.shape
@@ -77,6 +79,120 @@ def test_conv_float32_mode_computes_in_float32(rng, monkeypatch, case):
     scale = direct_conv_nd(np.abs(conv.kernel), np.abs(conv.bias), np.abs(x), conv.stride, conv.dilation, conv.groups, conv.pads(x.shape[2:]), conv.padding_mode)
     bound = (conv.fan_in + 3) * np.finfo(np.float32).eps * scale
     assert np.all(np.abs(got - expected) <= bound)
+
+
+# Stride 1, a kernel of several rows: kernel rows share their columns (reference._row_shift_gemm).
+# (O, C/g, kernel, dilation, groups, padding, mode, input shape (N, C, *spatial), activation); odd sizes throughout
+ROW_SHIFT_CASES = {
+    "2d_3x3_p1": (5, 3, (3, 3), (1, 1), 1, ((1, 1), (1, 1)), "zeros", (3, 3, 7, 11), "linear"),
+    "2d_3x3_valid": (4, 5, (3, 3), (1, 1), 1, ((0, 0), (0, 0)), "zeros", (2, 5, 9, 7), "linear"),
+    "2d_2x3_d12_groups2_reflect": (6, 2, (2, 3), (1, 2), 2, ((2, 1), (0, 3)), "reflect", (3, 4, 7, 9), "relu"),
+    "2d_3x2_d21_circular": (4, 3, (3, 2), (2, 1), 1, ((1, 0), (2, 2)), "circular", (2, 3, 9, 8), "linear"),
+    "2d_3x1_groups3_replicate": (6, 2, (3, 1), (1, 1), 3, ((3, 0), (1, 2)), "replicate", (2, 6, 5, 6), "tanh"),
+    "2d_5x4_one_channel": (3, 1, (5, 4), (1, 1), 1, ((2, 2), (1, 2)), "zeros", (1, 1, 6, 5), "linear"),
+    "3d_2x3x2_d211_groups2": (4, 2, (2, 3, 2), (2, 1, 1), 2, ((1, 1), (1, 1), (0, 1)), "zeros", (2, 4, 5, 6, 4), "relu"),
+    "3d_3x1x3_reflect": (3, 3, (3, 1, 3), (1, 1, 1), 1, ((1, 1), (0, 0), (1, 1)), "reflect", (1, 3, 4, 3, 5), "linear"),
+}
+
+
+def _row_shift_case(rng, case, with_bias, n=None):
+    o, cg, ks, dilation, groups, padding, mode, xshape, activation = ROW_SHIFT_CASES[case]
+    kernel = rng.standard_normal((o, cg, *ks))
+    bias = rng.standard_normal(o) if with_bias else None
+    conv = Conv(kernel, bias, dilation=dilation, groups=groups, padding=padding, padding_mode=mode, activation=activation)
+    x = rng.standard_normal((xshape[0] if n is None else n, *xshape[1:]))
+    stride = (1,) * len(ks)
+    return conv, x, activations.apply(activation, direct_conv_nd(kernel, bias, x, stride, dilation, groups, conv.pads(x.shape[2:]), mode))
+
+
+def _row_shift_plan(conv, x, itemsize):
+    padded = x.shape[:2] + tuple(m + b + e for m, (b, e) in zip(x.shape[2:], conv.pads(x.shape[2:])))
+    return reference._RowShift.of(padded, conv.output_shape(x.shape[2:]), conv, itemsize)
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("block", BLOCKS, ids=list(BLOCKS))
+@pytest.mark.parametrize("case", ROW_SHIFT_CASES, ids=list(ROW_SHIFT_CASES))
+def test_row_shift_matches_direct_loop_across_blocks(rng, monkeypatch, case, block, with_bias):
+    monkeypatch.setattr(reference, "COLUMN_BYTES", BLOCKS[block])
+    monkeypatch.setattr(reference, "FLAT_GRID_WASTE", float("inf"))
+    monkeypatch.setattr(reference, "ROW_SHIFT_HALO", float("-inf"))  # whatever share of a box its halo is
+    conv, x, expected = _row_shift_case(rng, case, with_bias)
+    plan = _row_shift_plan(conv, x, 8)
+    assert plan is not None
+    if block == "one_position":
+        assert (plan.block, plan.most) == (1, 1)
+    got = reference.forward(conv, x)
+    assert got.dtype == np.float64 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_row_shift_boxes_cut_rows_and_images(rng, monkeypatch):
+    """Budgets that give boxes ending mid-row, several images per block (not dividing the batch), one box per image."""
+    monkeypatch.setattr(reference, "ROW_SHIFT_HALO", float("-inf"))
+    conv, x, expected = _row_shift_case(rng, "2d_3x3_p1", True, n=5)
+    # per grid position: three shifted copies of 3 channels and a row of ones; 3 kernel rows' products and their sum, 5 filters
+    per_position = 3 * 3 + 1 + 4 * 5
+    plans = set()
+    image = 6 * 13 + 11 + 26  # grid positions of an image's outputs (padded rows of 13) and its halo (two rows)
+    for positions in (26 + 7, 26 + 30, 2 * image, 5 * image):
+        monkeypatch.setattr(reference, "COLUMN_BYTES", 8 * per_position * positions)
+        plan = _row_shift_plan(conv, x, 8)
+        plans.add((plan.block, plan.most))
+        np.testing.assert_allclose(reference.forward(conv, x), expected, rtol=1e-12, atol=1e-12)
+    # 5 positions (a row of 11 in three boxes), 25 (two rows), two images per block (5 = 2 + 2 + 1), the whole batch
+    assert plans == {(1, 5), (1, 25), (2, 77), (5, 77)}
+
+
+@pytest.mark.parametrize("case", ROW_SHIFT_CASES, ids=list(ROW_SHIFT_CASES))
+def test_row_shift_float32_mode_computes_in_float32(rng, monkeypatch, case):
+    monkeypatch.setattr(reference, "COLUMN_BYTES", 4 * 37 * 5)
+    monkeypatch.setattr(reference, "FLAT_GRID_WASTE", float("inf"))
+    monkeypatch.setattr(reference, "ROW_SHIFT_HALO", float("-inf"))
+    conv, x, expected = _row_shift_case(rng, case, True)
+    got = reference.forward(conv, x, dtype=np.float32)
+    assert got.dtype == np.float32
+    scale = direct_conv_nd(np.abs(conv.kernel), np.abs(conv.bias), np.abs(x), conv.stride, conv.dilation, conv.groups, conv.pads(x.shape[2:]), conv.padding_mode)
+    assert np.all(np.abs(got - expected) <= (conv.fan_in + 3) * np.finfo(np.float32).eps * scale)
+
+
+@pytest.mark.parametrize("case", ["2d_3x3_p1", "3d_2x3x2_d211_groups2"])
+def test_row_shift_zero_samples(rng, monkeypatch, case):
+    """A batch of 0 (the ONNX writer probes shapes with it) gives the output's shape and no work."""
+    monkeypatch.setattr(reference, "FLAT_GRID_WASTE", float("inf"))
+    monkeypatch.setattr(reference, "ROW_SHIFT_HALO", float("-inf"))
+    conv, x, expected = _row_shift_case(rng, case, True, n=0)
+    assert _row_shift_plan(conv, x, 8) is not None
+    got = reference.forward(conv, x)
+    assert got.shape == expected.shape == (0, conv.out_channels, *conv.output_shape(x.shape[2:]))
+
+
+def test_row_shift_takes_the_resnet_stage_and_leaves_strides_and_rows_of_one():
+    """With the default budget: a ResNet-stage 3x3 convolution takes the row shift; stride 2 and a 1-D kernel do not."""
+    resnet = Conv(np.zeros((64, 64, 3, 3)), padding=1)
+    padded = (8, 64, 58, 58)
+    assert reference._RowShift.of(padded, (56, 56), resnet, 4).block == 1  # one image per block in float32
+    plan64 = reference._RowShift.of(padded, (56, 56), resnet, 8)
+    assert plan64.block == 1 and plan64.most < 56 * 56  # boxes of rows in float64
+    assert reference._RowShift.of(padded, (28, 28), Conv(np.zeros((64, 64, 3, 3)), padding=1, stride=2), 4) is None
+    assert reference._RowShift.of((8, 64, 1032), (1024,), Conv(np.zeros((64, 64, 9)), padding=4), 4) is None
+
+
+def test_row_shift_memory_is_bounded(rng, monkeypatch):
+    """Three shifted copies of the input per box, not nine: the workspace stays within the budget."""
+    monkeypatch.setattr(reference, "COLUMN_BYTES", 1 << 20)  # 819 grid positions a box: a sixth of an image
+    conv = Conv(rng.standard_normal((16, 32, 3, 3)), rng.standard_normal(16), padding=1)
+    x = rng.standard_normal((2, 32, 64, 64))
+    assert _row_shift_plan(conv, x, 8).most < 64 * 64 // 4
+    tracemalloc.start()
+    try:
+        y = reference.forward(conv, x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    padded = 2 * 32 * 66 * 66 * 8
+    assert peak <= padded + y.nbytes + reference.COLUMN_BYTES + (1 << 20)
+    np.testing.assert_allclose(y[:1, :2], direct_conv_nd(conv.kernel[:2], conv.bias[:2], x[:1], (1, 1), (1, 1), 1, ((1, 1), (1, 1)), "zeros"), rtol=1e-12, atol=1e-12)
 
 
 TRANSPOSE_CASES = {

@@ -353,14 +353,16 @@ def _transpose_attrs(t: ConvTranspose, attrs: dict[str, Any]) -> None:
         attrs["output_shape"] = list(t.output_shape_)
 
 
-def conv_parts(conv: Conv | ConvTranspose, opset: int) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+def conv_parts(conv: Conv | ConvTranspose, opset: int, weights: bool = True) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """The nodes and initializers computing ``conv`` from tensor ``x`` into ``y``: kernel ``W``, bias ``B``.
+
+    ``weights=False`` leaves ``W`` and ``B`` out of the initializers (the caller stores them itself).
 
     The convolution node is named ``conv``; every other tensor and node has a
     fixed local name, so a caller placing several convolutions in one graph
     (:mod:`layoutconv.adapters.onnx_layers`) renames them.
     """
-    inits = [_tensor("W", conv.kernel)] + ([] if conv.bias is None else [_tensor("B", conv.bias)])
+    inits = [] if not weights else [_tensor("W", conv.kernel)] + ([] if conv.bias is None else [_tensor("B", conv.bias)])
     attrs: dict[str, Any] = dict(
         kernel_shape=list(conv.kernel_shape), strides=list(conv.stride), dilations=list(conv.dilation), group=conv.groups
     )
@@ -425,12 +427,17 @@ def to_native(conv: Conv | ConvTranspose, opset: int | None = None) -> onnx.Mode
 # ---------------------------------------------------------------------------
 # ONNX -> Conv, ConvTranspose
 # ---------------------------------------------------------------------------
-def checked_model(graph: onnx.GraphProto, opset: int, what: str, remedy: str = "Pass a newer opset.") -> onnx.ModelProto:
-    """A model around ``graph`` at ``opset`` (lowest IR version that holds it) that passes the full ONNX checker."""
+def checked_model(graph: onnx.GraphProto, opset: int, what: str, remedy: str = "Pass a newer opset.", check: bool = True) -> onnx.ModelProto:
+    """A model around ``graph`` at ``opset`` (lowest IR version that holds it) that passes the full ONNX checker.
+
+    ``check=False`` leaves the check to the caller (a model whose weights are external data is checked by its path).
+    """
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", int(opset))], producer_name="layoutconv", producer_version=__version__
     )
     model.ir_version = helper.find_min_ir_version_for(model.opset_import)
+    if not check:
+        return model
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -444,7 +451,12 @@ def checked_model(graph: onnx.GraphProto, opset: int, what: str, remedy: str = "
     return model
 
 
-def _load(model_or_path: Any) -> onnx.ModelProto:
+def _load(model_or_path: Any, external: str = "load") -> onnx.ModelProto:
+    """A ``ModelProto`` as it is, or the model in a ``.onnx`` file (size cap, typed errors).
+
+    A file's external data is followed only when safe (:mod:`onnx_external`): checked, then read into the
+    tensors (``external="load"``), or only checked (``"check"``, for onnxruntime to read it from the path).
+    """
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path
     if not isinstance(model_or_path, (str, os.PathLike)):
@@ -464,10 +476,10 @@ def _load(model_or_path: Any) -> onnx.ModelProto:
             "File is too large to be an ONNX model",
             f"at most {MAX_ONNX_BYTES} bytes (protobuf cannot hold a larger message)",
             f"{path!r} ({size} bytes)",
-            "Large models keep their weights in external data, which layoutconv does not follow.",
+            "Large models keep their weights in external data beside the model (model.onnx.data), which layoutconv reads.",
         )
     try:
-        return onnx.load(path, load_external_data=False)
+        model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise fail(
             FileFormatError,
@@ -476,6 +488,15 @@ def _load(model_or_path: Any) -> onnx.ModelProto:
             f"{path!r} ({type(exc).__name__}: {exc})",
             "Check that the file is complete.",
         ) from None
+    from . import onnx_external
+
+    if onnx_external.has_external(model):
+        base_dir = os.path.dirname(path) or "."
+        if external == "load":
+            onnx_external.load_external(model, base_dir)
+        else:
+            onnx_external.plan(model, base_dir)
+    return model
 
 
 def _refuse_external_data(model: onnx.ModelProto) -> None:
@@ -490,8 +511,9 @@ def _refuse_external_data(model: onnx.ModelProto) -> None:
                 f"Tensor {t.name!r} keeps its data in an external file",
                 "weights stored inside the model",
                 f"data_location=EXTERNAL, location={where!r}",
-                "layoutconv never follows external-data paths; check the files, load them with onnx.load, "
-                "and pass the ModelProto after onnx.external_data_helper.convert_model_from_external_data(model).",
+                "A model in memory has no directory to find its data in: pass the .onnx file's path (layoutconv "
+                "follows external data beside it when that is safe, docs/security.md), or load the data into the "
+                "ModelProto first.",
             )
 
 

@@ -50,6 +50,7 @@ raises :class:`~layoutconv.UnsupportedError` naming the op and the node.
 from __future__ import annotations
 
 import math
+import os
 import re
 import urllib.parse
 from typing import Any, Callable, NamedTuple, Sequence
@@ -122,11 +123,18 @@ def _hints(node: onnx.NodeProto) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------
 
 
+#: Makes the initializer of a layer weight: ``store(requested_name, name, array) -> TensorProto`` (``requested_name``
+#: is the name the emitter asked for, ``name`` the one given).  The default stores the bytes in the tensor
+#: (:func:`onnx_adapter._tensor`); :mod:`layoutconv.adapters.onnx_external` writes them to an external data file.
+Store = Callable[[str, str, np.ndarray], TensorProto]
+
+
 class _Builder:
     """An ONNX graph under construction: nodes, initializers, and unique names."""
 
-    def __init__(self, opset: int, dtype: np.dtype, reserved: set[str]) -> None:
+    def __init__(self, opset: int, dtype: np.dtype, reserved: set[str], store: Store | None = None) -> None:
         self.opset, self.dtype = opset, np.dtype(dtype)
+        self.store: Store = store or (lambda requested, name, array: base._tensor(name, np.asarray(array)))
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, TensorProto] = {}
         self._arrays: dict[str, np.ndarray] = {}
@@ -151,10 +159,10 @@ class _Builder:
         self.nodes.append(helper.make_node(op, list(inputs), list(outputs), name=unique, doc_string=doc, **attrs))
 
     def weight(self, name: str, array: np.ndarray) -> str:
-        """An initializer named ``name`` (a layer's weight); a second call with the same bytes reuses it."""
+        """An initializer named ``name`` (a layer's weight), made by ``store``; a second call with the same bytes reuses it."""
         if name in self._arrays:
             old = self._arrays[name]
-            if old.dtype == array.dtype and old.shape == array.shape and old.tobytes() == array.tobytes():
+            if old is array or (old.dtype == array.dtype and old.shape == array.shape and old.tobytes() == array.tobytes()):
                 return name
             raise fail(
                 ConfigError,
@@ -163,11 +171,12 @@ class _Builder:
                 f"shapes {old.shape} and {array.shape}",
                 "Rename one of the layers.",
             )
+        requested = name
         if name in self.taken:
             name = self.name(name)
         self.taken.add(name)
         self._arrays[name] = array
-        self.initializers[name] = base._tensor(name, np.asarray(array))
+        self.initializers[name] = self.store(requested, name, array)
         return name
 
     def const(self, hint: str, array: Any) -> str:
@@ -286,10 +295,15 @@ def _conv_doc(conv: Conv | ConvTranspose, layer: str, doc: str) -> str:
     return (base._text(doc) or base._HINT) + extra
 
 
+def _conv_weight(b: _Builder, name: str, array: np.ndarray | None) -> str:
+    """A convolution's kernel or bias stored straight from the record (no copy through a TensorProto); '' for no bias."""
+    return "" if array is None else b.weight(name, array)
+
+
 @emits(Conv, ConvTranspose)
 def _conv(b: _Builder, conv: Conv | ConvTranspose, at: _At) -> None:
-    nodes, inits = base.conv_parts(conv, b.opset)
-    names = {"x": at.inputs[0], "y": at.out, "W": f"{at.layer}.weight", "B": f"{at.layer}.bias"}
+    nodes, inits = base.conv_parts(conv, b.opset, weights=False)
+    names = {"x": at.inputs[0], "y": at.out, "W": _conv_weight(b, f"{at.layer}.weight", conv.kernel), "B": _conv_weight(b, f"{at.layer}.bias", conv.bias)}
     doc = next(n.doc_string for n in nodes if n.name == "conv")
     b.place(nodes, inits, names, at.edge, {"conv": at.edge}, {"conv": _conv_doc(conv, at.layer, doc)})
 
@@ -301,8 +315,8 @@ def _chain(b: _Builder, chain: Chain, at: _At) -> None:
     last = len(chain.layers) - 1
     for i, conv in enumerate(chain.layers):
         out = at.out if i == last else b.name(f"{at.edge}/{i}")
-        nodes, inits = base.conv_parts(conv, b.opset)
-        names = {"x": x, "y": out, "W": f"{at.layer}.{i}.weight", "B": f"{at.layer}.{i}.bias"}
+        nodes, inits = base.conv_parts(conv, b.opset, weights=False)
+        names = {"x": x, "y": out, "W": _conv_weight(b, f"{at.layer}.{i}.weight", conv.kernel), "B": _conv_weight(b, f"{at.layer}.{i}.bias", conv.bias)}
         doc = next(n.doc_string for n in nodes if n.name == "conv")
         main = at.edge if i == last else f"{at.edge}/{i}"
         b.place(nodes, inits, names, f"{at.edge}/{i}", {"conv": main}, {"conv": _conv_doc(conv, at.layer, doc)})
@@ -587,6 +601,8 @@ def _out_rank(record: Any, ranks: Sequence[int | None]) -> int | None:
         return len(getattr(record, "shape", None) or record.dims) + 1
     if isinstance(record, layers.GlobalPool) and not record.keepdims:
         return 2
+    if isinstance(record, (Recurrent, Bidirectional)) and not record.return_sequences:
+        return 2  # the last step only: (N, units)
     first = ranks[0] if ranks else None
     if isinstance(record, layers.Embedding):
         return None if first is None else first + 1
@@ -669,14 +685,23 @@ def _dims(name: str, shape: Sequence[int | None]) -> list[Any]:
     return ["N"] + [s if s is not None else f"{name}_{k}" for k, s in enumerate(shape, start=1)]
 
 
-def write_graph(graph: Graph, opset: Any = None, layout: str = "source", dtype: Any = None) -> onnx.ModelProto:
-    """The ONNX model of ``graph`` (see :func:`to_native`)."""
+def write_graph(
+    graph: Graph, opset: Any = None, layout: str = "source", dtype: Any = None, *, store: Store | None = None, check: bool = True,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> onnx.ModelProto:
+    """The ONNX model of ``graph`` (see :func:`to_native`).
+
+    ``store`` makes each weight's initializer (default: the bytes inside the tensor; see :data:`Store`);
+    ``check=False`` skips the in-memory ONNX checker, for a model whose weights are external data (checked
+    by its path once written).  ``shapes``: every edge's per-sample shape (channels first) when the caller knows
+    them (a streaming conversion), instead of :func:`static_shapes` running the reference on the whole graph.
+    """
     if layout not in ("source", "channels_first"):
         raise fail(ConfigError, "Invalid value for argument `layout`", "'source' or 'channels_first'", f"layout={layout!r}")
     dt = _graph_dtype(graph, dtype)
     opset = _choose_opset(graph, dt, opset)
     elem = helper.np_dtype_to_tensor_dtype(dt)
-    shapes = static_shapes(graph)
+    shapes = static_shapes(graph) if shapes is None else shapes
     ranks: dict[str, int | None] = {i.name: len(i.shape) + 1 for i in graph.inputs}
     kinds = {i.name: i.kind for i in graph.inputs}
     for n in graph.nodes:
@@ -689,7 +714,9 @@ def write_graph(graph: Graph, opset: Any = None, layout: str = "source", dtype: 
         return layout == "source" and graph.layout_of(edge) == "channels_last" and (ranks[edge] or 0) > 2
 
     edge_names = {i.name for i in graph.inputs} | {n.name for n in graph.nodes}
-    b = _Builder(opset, dt, edge_names)
+    if store is None:
+        _fits_in_memory(graph)
+    b = _Builder(opset, dt, edge_names, store)
     tensor_of: dict[str, str] = {}
     inputs = []
     for spec in graph.inputs:
@@ -738,9 +765,25 @@ def write_graph(graph: Graph, opset: Any = None, layout: str = "source", dtype: 
     onnx_graph = helper.make_graph(b.nodes, graph.name, inputs, outputs, list(b.initializers.values()), doc_string=f"layoutconv graph {graph.name!r}")
     model = base.checked_model(
         onnx_graph, opset, f"graph {graph.name!r}",
-        "Pass a newer opset, or check that the graph runs in the reference pass on its input shapes.",
+        "Pass a newer opset, or check that the graph runs in the reference pass on its input shapes.", check=check,
     )
     return model
+
+
+def _fits_in_memory(graph: Graph) -> None:
+    """Refuse a graph whose weights outgrow one protobuf message (2 GiB), before any is copied into one."""
+    from .onnx_external import INLINE_LIMIT, weight_bytes
+
+    total = weight_bytes(graph)
+    if total > INLINE_LIMIT:
+        raise fail(
+            UnsupportedError,
+            f"Graph {graph.name!r} has too many weight bytes for an ONNX model held in memory",
+            f"at most {INLINE_LIMIT} bytes (protobuf cannot serialize a message of 2 GiB)",
+            f"{total} bytes",
+            "Write it to a file instead: layoutconv.save_model(graph, 'model.onnx') (layoutconv convert) stores the "
+            "weights as external data beside it (model.onnx.data).",
+        )
 
 
 #: record kind -> its default per-sample input shape (channels first, ``None`` for a free size) when written alone
@@ -820,6 +863,32 @@ def to_native(record: Any, opset: int | None = None, *, layout: str = "source", 
 # -- running -----------------------------------------------------------------------------------------
 
 
+def session(model: Any, options: Any = None) -> Any:
+    """An onnxruntime CPU session for a ``ModelProto`` or a path; a file with external data is handed over by its path
+    (checked first, :mod:`onnx_external`), so that no message of 2 GiB is built."""
+    from . import onnx_external
+
+    try:
+        if isinstance(model, onnx.ModelProto):
+            base._refuse_external_data(model)  # onnxruntime would look for it beside the working directory
+            source: Any = model.SerializeToString()
+        else:
+            loaded = base._load(model, external="check")
+            source = os.fspath(model) if onnx_external.has_external(loaded) else loaded.SerializeToString()
+            del loaded
+        return ort.InferenceSession(source, options or base._session_options(), providers=["CPUExecutionProvider"])
+    except LayoutError:
+        raise
+    except Exception as exc:
+        raise base._ort_error(
+            exc,
+            "onnxruntime cannot run this model on CPU",
+            "onnxruntime's CPU provider lacks float64 kernels for Conv, AveragePool, GlobalAveragePool, Mean and several "
+            "activations (docs/onnx.md); cast a copy to float32 to run it.",
+            FileFormatError,
+        ) from None
+
+
 def run(model: Any, inputs: Any) -> Any:
     """Run an ONNX model (``ModelProto`` or path) with onnxruntime's CPU provider on one array or a list (one per input).
 
@@ -836,18 +905,8 @@ def run(model: Any, inputs: Any) -> Any:
             "a bfloat16 input",
             "Cast a copy of the weights and inputs to float32 to check it.",
         )
-    data = (model if isinstance(model, onnx.ModelProto) else base._load(model)).SerializeToString()
-    try:
-        session = ort.InferenceSession(data, base._session_options(), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise base._ort_error(
-            exc,
-            "onnxruntime cannot run this model on CPU",
-            "onnxruntime's CPU provider lacks float64 kernels for Conv, AveragePool, GlobalAveragePool, Mean and several "
-            "activations (docs/onnx.md); cast a copy to float32 to run it.",
-            FileFormatError,
-        ) from None
-    specs = session.get_inputs()
+    sess = session(model)
+    specs = sess.get_inputs()
     if len(xs) != len(specs):
         raise fail(ShapeError, "Wrong number of inputs", f"{len(specs)}: {[s.name for s in specs]}", f"{len(xs)} array(s)")
     feeds = {}
@@ -861,7 +920,7 @@ def run(model: Any, inputs: Any) -> Any:
             raise fail(ShapeError, f"Input {spec.name!r} has the wrong rank", f"{len(spec.shape)} axes", f"shape {tuple(x.shape)}")
         feeds[spec.name] = x
     try:
-        ys = session.run(None, feeds)
+        ys = sess.run(None, feeds)
     except Exception as exc:
         raise base._ort_error(exc, f"onnxruntime failed on inputs of shapes {[tuple(x.shape) for x in xs]}", "Check the input shapes against the model's.", ShapeError) from None
     ys = [np.asarray(y) for y in ys]
