@@ -36,9 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .convert_stream import (
-    CHECK_BATCH, LayerCheck, StreamReport, _Progress, _Stream, _layer_bytes, _nbytes, _trim, _weighted, hollow,
-)  # fmt: skip
+from .convert_stream import LayerCheck, StreamReport, _Progress, _Stream, _layer_bytes, hollow
 from .errors import OutputError, VerificationError, fail
 
 
@@ -86,28 +84,8 @@ class _OnnxStream(_Stream):
         self.folder = folder
         self.options = _session_options()
 
-    def run(self, progress: _Progress) -> None:
-        walk = self.walk
-        for node in walk:
-            first = node.layer not in self.calls_left
-            if first:
-                self.calls_left[node.layer] = walk.call_count(node.layer)
-            weighted = _weighted(walk.layers[node.layer])
-            if first and weighted:
-                nbytes = _nbytes(walk.layers[node.layer])
-                y_shape = self._convert(node)
-                progress.update(nbytes, node.layer)
-            else:
-                record = walk.layers[node.layer]
-                args = [self._sample(e, record, self._dtype(record)) for e in node.inputs]
-                y_shape = self._forward(record, args[0] if len(args) == 1 else args, self._check_dtype(record)).shape[1:]
-                del record, args
-            self.shapes[node.name] = (tuple(y_shape), "float")
-            self.calls_left[node.layer] -= 1
-            if self.calls_left[node.layer] == 0 and weighted:
-                walk.release(node.layer, hollow(walk.layers[node.layer]))
-            if first and weighted:
-                _trim()
+    def _named(self, layer: str) -> None:
+        """Nothing to name: the ONNX writer names initializers after the layers (and needs no PyTorch)."""
 
     def _convert(self, node: Any) -> tuple[int, ...]:
         """Write one layer's weights, read them back, run the layer from the file in onnxruntime; its output shape."""

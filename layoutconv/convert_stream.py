@@ -358,14 +358,18 @@ class _Stream:
         return np.dtype(dtype) if dtype is not None and np.dtype(dtype).kind == "f" else np.dtype(np.float32)
 
     # -- the walk --------------------------------------------------------------------------------
-    def run(self, progress: _Progress) -> None:
+    def _named(self, layer: str) -> None:
+        """A layer seen for the first time: the attribute (state-dict prefix) it gets in the PyTorch module."""
         from .adapters.torch_layers import attribute_name
 
+        self.attr[layer] = attribute_name(layer, self.taken)
+
+    def run(self, progress: _Progress) -> None:
         walk = self.walk
         for node in walk:
-            first = node.layer not in self.attr
+            first = node.layer not in self.calls_left
             if first:
-                self.attr[node.layer] = attribute_name(node.layer, self.taken)
+                self._named(node.layer)
                 self.calls_left[node.layer] = walk.call_count(node.layer)
             weighted = _weighted(walk.layers[node.layer])
             if first and weighted:
