@@ -23,26 +23,11 @@ from layoutconv.convert_stream import stream_model
 keras = pytest.importorskip("keras")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("torch")  # the helpers below come from the .safetensors/.pt stream's tests
-from test_convert_stream import conv_kinds_model, mixed_inputs, mixed_model, recurrent_model  # noqa: E402
+from test_convert_stream import conv_kinds_model, files, mixed_inputs, mixed_model, model, recurrent_model  # noqa: E402,F401 (fixtures: model, files)
 
 from layoutconv.adapters import onnx_layers as L  # noqa: E402
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-@pytest.fixture(scope="module")
-def model():
-    return mixed_model()
-
-
-@pytest.fixture(scope="module")
-def files(model, tmp_path_factory):
-    d = tmp_path_factory.mktemp("sources")
-    model.save(d / "m.keras")
-    model.save(d / "m.h5")
-    model.save_weights(d / "m.weights.h5")
-    (d / "m.json").write_text(model.to_json())
-    return {"keras": (d / "m.keras", None), "h5": (d / "m.h5", None), "weights": (d / "m.weights.h5", str(d / "m.json"))}
 
 
 def assert_same_files(a, b):
