@@ -178,18 +178,23 @@ def test_row_shift_takes_the_resnet_stage_and_leaves_strides_and_rows_of_one():
     assert reference._RowShift.of((8, 64, 1032), (1024,), Conv(np.zeros((64, 64, 9)), padding=4), 4) is None
 
 
+def _traced_peak(run):
+    """``run()`` and the most memory Python allocators held meanwhile (numpy's buffers included)."""
+    tracemalloc.start()
+    try:
+        out = run()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_row_shift_memory_is_bounded(rng, monkeypatch):
     """Three shifted copies of the input per box, not nine: the workspace stays within the budget."""
     monkeypatch.setattr(reference, "COLUMN_BYTES", 1 << 20)  # 819 grid positions a box: a sixth of an image
     conv = Conv(rng.standard_normal((16, 32, 3, 3)), rng.standard_normal(16), padding=1)
     x = rng.standard_normal((2, 32, 64, 64))
     assert _row_shift_plan(conv, x, 8).most < 64 * 64 // 4
-    tracemalloc.start()
-    try:
-        y = reference.forward(conv, x)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    y, peak = _traced_peak(lambda: reference.forward(conv, x))
     padded = 2 * 32 * 66 * 66 * 8
     assert peak <= padded + y.nbytes + reference.COLUMN_BYTES + (1 << 20)
     np.testing.assert_allclose(y[:1, :2], direct_conv_nd(conv.kernel[:2], conv.bias[:2], x[:1], (1, 1), (1, 1), 1, ((1, 1), (1, 1)), "zeros"), rtol=1e-12, atol=1e-12)
@@ -230,12 +235,7 @@ def test_im2col_memory_is_bounded(rng, monkeypatch):
     conv = Conv(rng.standard_normal((16, 64, 9)), rng.standard_normal(16), padding="same_upper")
     x = rng.standard_normal((4, 64, 4096))
     full_columns = 4 * (64 * 9 + 1) * 4096 * 8
-    tracemalloc.start()
-    try:
-        y = reference.forward(conv, x)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    y, peak = _traced_peak(lambda: reference.forward(conv, x))
     padded = 4 * 64 * (4096 + 8) * 8
     assert peak <= padded + y.nbytes + 2 * reference.COLUMN_BYTES + (1 << 20)
     assert peak < full_columns / 5
