@@ -28,7 +28,6 @@ only then are the data file and the model moved into place (data first).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .convert_stream import LayerCheck, StreamReport, _Progress, _Stream, _layer_bytes, hollow
+from .convert_stream import StreamReport, _Progress, _Stream, _layer_bytes, hollow
 from .errors import OutputError, VerificationError, fail
 
 
@@ -91,8 +90,6 @@ class _OnnxStream(_Stream):
         """Write one layer's weights, read them back, run the layer from the file in onnxruntime; its output shape."""
         from .adapters import onnx_external, onnx_layers
         from .graph import Graph, Input, Node
-        from .porting import END_TO_END_FACTOR
-        from .tolerance import ASSERT_CLOSE_DEFAULTS
 
         record = self.walk.layers[node.layer]
         dtype, ref_dtype = self._dtype(record), self._check_dtype(record)
@@ -127,25 +124,7 @@ class _OnnxStream(_Stream):
             del session
         finally:
             os.unlink(path)
-        rtol, atol = ASSERT_CLOSE_DEFAULTS.get(got.dtype.name, ASSERT_CLOSE_DEFAULTS["float32"])
-        tol = rtol * END_TO_END_FACTOR
-        if got.shape != expected.shape:
-            abs_err = rel_err = math.inf
-        else:
-            abs_err = float(np.max(np.abs(got.astype(np.float64) - expected))) if expected.size else 0.0
-            scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-            rel_err = abs_err / scale if scale > 0 else abs_err
-        passed = rel_err <= tol or abs_err <= atol
-        check = LayerCheck(node.layer, kind_name, tuple(t.name for t in tensors), nbytes, abs_err, rel_err, tol, np.dtype(ref_dtype).name, passed)
-        self.checks.append(check)
-        if not passed:
-            raise fail(
-                VerificationError, f"Layer {node.layer!r} ({kind_name}) read back from the file does not compute the reference's output in onnxruntime",
-                f"a relative error within {tol:.1e} (or an absolute one within {atol:.0e})",
-                f"{rel_err:.3e} relative, {abs_err:.3e} absolute" if got.shape == expected.shape else f"output shape {got.shape}, reference {expected.shape}",
-                "Nothing was written.",
-            )
-        return tuple(expected.shape[1:])
+        return self._judge(node.layer, kind_name, tuple(t.name for t in tensors), nbytes, got, expected, ref_dtype, " in onnxruntime")
 
     def finish(self, model_path: str) -> Any:
         """The whole graph's model over the streamed weights, written to ``model_path``; returns the graph."""

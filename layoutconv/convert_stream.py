@@ -418,8 +418,6 @@ class _Stream:
         from .adapters.torch_adapter import tensor_memory
         from .adapters.torch_layers import GraphModule, run_graph
         from .graph import Graph, Input, Node
-        from .porting import END_TO_END_FACTOR
-        from .tolerance import ASSERT_CLOSE_DEFAULTS
         from ._stream_files import tensor_bytes
 
         record = self.walk.layers[node.layer]
@@ -490,6 +488,14 @@ class _Stream:
         del scratch
         got = run_graph(module, [x])
         del module, sub, state, tensor
+        return self._judge(node.layer, kind_name, tuple(names), sum(e.nbytes for _, e in written), got, expected, ref_dtype, "")
+
+    def _judge(self, layer: str, kind_name: str, names: tuple[str, ...], nbytes: int, got: np.ndarray, expected: np.ndarray,
+               ref_dtype: Any, where: str) -> tuple[int, ...]:
+        """Record how a layer read back from the file compared with the reference; raise if it is off.  Its output shape."""
+        from .porting import END_TO_END_FACTOR
+        from .tolerance import ASSERT_CLOSE_DEFAULTS
+
         rtol, atol = ASSERT_CLOSE_DEFAULTS.get(got.dtype.name, ASSERT_CLOSE_DEFAULTS["float32"])
         tol = rtol * END_TO_END_FACTOR
         if got.shape != expected.shape:
@@ -499,11 +505,10 @@ class _Stream:
             scale = float(np.max(np.abs(expected))) if expected.size else 0.0
             rel_err = abs_err / scale if scale > 0 else abs_err
         passed = rel_err <= tol or abs_err <= atol
-        check = LayerCheck(node.layer, kind_name, tuple(names), sum(e.nbytes for _, e in written), abs_err, rel_err, tol, np.dtype(ref_dtype).name, passed)
-        self.checks.append(check)
+        self.checks.append(LayerCheck(layer, kind_name, names, nbytes, abs_err, rel_err, tol, np.dtype(ref_dtype).name, passed))
         if not passed:
             raise fail(
-                VerificationError, f"Layer {node.layer!r} ({kind_name}) read back from the file does not compute the reference's output",
+                VerificationError, f"Layer {layer!r} ({kind_name}) read back from the file does not compute the reference's output{where}",
                 f"a relative error within {tol:.1e} (or an absolute one within {atol:.0e})",
                 f"{rel_err:.3e} relative, {abs_err:.3e} absolute" if got.shape == expected.shape else f"output shape {got.shape}, reference {expected.shape}",
                 "Nothing was written.",
