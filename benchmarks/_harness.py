@@ -77,17 +77,21 @@ def blas_info() -> str:
     return "numpy BLAS: " + "; ".join(out or ["scipy-openblas (no introspection)"]) + f"; env: {env or 'no OPENBLAS_* set'}"
 
 
+def cpu_name() -> str:
+    """The CPU's model name and count (``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0]} x {len(names)}" if names else platform.processor() or platform.machine() or "unknown CPU"
+
+
 def machine_info() -> list[str]:
     import onnxruntime as ort
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = f"{names[0]} x {len(names)}" if names else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     return [
         f"machine: {cpu}; os.cpu_count() = {os.cpu_count()}; load average (1, 5, 15 min) at start: {load}",

@@ -46,7 +46,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(1, ROOT)
 
-from _harness import _busy_seconds, wait_quiet  # noqa: E402
+from _harness import _busy_seconds, cpu_name, wait_quiet  # noqa: E402
 
 SMALL_KERAS = os.path.join(ROOT, "tests", "fixtures", "legacy_keras", "deepcpf1_Seq_deepCpf1_weights_keras1_theano.h5")
 FRAMEWORKS = ("keras", "tf_keras", "torch", "onnx")
@@ -171,13 +171,7 @@ def bench_commands(runs: int, quiet: float | None, tmp: str) -> dict[str, dict]:
 
 
 def machine() -> list[str]:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = f"{names[0]} x {len(names)}" if names else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     versions = []
     for dist in ("numpy", "tensorflow", "keras", "tf_keras", "torch", "onnx", "onnxruntime", "h5py"):
         try:

@@ -251,6 +251,7 @@ def convert_command(args: Any) -> int:
     from . import convert_stream
     from .model import read_model
 
+    report: Any = None
     if str(args.source).lower().endswith((".pt", ".pth", ".safetensors")):
         graph = _torch_source(args)
     else:
@@ -261,20 +262,16 @@ def convert_command(args: Any) -> int:
         if convert_stream.should_stream(args.source, target.name, getattr(args, "stream", None)) and not (
             target.name == "onnx" and getattr(args, "external_data", None) is False
         ):
-            report_s = convert_stream.stream_model(
+            report = convert_stream.stream_model(
                 args.source, args.output, to=args.to, architecture=args.architecture, backend=args.backend,
                 overwrite=args.force, parents=args.parents, progress=convert_stream.progress_wanted(getattr(args, "quiet", False)),
             )
-            if args.json:
-                print(json.dumps({**report_s.to_dict(), "wrote": args.output}, indent=2))
-            else:
-                print(report_s)
-                print(f"wrote {args.output}")
-            return 0
-        graph = read_model(args.source, architecture=args.architecture, backend=args.backend)
-    if not args.json:
-        print(graph.summary())
-    report = save_model(graph, args.output, to=args.to, overwrite=args.force, parents=args.parents, external_data=getattr(args, "external_data", None))
+        else:
+            graph = read_model(args.source, architecture=args.architecture, backend=args.backend)
+    if report is None:
+        if not args.json:
+            print(graph.summary())
+        report = save_model(graph, args.output, to=args.to, overwrite=args.force, parents=args.parents, external_data=getattr(args, "external_data", None))
     if args.json:
         print(json.dumps({**report.to_dict(), "wrote": args.output}, indent=2))
     else:

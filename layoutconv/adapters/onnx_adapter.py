@@ -133,15 +133,16 @@ def required_opset(conv: Conv | ConvTranspose) -> int:
     return max(MIN_OPSET, PAD_MODES[mode][1], DTYPE_OPSET[conv.dtype.name])
 
 
-def _choose_opset(conv: Conv | ConvTranspose, opset: int | None) -> int:
-    need, latest = required_opset(conv), onnx.defs.onnx_opset_version()
+def choose_opset(need: int, opset: Any, what: str) -> int:
+    """``opset`` checked against ``need`` (the lowest that expresses ``what``) and the newest onnx knows; ``need`` if None."""
+    latest = onnx.defs.onnx_opset_version()
     if opset is None:
         return need
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not need <= opset <= latest:
         raise fail(
             ConfigError,
             "Invalid value for argument `opset`",
-            f"an integer from {need} (what {conv!r} needs) to {latest} (the newest this onnx knows)",
+            f"an integer from {need} (what {what} needs) to {latest} (the newest this onnx knows)",
             f"opset={opset!r}",
             "Omit it to get the lowest opset that works.",
         )
@@ -406,7 +407,7 @@ def to_native(conv: Conv | ConvTranspose, opset: int | None = None) -> onnx.Mode
             ConfigError, "onnx.to_native needs a convolution record", "a layoutconv.Conv or ConvTranspose",
             f"{type(conv).__name__}",
         )
-    opset = _choose_opset(conv, opset)
+    opset = choose_opset(required_opset(conv), opset, repr(conv))
     rank = conv.spatial_rank
     elem = helper.np_dtype_to_tensor_dtype(conv.dtype)
     nodes, inits = conv_parts(conv, opset)

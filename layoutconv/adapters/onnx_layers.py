@@ -666,21 +666,6 @@ def required_opset(graph: Graph, dtype: np.dtype) -> int:
     return need
 
 
-def _choose_opset(graph: Graph, dtype: np.dtype, opset: Any) -> int:
-    need, latest = required_opset(graph, dtype), onnx.defs.onnx_opset_version()
-    if opset is None:
-        return need
-    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not need <= opset <= latest:
-        raise fail(
-            ConfigError,
-            "Invalid value for argument `opset`",
-            f"an integer from {need} (what this graph needs) to {latest} (the newest this onnx knows)",
-            f"opset={opset!r}",
-            "Omit it to get the lowest opset that works.",
-        )
-    return int(opset)
-
-
 def _dims(name: str, shape: Sequence[int | None]) -> list[Any]:
     return ["N"] + [s if s is not None else f"{name}_{k}" for k, s in enumerate(shape, start=1)]
 
@@ -699,7 +684,7 @@ def write_graph(
     if layout not in ("source", "channels_first"):
         raise fail(ConfigError, "Invalid value for argument `layout`", "'source' or 'channels_first'", f"layout={layout!r}")
     dt = _graph_dtype(graph, dtype)
-    opset = _choose_opset(graph, dt, opset)
+    opset = base.choose_opset(required_opset(graph, dt), opset, "this graph")
     elem = helper.np_dtype_to_tensor_dtype(dt)
     shapes = static_shapes(graph) if shapes is None else shapes
     ranks: dict[str, int | None] = {i.name: len(i.shape) + 1 for i in graph.inputs}
