@@ -105,7 +105,8 @@ def _pread_to(fd: int, out: np.ndarray, offset: int) -> np.ndarray:
 WRITE_CHUNK = 1 << 20
 
 
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
+def write_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` (bytes) at ``offset`` of ``fd``, :data:`WRITE_CHUNK` bytes per write."""
     done = 0
     while done < len(data):
         done += os.pwrite(fd, data[done : done + WRITE_CHUNK], offset + done)
@@ -148,7 +149,7 @@ class SafetensorsWriter:
         entry = Entry(name, str(tensor.dtype).replace("torch.", ""), tuple(tensor.shape), self._end, len(data))
         if entry.dtype not in SAFETENSORS_DTYPES:
             raise ValueError(f"safetensors has no dtype for {entry.dtype}")
-        _write_all(self._fd, data, self._end)
+        write_all(self._fd, data, self._end)
         self._end += len(data)
         self.entries.append(entry)
         return entry
@@ -174,7 +175,7 @@ class SafetensorsWriter:
         if len(header) > self.room:
             self._move_data(-(-len(header) // 8) * 8)
         header = header + b" " * (self.room - len(header))
-        _write_all(self._fd, memoryview(struct.pack("<Q", len(header)) + header), 0)
+        write_all(self._fd, memoryview(struct.pack("<Q", len(header)) + header), 0)
         self.close()
 
     def _move_data(self, room: int) -> None:
@@ -185,7 +186,7 @@ class SafetensorsWriter:
         while done < length:  # from the end, so nothing is overwritten before it is moved
             size = min(chunk, length - done)
             start = self.data_start + length - done - size
-            _write_all(self._fd, memoryview(_pread_into(self._fd, size, start)), start + shift)
+            write_all(self._fd, memoryview(_pread_into(self._fd, size, start)), start + shift)
             done += size
         self.entries = [e._replace(offset=e.offset + shift) for e in self.entries]
         self.room, self.data_start, self._end = room, self.data_start + shift, self._end + shift

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .convert_stream import StreamReport, _Progress, _Stream, _layer_bytes, hollow
+from .convert_stream import StreamReport, _Memory, _Progress, _Stream, _layer_bytes, hollow
 from .errors import OutputError, VerificationError, fail
 
 
@@ -78,8 +78,8 @@ class _Lookup:
 class _OnnxStream(_Stream):
     """One streaming conversion to ``.onnx`` (module docs)."""
 
-    def __init__(self, kf: Any, writer: Any, folder: str, seed: int) -> None:
-        super().__init__(kf, writer, "onnx", seed)
+    def __init__(self, kf: Any, writer: Any, folder: str, seed: int, memory: Any = None) -> None:
+        super().__init__(kf, writer, "onnx", seed, memory)
         self.folder = folder
         self.options = _session_options()
 
@@ -170,9 +170,12 @@ def stream_onnx(
     try:
         try:
             writer = onnx_external.DataWriter(pair.data, pair.data_name)
-            with kf.reading():
-                stream = _OnnxStream(kf, writer, pair.dir, seed)
+            memory = _Memory()
+            # records take the arrays read as they are, in memory reused layer by layer (as the .safetensors stream)
+            with kf.reading(hand_over=True, memory=memory):
+                stream = _OnnxStream(kf, writer, pair.dir, seed, memory)
                 stream.run(bar)
+            memory.clear()
             writer.close()
             graph = stream.finish(pair.model)
             onnx_external.check_path(pair.model, f"the model streamed to {str(final)!r}")

@@ -43,6 +43,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from .._stream_files import write_all
 from ..errors import FileFormatError, OutputError, UnsafeFileError, UnsupportedError, VerificationError, fail
 from ..record import Record
 
@@ -161,10 +162,8 @@ class DataWriter:
         else:
             offset = done = -(-self._end // ALIGNMENT) * ALIGNMENT
             same = True
-            for chunk in _chunks(array):  # each chunk written, then read back from the file and compared
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.pwrite(self._fd, view, done + chunk.size - len(view)) :]
+            for chunk in _chunks(array):  # each chunk written (in writes of WRITE_CHUNK), then read back and compared
+                write_all(self._fd, memoryview(chunk), done)
                 same = same and self._read_back(chunk, done)
                 done += chunk.size
             self._end = done
