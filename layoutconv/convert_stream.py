@@ -15,11 +15,16 @@ layer with weights, when first called, is:
    ``GraphModule``), so the tensors have the names, dtypes, layouts and bytes of
    ``GraphModule(graph).state_dict()`` — a ``Dense`` after a Keras-order
    ``Flatten`` with its columns in PyTorch's flatten order, as
-   :func:`~layoutconv.graph.flatten_channels_first` gives them;
-4. written, then read back from the file and compared byte for byte;
-5. loaded from the bytes read back into its module, which is run on the same
-   input and compared with step 2 (tolerance: :data:`ASSERT_CLOSE_DEFAULTS` of
-   the dtype, times ``END_TO_END_FACTOR``, relative to the largest output);
+   :func:`~layoutconv.graph.flatten_channels_first` gives them.  The module's
+   weights are views of the record's arrays (:func:`~layoutconv.adapters.torch_adapter.tensor_views`):
+   a Keras ``Dense`` kernel stays where it was read, seen transposed;
+4. written in C order a chunk at a time (a transposed view is copied into C
+   order one chunk at a time, never whole), each chunk read back from the file
+   and compared byte for byte before the next (:func:`layoutconv._stream_files.write_checked`):
+   the module's weights are then exactly the bytes in the file;
+5. run on the same input and compared with step 2 (tolerance:
+   :data:`ASSERT_CLOSE_DEFAULTS` of the dtype, times ``END_TO_END_FACTOR``,
+   relative to the largest output);
 6. dropped (a shared layer is kept until its last call).
 
 Layers without weights are run by the reference only, for the shapes that
@@ -34,10 +39,12 @@ The whole model is never run: that would need every weight in memory.  The
 checks are per layer (see ``docs/verification.md``, "Streaming conversion").
 
 Memory: each array is read into a buffer of :class:`_Memory` and its record
-holds it as it is (no copy: :func:`layoutconv.record.hand_over`); the PyTorch
-tensors are made in the same buffers, which serve layer after layer, so the
-process touches fresh memory about twice the largest tensor once, not at
-every layer (on a virtual machine a first touch is the dearest part of a copy).
+holds it as it is (no copy: :func:`layoutconv.record.hand_over`); the module
+views it and the writer copies from it a chunk at a time, so a layer takes
+about its weights once (twice for a ``Dense`` whose columns are permuted), and
+the buffers serve layer after layer: the process touches fresh memory about
+once or twice the largest tensor, not at every layer (on a virtual machine a
+first touch is the dearest part of a copy).
 """
 
 from __future__ import annotations
@@ -62,8 +69,6 @@ STREAM_TARGETS = ("safetensors", "torch", "onnx")
 #: A layer's reference check runs in float64 up to this many bytes of weights; above, in the weights' own float32
 #: (a float64 copy of a 1 GiB kernel would take 2 GiB).  The tolerance is the same either way.
 FLOAT64_CHECK_BYTES = 64 << 20
-#: Bytes read back (and compared) at a time: no tensor is read back whole.
-READ_BACK_CHUNK = 16 << 20
 #: Samples in each layer's random check input.
 CHECK_BATCH = 2
 #: Seconds of work before the progress bar shows (shorter conversions show none).
@@ -130,12 +135,6 @@ class StreamReport:
         return "\n".join(lines)
 
 
-def same_bytes(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 20) -> bool:
-    """Byte-for-byte equality of two uint8 arrays, a slice at a time (a whole-array ``==`` would allocate its size again;
-    1 MiB slices: their ``==`` adds 1 MB at the stream's peak, where both big buffers are in use)."""
-    return a.size == b.size and all(np.array_equal(a[i : i + chunk], b[i : i + chunk]) for i in range(0, a.size, chunk))
-
-
 def _nbytes(record: Any) -> int:
     """Bytes of every array a record holds (its sub-records' too)."""
     total = 0
@@ -177,6 +176,26 @@ def hollow(record: Any) -> Any:
             if hasattr(record, slot):
                 object.__setattr__(out, slot, light(getattr(record, slot)))
     return out
+
+
+def _permute_rows(a: np.ndarray, order: np.ndarray) -> None:
+    """``a[i] = a[order[i]]`` for every row ``i`` of ``a`` (``order`` a permutation), in place with one row of scratch:
+    each cycle of the permutation is followed once."""
+    seen = np.zeros(len(order), dtype=bool)
+    row = np.empty(a.shape[1:], a.dtype)
+    for start in range(len(order)):
+        if seen[start] or order[start] == start:
+            continue
+        row[...] = a[start]
+        i = start
+        while True:
+            seen[i] = True
+            j = int(order[i])
+            if j == start:
+                a[i] = row
+                break
+            a[i] = a[j]
+            i = j
 
 
 def _trim() -> None:
@@ -415,10 +434,10 @@ class _Stream:
         import torch
 
         from . import graph as graph_module, layers
-        from .adapters.torch_adapter import tensor_memory
+        from .adapters.torch_adapter import tensor_views
         from .adapters.torch_layers import GraphModule, run_graph
         from .graph import Graph, Input, Node
-        from ._stream_files import tensor_bytes
+        from ._stream_files import end_bytes, tensor_array
 
         record = self.walk.layers[node.layer]
         flatten = self._flatten_before(node, record)
@@ -439,56 +458,44 @@ class _Stream:
             x_shape = self.shapes[node.inputs[0]][0]
         kind = self.shapes[flatten.inputs[0] if flatten is not None else node.inputs[0]][1]
         mini = Graph(mini_layers, [Input("x", x_shape, "channels_first" if len(x_shape) >= 2 else "flat", kind)], mini_nodes, ["y"], name=node.layer)
-        with _no_random_init(), tensor_memory(self.memory):
+        with _no_random_init(), tensor_views():  # the module's weights are views of the record's arrays (no copy)
             module = GraphModule(mini, layout="channels_first")
         del mini, mini_layers
         kind_name = type(record).__name__
-        if self.calls_left[node.layer] == 1:  # its only call: the record can go now (the module holds the converted copy)
+        only_call = self.calls_left[node.layer] == 1
+        if only_call:  # the record can go now (the module views its arrays, which stay until the module goes)
             self.walk.release(node.layer, hollow(record))
         del record
         prefix = module._names[node.layer]
         sub = getattr(module, prefix)
         if flatten is not None:
-            column = torch.from_numpy(graph_module.flatten_column(self.shapes[flatten.inputs[0]][0]))
-            with torch.no_grad():
-                permuted = torch.index_select(sub.weight, 1, column, out=self.memory.tensor(tuple(sub.weight.shape), sub.weight.dtype))
-                sub.weight = torch.nn.Parameter(permuted, requires_grad=False)
-            del permuted
+            column = graph_module.flatten_column(self.shapes[flatten.inputs[0]][0])
+            w = sub.weight.detach()
+            if only_call and w.t().is_contiguous():  # a Keras kernel seen transposed: its columns are rows where it is stored
+                _permute_rows(tensor_array(w.t()), column)  # in place: no second copy of the largest kernels
+            else:
+                with torch.no_grad():
+                    permuted = torch.index_select(w, 1, torch.from_numpy(column), out=self.memory.tensor(tuple(w.shape), w.dtype))
+                    sub.weight = torch.nn.Parameter(permuted, requires_grad=False)
+                del permuted
+            del w
             self.permuted[node.layer] = flatten.name
-        state = module.state_dict()
-        loose = {k: v.contiguous() for k, v in state.items() if not v.is_contiguous()}
-        if loose:  # written as torch.save would: contiguous (and the module computes with what is written)
-            module.load_state_dict({**state, **loose}, strict=True, assign=True)
-            state = module.state_dict()
         names: list[str] = []
-        written = []
-        tensor = None
-        for key, tensor in state.items():
-            tensor = tensor.detach()
+        nbytes, tensor = 0, None
+        for key, tensor in module.state_dict().items():
+            # written in C order a chunk at a time (a transposed kernel too), each chunk read back and compared
+            # (the writer raises if one differs): the module computes with exactly the bytes in the file
             name = f"{self.attr[node.layer]}.{key[len(prefix) + 1:]}"
-            entry = self.writer.add(name, tensor)
-            written.append((key, entry))
+            entry = self.writer.add(name, tensor.detach())
             names.append(name)
+            nbytes += entry.nbytes
             self.total += entry.nbytes
             self.largest = max(self.largest, entry.nbytes)
-        # read back a slice at a time into memory of the pool (by now the buffer the layer was read into is free)
-        scratch = self.memory.empty((READ_BACK_CHUNK,), np.uint8)
-        for key, entry in written:  # each slice must equal what the module holds, which it then takes
-            mine = state[key].detach()
-            held = np.frombuffer(tensor_bytes(mine), dtype=np.uint8) if entry.nbytes else np.empty(0, np.uint8)
-            for start in range(0, entry.nbytes, READ_BACK_CHUNK):
-                part = self.writer.read_into(entry, start, scratch[: min(READ_BACK_CHUNK, entry.nbytes - start)])
-                if not same_bytes(part, held[start : start + part.size]):
-                    raise fail(VerificationError, f"Tensor {entry.name!r} read back from the file differs from what was written",
-                               "the same bytes", f"other bytes from byte {start}", "Nothing was written.")
-                held[start : start + part.size] = part  # the module now computes with the bytes read back
-            flat = mine.reshape(-1)
-            self.kept[entry.name] = (tensor_bytes(flat[:1].contiguous()).tobytes(), tensor_bytes(flat[-1:].contiguous()).tobytes()) if entry.nbytes else (b"", b"")
-            del mine, held, flat
-        del scratch
+            self.kept[entry.name] = end_bytes(tensor_array(tensor))
+        del tensor
         got = run_graph(module, [x])
-        del module, sub, state, tensor
-        return self._judge(node.layer, kind_name, tuple(names), sum(e.nbytes for _, e in written), got, expected, ref_dtype, "")
+        del module, sub
+        return self._judge(node.layer, kind_name, tuple(names), nbytes, got, expected, ref_dtype, "")
 
     def _judge(self, layer: str, kind_name: str, names: tuple[str, ...], nbytes: int, got: np.ndarray, expected: np.ndarray,
                ref_dtype: Any, where: str) -> tuple[int, ...]:

@@ -254,6 +254,51 @@ def test_tensors_written_in_small_pieces_make_the_same_file(files, tmp_path, mon
         assert sizes and max(sizes) <= 1000
 
 
+@pytest.mark.parametrize("chunk", [4096, 6], ids=["rows-per-chunk", "rows-larger-than-a-chunk"])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_tensors_written_and_read_back_in_small_chunks_make_the_same_file(files, tmp_path, monkeypatch, chunk, suffix):
+    """The transposed Dense kernels (views of the arrays read) are copied into C order a few rows at a time, or in
+    pieces of one row: the file is still the whole-model path's, byte for byte."""
+    from layoutconv import _stream_files
+
+    monkeypatch.setattr(_stream_files, "CHECK_CHUNK", chunk)
+    assert stream_model(files["h5"][0], tmp_path / f"s{suffix}").passed
+    assert_same_file(tmp_path / f"s{suffix}", _whole(files, tmp_path, suffix))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_chunk_read_back_wrong_fails_and_leaves_nothing(files, tmp_path, monkeypatch, suffix):
+    """Each chunk is read back and compared right after it is written: one wrong byte read back stops the stream."""
+    from layoutconv import _stream_files
+
+    real_read = _stream_files._pread_to
+    calls = []
+
+    def read(fd, out, offset):
+        got = real_read(fd, out, offset)
+        calls.append(offset)
+        if len(calls) == 3 and got.size:
+            got[got.size // 2] ^= 0x10
+        return got
+
+    monkeypatch.setattr(_stream_files, "_pread_to", read)
+    with pytest.raises(layoutconv.VerificationError, match="read back from the file differs"):
+        stream_model(files["keras"][0], tmp_path / f"m{suffix}")
+    assert len(calls) == 3
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("n", [1, 2, 9, 64])
+def test_rows_permuted_in_place_like_fancy_indexing(n):
+    """The Flatten order applied to a Keras Dense kernel where it lies: a[i] = a[order[i]], as a[order] gives."""
+    rng = np.random.default_rng(n)
+    for order in (rng.permutation(n), np.arange(n), np.roll(np.arange(n), 1)):  # random, identity, one long cycle
+        a = rng.standard_normal((n, 5)).astype(np.float32)
+        expected = a[order]
+        convert_stream._permute_rows(a, order)
+        assert a.tobytes() == expected.tobytes()
+
+
 def test_memory_takes_a_buffer_again_only_when_nothing_refers_to_it():
     from layoutconv import layers
 

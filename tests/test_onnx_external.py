@@ -26,6 +26,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from layoutconv.adapters import onnx_external as E  # noqa: E402
 from layoutconv.adapters import onnx_layers as L  # noqa: E402
+from layoutconv import _stream_files as SF  # noqa: E402
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
@@ -268,7 +269,7 @@ def test_onnxruntime_runs_external_data_from_a_path_only(tmp_path):
 @pytest.mark.parametrize("chunk", [1 << 20, 96, 7], ids=["one-chunk", "rows-per-chunk", "rows-larger-than-a-chunk"])
 def test_strided_weights_are_written_in_chunks_bit_for_bit(tmp_path, monkeypatch, chunk):
     """Transposed and sliced views (as records hold Keras kernels) written in chunks: the bytes of their C-order copy."""
-    monkeypatch.setattr(E, "CHUNK", chunk)
+    monkeypatch.setattr(SF, "CHECK_CHUNK", chunk)
     rng = np.random.default_rng(5)
     arrays = {
         "t2": rng.standard_normal((37, 29)).astype(np.float32).T,
@@ -286,4 +287,4 @@ def test_strided_weights_are_written_in_chunks_bit_for_bit(tmp_path, monkeypatch
         start, n = int(f["offset"]), int(f["length"])
         assert start % E.ALIGNMENT == 0 and n == a.nbytes
         assert data[start : start + n] == np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes(), k
-        assert b"".join(c.tobytes() for c in E._chunks(a)) == data[start : start + n], k
+        assert b"".join(c.tobytes() for c in SF.c_order_chunks(a, np.empty(chunk, np.uint8))) == data[start : start + n], k

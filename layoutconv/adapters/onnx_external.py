@@ -43,7 +43,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .._stream_files import write_all
+from .._stream_files import Scratch, write_all, write_checked
 from ..errors import FileFormatError, OutputError, UnsafeFileError, UnsupportedError, VerificationError, fail
 from ..record import Record
 
@@ -59,10 +59,6 @@ INLINE_LIMIT = (2 << 30) - (128 << 20)
 MAX_EXTERNAL_BYTES = 64 << 30
 #: The ``external_data`` keys read (``basepath``, which onnx also knows, would move the directory: refused).
 KEYS = ("location", "offset", "length", "checksum")
-#: Bytes written and read back at a time.
-CHUNK = 16 << 20
-#: Width of the tiles in which a strided weight is copied into C order.
-TILE = 64
 
 
 def data_name(model_name: str) -> str:
@@ -104,29 +100,6 @@ def weight_bytes(graph: Any) -> int:
 # -- writing -----------------------------------------------------------------------------------------
 
 
-def _chunks(array: np.ndarray) -> Iterator[np.ndarray]:
-    """The little-endian bytes of ``array`` in C order, as ONNX's ``raw_data`` holds them, about :data:`CHUNK` bytes at
-    a time (uint8 arrays): a weight that is a transposed view is never copied whole."""
-    a = np.asarray(array)
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    if a.size == 0:
-        return
-    if a.ndim == 0 or a.flags.c_contiguous:
-        flat = a.reshape(-1).view(np.uint8)
-        for start in range(0, flat.size, CHUNK):
-            yield flat[start : start + CHUNK]
-        return
-    rows = max(1, CHUNK // max(1, a.nbytes // a.shape[0]))
-    buffer = np.empty((min(rows, a.shape[0]), *a.shape[1:]), dtype=a.dtype)  # reused: each chunk is consumed before the next
-    last = a.shape[-1]
-    for start in range(0, a.shape[0], rows):
-        block, out = a[start : start + rows], buffer[: min(rows, a.shape[0] - start)]
-        for t in range(0, last, TILE):  # tiles along the last axis: a transposed view is copied cache-friendly (2x faster)
-            out[..., t : t + TILE] = block[..., t : t + TILE]
-        yield out.reshape(-1).view(np.uint8)
-
-
 def external_tensor(name: str, dtype: np.dtype, shape: tuple[int, ...], location: str, offset: int, length: int) -> TensorProto:
     """A ``TensorProto`` whose data is ``length`` bytes at ``offset`` of ``location``."""
     t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(np.dtype(dtype).newbyteorder("=")), dims=list(shape))
@@ -150,7 +123,7 @@ class DataWriter:
         self.largest = self.total = 0
         self._end = 0
         self.external = True  # False: every weight stays in the model (a writer that only records)
-        self._scratch = np.empty(CHUNK, np.uint8)
+        self._scratch = Scratch()
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
 
     def store(self, requested: str, name: str, array: np.ndarray) -> TensorProto:
@@ -160,13 +133,10 @@ class DataWriter:
         if array.nbytes < EXTERNAL_MIN_BYTES or not self.external:
             t = _tensor(name, array)
         else:
-            offset = done = -(-self._end // ALIGNMENT) * ALIGNMENT
-            same = True
-            for chunk in _chunks(array):  # each chunk written (in writes of WRITE_CHUNK), then read back and compared
-                write_all(self._fd, memoryview(chunk), done)
-                same = same and self._read_back(chunk, done)
-                done += chunk.size
-            self._end = done
+            offset = -(-self._end // ALIGNMENT) * ALIGNMENT
+            # in chunks (a transposed view is never copied whole), each read back from the file and compared
+            written, same = write_checked(array, offset, self._write, self._fd, self._scratch.chunk, self._scratch.back)
+            done = self._end = offset + written
             t = external_tensor(name, array.dtype, array.shape, self.location, offset, array.nbytes)
             if done - offset != array.nbytes or not same:
                 raise fail(VerificationError, f"Tensor {name!r} read back from {self.location!r} differs from what was written",
@@ -176,14 +146,8 @@ class DataWriter:
         self.tensors[requested] = t
         return t
 
-    def _read_back(self, chunk: np.ndarray, offset: int) -> bool:
-        buf = self._scratch
-        for i in range(0, chunk.size, buf.size):  # a chunk is one row at most when a row outgrows CHUNK
-            held = chunk[i : i + buf.size]
-            part = buf[: held.size]
-            if os.preadv(self._fd, [memoryview(part)], offset + i) != part.size or not np.array_equal(part, held):
-                return False
-        return True
+    def _write(self, chunk: np.ndarray, at: int) -> None:
+        write_all(self._fd, memoryview(chunk), at)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -109,32 +109,33 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return t.numpy().copy()
 
 
-#: where :func:`to_tensor` takes its tensors' memory (:func:`tensor_memory`); None: torch's allocator
-_TENSOR_MEMORY: contextvars.ContextVar[Any] = contextvars.ContextVar("layoutconv_tensor_memory", default=None)
+#: :func:`tensor_views` is active: :func:`to_tensor` shares the array's memory instead of copying it
+_TENSOR_VIEWS: contextvars.ContextVar[bool] = contextvars.ContextVar("layoutconv_tensor_views", default=False)
 
 
 @contextlib.contextmanager
-def tensor_memory(memory: Any) -> Iterator[None]:
-    """Within this context, :func:`to_tensor` copies into ``memory.tensor(shape, dtype)`` (a contiguous tensor)
-    instead of a fresh one: a conversion that reuses its buffers from layer to layer (``convert --stream``)."""
-    token = _TENSOR_MEMORY.set(memory)
+def tensor_views() -> Iterator[None]:
+    """Within this context, :func:`to_tensor` returns a tensor sharing the array's memory, strided as the array is
+    (a Keras ``Dense`` kernel stays a transposed view), instead of a contiguous copy: for a caller that only reads
+    the module and keeps the arrays alive and unchanged while it does (``convert --stream`` writes the weights
+    from the views, then runs the module once)."""
+    token = _TENSOR_VIEWS.set(True)
     try:
         yield
     finally:
-        _TENSOR_MEMORY.reset(token)
+        _TENSOR_VIEWS.reset(token)
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """A torch tensor owning a contiguous copy of ``array``, same dtype and values (``ml_dtypes.bfloat16`` -> ``torch.bfloat16``).
 
     One copy, made by torch (whose strided copy transposes a Keras kernel several
-    times faster than ``np.ascontiguousarray``), into memory of :func:`tensor_memory` if one is set.
+    times faster than ``np.ascontiguousarray``); no copy within :func:`tensor_views`.
     """
     source = _view(array)
-    memory = _TENSOR_MEMORY.get()
-    if memory is None:
-        return source.clone(memory_format=torch.contiguous_format)
-    return memory.tensor(tuple(source.shape), source.dtype).copy_(source)
+    if _TENSOR_VIEWS.get():
+        return source
+    return source.clone(memory_format=torch.contiguous_format)
 
 
 def _view(array: np.ndarray) -> torch.Tensor:
@@ -573,7 +574,7 @@ def _torch_padding(conv: Conv) -> Any:
 
 
 def _fill(module: nn.Module, record: Any) -> nn.Module:
-    if _TENSOR_MEMORY.get() is not None:  # the weights in that memory instead of the module's own
+    if _TENSOR_VIEWS.get():  # the weights are views of the record's arrays instead of the module's own
         module.weight = nn.Parameter(to_tensor(record.kernel), requires_grad=module.weight.requires_grad)
         if record.bias is not None:
             module.bias = nn.Parameter(to_tensor(record.bias), requires_grad=module.bias.requires_grad)
