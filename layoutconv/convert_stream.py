@@ -178,6 +178,32 @@ def hollow(record: Any) -> Any:
     return out
 
 
+class _Thread:
+    """``fn()`` run in a thread; :meth:`join` waits for it and returns its result or raises its error."""
+
+    def __init__(self, fn: Any) -> None:
+        import threading
+
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._result = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by join
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="layoutconv-write", daemon=True)
+        self._thread.start()
+
+    def join(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self._result
+
+
 def _permute_rows(a: np.ndarray, order: np.ndarray) -> None:
     """``a[i] = a[order[i]]`` for every row ``i`` of ``a`` (``order`` a permutation), in place with one row of scratch:
     each cycle of the permutation is followed once."""
@@ -443,18 +469,19 @@ class _Stream:
         flatten = self._flatten_before(node, record)
         dtype = self._dtype(record)
         ref_dtype = self._check_dtype(record)
+        expected = None
         if flatten is not None:  # checked with the Flatten: Keras' order in the reference, PyTorch's in the module
             x = self._sample(flatten.inputs[0], record, dtype)
             flat_record = self.walk.layers[flatten.layer]
-            expected = self._forward(record, self._forward(flat_record, x, ref_dtype), ref_dtype)
+            expected = self._forward(record, self._forward(flat_record, x, ref_dtype), ref_dtype)  # before the kernel is permuted
             mini_layers = {"flatten": layers.Flatten("channels_first"), node.layer: record}
             mini_nodes = [Node("f", "flatten", ("x",), "flat"), Node("y", node.layer, ("f",), "flat")]
             x_shape = self.shapes[flatten.inputs[0]][0]
         else:
             x = self._sample(node.inputs[0], record, dtype)
-            expected = self._forward(record, x, ref_dtype)
+            rank = self._forward(record, x[:0], ref_dtype).ndim  # the output's rank from no samples; the output comes below
             mini_layers = {node.layer: record}
-            mini_nodes = [Node("y", node.layer, ("x",), "channels_first" if expected.ndim > 2 else "flat")]
+            mini_nodes = [Node("y", node.layer, ("x",), "channels_first" if rank > 2 else "flat")]
             x_shape = self.shapes[node.inputs[0]][0]
         kind = self.shapes[flatten.inputs[0] if flatten is not None else node.inputs[0]][1]
         mini = Graph(mini_layers, [Input("x", x_shape, "channels_first" if len(x_shape) >= 2 else "flat", kind)], mini_nodes, ["y"], name=node.layer)
@@ -463,16 +490,15 @@ class _Stream:
         del mini, mini_layers
         kind_name = type(record).__name__
         only_call = self.calls_left[node.layer] == 1
-        if only_call:  # the record can go now (the module views its arrays, which stay until the module goes)
-            self.walk.release(node.layer, hollow(record))
-        del record
         prefix = module._names[node.layer]
         sub = getattr(module, prefix)
         if flatten is not None:
+            if only_call:  # the record can go now (the module views its arrays, which stay until the module goes)
+                self.walk.release(node.layer, hollow(record))
             column = graph_module.flatten_column(self.shapes[flatten.inputs[0]][0])
             w = sub.weight.detach()
             if only_call and w.t().is_contiguous():  # a Keras kernel seen transposed: its columns are rows where it is stored
-                _permute_rows(tensor_array(w.t()), column)  # in place: no second copy of the largest kernels
+                _permute_rows(tensor_array(w.t()), column)  # in place (the record is gone): no second copy of the kernel
             else:
                 with torch.no_grad():
                     permuted = torch.index_select(w, 1, torch.from_numpy(column), out=self.memory.tensor(tuple(w.shape), w.dtype))
@@ -480,22 +506,27 @@ class _Stream:
                 del permuted
             del w
             self.permuted[node.layer] = flatten.name
-        names: list[str] = []
-        nbytes, tensor = 0, None
-        for key, tensor in module.state_dict().items():
-            # written in C order a chunk at a time (a transposed kernel too), each chunk read back and compared
-            # (the writer raises if one differs): the module computes with exactly the bytes in the file
-            name = f"{self.attr[node.layer]}.{key[len(prefix) + 1:]}"
-            entry = self.writer.add(name, tensor.detach())
-            names.append(name)
-            nbytes += entry.nbytes
+        tensors = [(f"{self.attr[node.layer]}.{key[len(prefix) + 1:]}", t.detach()) for key, t in module.state_dict().items()]
+        # written in C order a chunk at a time (a transposed kernel too), each chunk read back and compared (the
+        # writer raises if one differs: the module computes with exactly the bytes in the file), in a thread while
+        # the reference and the module compute the layer's output (numpy, BLAS, torch and the file I/O let go of the GIL)
+        writing = _Thread(lambda: [self.writer.add(name, t) for name, t in tensors])
+        try:
+            if expected is None:
+                expected = self._forward(record, x, ref_dtype)
+            got = run_graph(module, [x])
+        finally:
+            entries = writing.join()
+        if flatten is None and only_call:
+            self.walk.release(node.layer, hollow(record))
+        del record, module, sub
+        for (_, t), entry in zip(tensors, entries):
             self.total += entry.nbytes
             self.largest = max(self.largest, entry.nbytes)
-            self.kept[entry.name] = end_bytes(tensor_array(tensor))
-        del tensor
-        got = run_graph(module, [x])
-        del module, sub
-        return self._judge(node.layer, kind_name, tuple(names), nbytes, got, expected, ref_dtype, "")
+            self.kept[entry.name] = end_bytes(tensor_array(t))
+        del tensors
+        names = tuple(e.name for e in entries)
+        return self._judge(node.layer, kind_name, names, sum(e.nbytes for e in entries), got, expected, ref_dtype, "")
 
     def _judge(self, layer: str, kind_name: str, names: tuple[str, ...], nbytes: int, got: np.ndarray, expected: np.ndarray,
                ref_dtype: Any, where: str) -> tuple[int, ...]:
