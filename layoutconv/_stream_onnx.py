@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .convert_stream import StreamReport, _Memory, _Progress, _Stream, _layer_bytes, hollow
+from .convert_stream import StreamReport, _Memory, _Progress, _Stream, _Thread, _layer_bytes, hollow
 from .errors import OutputError, VerificationError, fail
 
 
@@ -94,16 +94,20 @@ class _OnnxStream(_Stream):
         record = self.walk.layers[node.layer]
         dtype, ref_dtype = self._dtype(record), self._check_dtype(record)
         x = self._sample(node.inputs[0], record, dtype)
-        expected = self._forward(record, x, ref_dtype)
+        y_shape = self._forward(record, x[:0], ref_dtype).shape  # the output's shape from no samples
+        expecting = _Thread(lambda: self._forward(record, x, ref_dtype))  # while the weights are written (both only read them)
         x_shape, kind = self.shapes[node.inputs[0]]
         mini = Graph(
             {node.layer: record}, [Input("x", x_shape, "channels_first" if len(x_shape) >= 2 else "flat", kind)],
-            [Node("y", node.layer, ("x",), "channels_first" if expected.ndim > 2 else "flat")], ["y"], name=node.layer,
+            [Node("y", node.layer, ("x",), "channels_first" if len(y_shape) > 2 else "flat")], ["y"], name=node.layer,
         )
         before = len(self.writer.tensors)
-        model = onnx_layers.write_graph(
-            mini, layout="channels_first", store=self.writer.store, check=False, shapes={"x": tuple(x_shape), "y": tuple(expected.shape[1:])},
-        )  # writes each weight to the data file and reads it back
+        try:
+            model = onnx_layers.write_graph(
+                mini, layout="channels_first", store=self.writer.store, check=False, shapes={"x": tuple(x_shape), "y": tuple(y_shape[1:])},
+            )  # writes each weight to the data file and reads it back
+        finally:
+            expected = expecting.join()
         kind_name = type(record).__name__
         if self.calls_left[node.layer] == 1:
             self.walk.release(node.layer, hollow(record))
