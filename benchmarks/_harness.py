@@ -18,10 +18,12 @@ Each timing is the median of ``runs`` calls after ``warmup`` untimed calls.
 
 from __future__ import annotations
 
+import compileall
 import ctypes
 import glob
 import os
 import platform
+import shutil
 import statistics
 import time
 from dataclasses import dataclass
@@ -256,3 +258,25 @@ def measure(case: Case, runs: int, rng: np.random.Generator, ort_one_thread: boo
 def fmt_ms(seconds: float) -> str:
     ms = seconds * 1e3
     return f"{ms:.3f} ms" if ms < 1 else f"{ms:.2f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+def package_copy(package: str, where: str, compiled: bool) -> str:
+    """A copy of the ``package`` directory (layoutconv) in ``where``, its bytecode compiled when asked (as
+    ``pip install`` does); the directory to put on PYTHONPATH."""
+    shutil.copytree(package, os.path.join(where, "layoutconv"), ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if compiled:
+        compileall.compile_dir(os.path.join(where, "layoutconv"), quiet=1)
+    return where
+
+
+def environment(path: str, compiled: bool) -> dict[str, str]:
+    """The environment of a child process that imports the copy at ``path`` (run it with ``cwd=path``: ``python -c``
+    puts the working directory first on sys.path)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAYOUTCONV_", "PYTHONPYCACHEPREFIX"))}
+    env["PYTHONPATH"] = path
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if compiled:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # read the .pyc files compileall wrote (nothing new to write)
+    else:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # the copy has no .pyc and gets none: every run compiles the package
+    return env

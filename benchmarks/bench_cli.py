@@ -31,9 +31,7 @@ e.g. an older version's from ``git archive``).
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -46,7 +44,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(1, ROOT)
 
-from _harness import _busy_seconds, cpu_name, wait_quiet  # noqa: E402
+import _harness  # noqa: E402
+from _harness import _busy_seconds, cpu_name, environment, wait_quiet  # noqa: E402
 
 SMALL_KERAS = os.path.join(ROOT, "tests", "fixtures", "legacy_keras", "deepcpf1_Seq_deepCpf1_weights_keras1_theano.h5")
 FRAMEWORKS = ("keras", "tf_keras", "torch", "onnx")
@@ -74,23 +73,7 @@ class Timed:
 
 
 def package_copy(where: str, compiled: bool) -> str:
-    """A copy of layoutconv in ``where`` (bytecode compiled when asked); the directory to put on PYTHONPATH."""
-    shutil.copytree(PACKAGE, os.path.join(where, "layoutconv"),
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    if compiled:
-        compileall.compile_dir(os.path.join(where, "layoutconv"), quiet=1)
-    return where
-
-
-def environment(path: str, compiled: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAYOUTCONV_", "PYTHONPYCACHEPREFIX"))}
-    env["PYTHONPATH"] = path
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if compiled:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)  # read the .pyc files compileall wrote (nothing new to write)
-    else:
-        env["PYTHONDONTWRITEBYTECODE"] = "1"  # the copy has no .pyc and gets none: every run compiles the package
-    return env
+    return _harness.package_copy(PACKAGE, where, compiled)
 
 
 def run(argv: list[str], env: dict[str, str]) -> tuple[Timed, str]:
