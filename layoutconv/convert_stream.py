@@ -158,10 +158,16 @@ def hollow(record: Any) -> Any:
     """The same record (class, hyperparameters, array shapes and dtypes) with each array a broadcast zero: no memory.
 
     Kept by the walk in place of a layer already written, so that later calls of
-    a shared layer and the final graph see its kind; never computed with.
+    a shared layer and the final graph see its kind; never computed with.  A
+    matrix keeps which of its axes is the closer in memory (the ONNX writer
+    stores a ``Dense`` kernel in the order it is held): one row of zeros.
     """
 
     def light(value: Any) -> Any:
+        if isinstance(value, np.ndarray) and value.ndim == 2 and value.size > 1 and value.strides[0] != value.strides[1]:
+            first = abs(value.strides[0]) < abs(value.strides[1])
+            row = np.zeros(value.shape[0] if first else value.shape[1], dtype=value.dtype)
+            return np.lib.stride_tricks.as_strided(row, value.shape, (row.itemsize, 0) if first else (0, row.itemsize), writeable=False)
         if isinstance(value, np.ndarray):
             return np.broadcast_to(np.zeros((), dtype=value.dtype), value.shape)
         if isinstance(value, Record):

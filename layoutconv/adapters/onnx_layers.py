@@ -13,8 +13,10 @@ record          ONNX nodes (``x`` channels first, rank ``r``)
 Conv            ``Conv`` (+ ``Pad`` / pads sub-graph), as :func:`onnx_adapter.to_native` writes one
 ConvTranspose   ``ConvTranspose``
 Chain           one ``Conv`` per layer (separable: depthwise then pointwise)
-Dense           ``r == 2``: ``Gemm(transB=1)``; ``r >= 3``: ``Transpose`` (channels last) ->
-                ``MatMul`` (with ``Transpose`` of the weight) -> ``Add`` -> ``Transpose`` back
+Dense           ``r == 2``: ``Gemm``; ``r >= 3``: ``Transpose`` (channels last) -> ``MatMul`` ->
+                ``Add`` -> ``Transpose`` back.  The weight as the record holds it: a Keras kernel
+                ``(in, out)`` (``transB=0``, ``MatMul`` on it), else ``(out, in)`` (``transB=1``,
+                ``MatMul`` on its ``Transpose``): no copy of a big kernel is made to write it
 BatchNorm       ``BatchNormalization`` (inference)
 LayerNorm       ``LayerNormalization`` on a view whose normalised axes are last (``Transpose`` around it)
 Embedding       ``Gather`` (a ``Cast`` of float ids first) -> ``Transpose`` (channels first)
@@ -326,19 +328,25 @@ def _chain(b: _Builder, chain: Chain, at: _At) -> None:
 @emits(layers.Dense)
 def _dense(b: _Builder, d: layers.Dense, at: _At) -> None:
     rank = at.rank(d)
-    w = b.weight(f"{at.layer}.weight", d.kernel)
+    # the weight in the order the record holds it: a Keras kernel (in, out) as it was read (a transposed view of
+    # the record's (out, in)), anything else (out, in), as nn.Linear holds it; the nodes say which
+    keras_order = abs(d.kernel.strides[0]) < abs(d.kernel.strides[1])
+    w = b.weight(f"{at.layer}.weight", d.kernel.T if keras_order else d.kernel)
     bias = [b.weight(f"{at.layer}.bias", d.bias)] if d.bias is not None else []
     doc = _hint(layer=at.layer)
     if rank == 2:
         z = at.out if d.activation == "linear" else b.name(f"{at.edge}/linear")
-        b.node("Gemm", [at.inputs[0], w, *bias], [z], at.edge, doc=doc, transB=1)
+        b.node("Gemm", [at.inputs[0], w, *bias], [z], at.edge, doc=doc, transB=0 if keras_order else 1)
         if d.activation != "linear":
             _activate(b, d.activation, z, at.out, at.edge)
         return
     # on a sequence or an image: the features are the last axis for MatMul, as Keras' Dense and nn.Linear see them
     x = b.transpose(at.inputs[0], to_last(rank), None, f"{at.edge}/channels_last")
-    wt = b.name(f"{at.edge}/weight_t")
-    b.node("Transpose", [w], [wt], f"{at.edge}/weight_t", perm=[1, 0])
+    if keras_order:
+        wt = w
+    else:
+        wt = b.name(f"{at.edge}/weight_t")
+        b.node("Transpose", [w], [wt], f"{at.edge}/weight_t", perm=[1, 0])
     z = b.name(f"{at.edge}/matmul")
     b.node("MatMul", [x, wt], [z], at.edge, doc=doc)
     if bias:
