@@ -586,7 +586,7 @@ class H5Headers:
                     raise _Bad(f"declares a {datatype.name} of {claimed} bytes, more than the file holds",
                                f"at most the file's {self.size} bytes (HDF5 allocates a declared length before it reads the value)",
                                f"{d.length} x {base} bytes declared at byte {d.at}")  # fmt: skip
-                held = self.heap_object_size(d.collection, d.index)
+                held = self._heap_object_size(d.collection, d.index)
                 if held is None or held != claimed:
                     what = "no such object" if held is None else f"an object of {held} bytes"
                     raise _Bad(f"declares a {datatype.name} of {d.length} x {base} bytes that its heap does not hold",
@@ -603,6 +603,12 @@ class H5Headers:
 
     def heap_object_size(self, collection: int, index: int) -> int | None:
         """The size of object ``index`` of the global heap collection at ``collection`` (None if it has none)."""
+        try:
+            return self._heap_object_size(collection, index)
+        except _Bad as bad:
+            raise self._refuse("has a value that", bad) from None
+
+    def _heap_object_size(self, collection: int, index: int) -> int | None:
         if collection not in self._heaps:
             self._heaps[collection] = self._heap_objects(collection)
         return self._heaps[collection].get(index) if index > 0 else None
