@@ -287,7 +287,7 @@ def v1_messages(data: bytes, address: int) -> list[tuple[int, int, int]]:
 
 
 def vlen_layer_names(f, folder) -> None:
-    """``layer_names`` as Keras 2.13+ and 3 write it: a list of ``str`` (variable-length strings)."""
+    """``layer_names`` as tf_keras 2.21 and Keras 3.15 write it: a list of ``str`` (variable-length strings)."""
     f["model_weights"].attrs["layer_names"] = ["conv1d_1"]
 
 
@@ -759,10 +759,6 @@ def npy_helpers(work: Path) -> None:
 
 
 # -- the corpus -------------------------------------------------------------------------------------------
-INSPECT = (
-    "_inspect._read_onnx converting tensors with onnx_adapter.checked_array instead of numpy_helper.to_array "
-    "(which reshapes 12 bytes into the declared 10**12-element shape and raises ValueError)"
-)
 
 
 @dataclass(frozen=True)
