@@ -20,8 +20,8 @@ attribute, or of a dataset's fill value, against the heap object it names:
 the object must exist and hold exactly ``length x element size`` bytes (what
 HDF5 checks after allocating), and all of one value's descriptors together may
 claim at most the file's size.  What it cannot check it refuses, naming it:
-attributes in dense storage (a fractal heap; no Keras file has one, h5py's
-default ``libver='earliest'`` never writes one), shared (SOHM) messages, a
+attributes in dense storage (a fractal heap; h5py's default
+``libver='earliest'`` never writes one, and no Keras file checked has one), shared (SOHM) messages, a
 variable-length type inside a compound or another variable-length type, and
 references.
 
@@ -54,10 +54,10 @@ from ..errors import UnsafeFileError, fail
 MAX_CHUNKS = 1_000
 #: Messages in one object header, over all its chunks (version 1 counts them in 2 bytes: 65,535 at most).
 MAX_MESSAGES = 100_000
-#: Bytes of one object header, over all its chunks: Keras' largest (a root with many split
-#: ``layer_names`` parts of 64 KB each) is a few MB.
+#: Bytes of one object header, over all its chunks (a message holds at most 64 KiB: Keras splits a long
+#: ``layer_names`` into parts that fit one each, so a header stays far below).
 MAX_HEADER_BYTES = 64 << 20
-#: Nesting of datatypes (a vlen of an array of a compound ...); HDF5 itself has no limit.
+#: Nesting of datatypes (a vlen of an array of a compound ...): h5py writes 2 or 3 levels.
 MAX_TYPE_DEPTH = 16
 #: Objects stepped through in one global heap collection (an object index has 16 bits).
 MAX_HEAP_OBJECTS = 1 << 16
