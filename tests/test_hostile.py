@@ -90,11 +90,12 @@ def conv_config(**overrides: Any) -> dict:
     return {"class_name": "Conv1D", "config": cfg}
 
 
-def keras2_file(path: Path, layers: list | None = None, extra: Callable | None = None, config: bool = True, kernel: np.ndarray = KERNEL) -> str:
+def keras2_file(path: Path, layers: list | None = None, extra: Callable | None = None, config: bool = True, kernel: np.ndarray = KERNEL,
+                libver: str | None = None) -> str:  # fmt: skip
     """A Keras 2 ``Model.save`` file: ``model_config`` (a Sequential of ``layers``) and one Conv1D's weights."""
     import h5py
 
-    with h5py.File(path, "w") as f:
+    with h5py.File(path, "w", libver=libver) as f:
         f.attrs["keras_version"] = "2.2.4"
         f.attrs["backend"] = "tensorflow"
         if config:
@@ -263,6 +264,115 @@ def h5_vlen_length_2gib(work: Path, marker: Path) -> str:
     assert at > 0 and heap > 0
     data[at : at + 12] = (0x7FFFFFF0).to_bytes(4, "little") + (heap + 8).to_bytes(8, "little")
     (work / "model.h5").write_bytes(bytes(data))
+    return "model.h5"
+
+
+def h5_address(path: Path, name: str) -> int:
+    """The address of the object header of ``name`` in the file, as HDF5 reports it."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return h5py.h5o.get_info(f[name].id).addr
+
+
+def v1_messages(data: bytes, address: int) -> list[tuple[int, int, int]]:
+    """(type, position of its data, size) of each message in the first chunk of the version 1 object header at
+    ``address``: walked here, by the format, independently of the parser under test."""
+    end, p, out = address + 16 + int.from_bytes(data[address + 8 : address + 12], "little"), address + 16, []
+    while p + 8 <= end:
+        kind, size = int.from_bytes(data[p : p + 2], "little"), int.from_bytes(data[p + 2 : p + 4], "little")
+        out.append((kind, p + 8, size))
+        p += 8 + size
+    return out
+
+
+def vlen_layer_names(f, folder) -> None:
+    """``layer_names`` as tf_keras 2.21 and Keras 3.15 write it: a list of ``str`` (variable-length strings)."""
+    f["model_weights"].attrs["layer_names"] = ["conv1d_1"]
+
+
+def h5_continuation_loop(work: Path, marker: Path) -> str:
+    """The group ``model_weights`` continues its object header into its own first chunk: a reader that follows
+    continuations without remembering them never stops.  HDF5 refuses it when h5py opens the group (before any
+    attribute is read); layoutconv's own parser refuses it too (``test_h5_headers``)."""
+    keras2_file(work / "model.h5")
+    data = bytearray((work / "model.h5").read_bytes())
+    address = h5_address(work / "model.h5", "model_weights")
+    at = next(at for kind, at, size in v1_messages(data, address) if kind == 0x0010)
+    first = int.from_bytes(data[address + 8 : address + 12], "little")
+    data[at : at + 16] = (address + 16).to_bytes(8, "little") + first.to_bytes(8, "little")
+    (work / "model.h5").write_bytes(bytes(data))
+    return "model.h5"
+
+
+def h5_header_claims_65535_messages(work: Path, marker: Path) -> str:
+    """The root group's object header prefix declares 65,535 messages; its chunks hold 8 (HDF5 tolerates a wrong
+    count, and so must a parser: it walks the bytes, never the count)."""
+    keras2_file(work / "model.h5")
+    data = bytearray((work / "model.h5").read_bytes())
+    address = h5_address(work / "model.h5", "/")
+    assert data[address] == 1
+    data[address + 2 : address + 4] = (65535).to_bytes(2, "little")
+    (work / "model.h5").write_bytes(bytes(data))
+    return "model.h5"
+
+
+def h5_attribute_past_header(work: Path, marker: Path) -> str:
+    """``layer_names`` (variable-length strings, as Keras 3 writes it) declares 2**20 elements: 16 MiB of
+    descriptors in a message of 88 bytes.  HDF5 1.14 refuses it while it looks the attribute up; layoutconv's
+    own parser refuses it too (``test_h5_headers``)."""
+    keras2_file(work / "model.h5", extra=vlen_layer_names)
+    data = bytearray((work / "model.h5").read_bytes())
+    name = data.find(b"layer_names\x00")
+    one = (1).to_bytes(8, "little")
+    dims = data.find(b"\x01\x01\x01\x00\x00\x00\x00\x00" + one + one, name)  # dataspace v1, rank 1, size [1], max [1]
+    assert name > 0 and 0 < dims - name < 64
+    data[dims + 8 : dims + 24] = (1 << 20).to_bytes(8, "little") * 2
+    (work / "model.h5").write_bytes(bytes(data))
+    return "model.h5"
+
+
+def h5_vlen_outside_file(work: Path, marker: Path) -> str:
+    """The string attribute 'backend' keeps its length (10) and names a heap collection 1 TiB into an 11 KB file."""
+    keras2_file(work / "model.h5")
+    data = bytearray((work / "model.h5").read_bytes())
+    heap = data.find(b"GCOL")
+    at = data.find((10).to_bytes(4, "little") + heap.to_bytes(8, "little"))  # len("tensorflow"), the heap's address
+    assert at > 0 and heap > 0
+    data[at + 4 : at + 12] = (1 << 40).to_bytes(8, "little")
+    (work / "model.h5").write_bytes(bytes(data))
+    return "model.h5"
+
+
+def h5_vlen_fill_value_2gib(work: Path, marker: Path) -> str:
+    """A string dataset beside the weights whose fill value ('zz') declares 2 GiB: reading the dataset's creation
+    properties (``dset.is_virtual`` does) converts the fill value, and HDF5 allocates the declared length first."""
+    import h5py
+
+    def extra(f, folder):
+        f.create_dataset("model_weights/conv1d_1/notes", (2,), dtype=h5py.string_dtype(), fillvalue="zz")
+
+    keras2_file(work / "model.h5", extra=extra)
+    data = bytearray((work / "model.h5").read_bytes())
+    heap = data.find(b"GCOL")
+    descriptor = (2).to_bytes(4, "little") + heap.to_bytes(8, "little")  # len("zz"), the heap's address
+    found = [i for i in range(len(data)) if data.startswith(descriptor, i)]
+    assert found, "no fill value descriptor"
+    for at in found:  # the fill value message and its old form
+        data[at : at + 4] = (0x7FFFFFF0).to_bytes(4, "little")
+    (work / "model.h5").write_bytes(bytes(data))
+    return "model.h5"
+
+
+def h5_dense_attributes(work: Path, marker: Path) -> str:
+    """A valid file written with ``libver='latest'`` whose root holds 12 attributes: HDF5 keeps them in dense
+    storage (a fractal heap), where the check of a variable-length attribute's lengths does not look."""
+
+    def extra(f, folder):
+        for i in range(9):
+            f.attrs[f"note{i}"] = i
+
+    keras2_file(work / "model.h5", extra=extra, libver="latest")
     return "model.h5"
 
 
@@ -649,14 +759,6 @@ def npy_helpers(work: Path) -> None:
 
 
 # -- the corpus -------------------------------------------------------------------------------------------
-VLEN = (
-    "a check of variable-length attribute lengths before h5py reads them (legacy/_safe_h5.py: parse the object "
-    "header's attribute messages, bound each descriptor's length by the file size); HDF5 allocates first"
-)
-INSPECT = (
-    "_inspect._read_onnx converting tensors with onnx_adapter.checked_array instead of numpy_helper.to_array "
-    "(which reshapes 12 bytes into the declared 10**12-element shape and raises ValueError)"
-)
 
 
 @dataclass(frozen=True)
@@ -725,7 +827,13 @@ CASES = [
     Case("h5-gzip-bomb", "keras", h5_gzip_bomb, ("absurd size",)),
     Case("h5-pickle-attribute", "keras", h5_pickle_attribute, ("model_config", "not valid JSON"), trigger=unpickle_attr),
     Case("h5-global-heap-loop", "keras", h5_global_heap_loop, ("corrupt global heap collection",)),
-    Case("h5-vlen-length-2gib", "keras", h5_vlen_length_2gib, ("model.h5",), waits=("*",), waits_for=VLEN),
+    Case("h5-vlen-length-2gib", "keras", h5_vlen_length_2gib, ("model.h5", "more than the file holds")),
+    Case("h5-vlen-outside-file", "keras", h5_vlen_outside_file, ("model.h5", "outside the file")),
+    Case("h5-vlen-fill-value-2gib", "keras", h5_vlen_fill_value_2gib, ("model.h5", "fill value", "more than the file holds")),
+    Case("h5-header-continuation-loop", "keras", h5_continuation_loop, ("model.h5",)),
+    Case("h5-header-claims-65535-messages", "keras", h5_header_claims_65535_messages, reads=ALL_KERAS),
+    Case("h5-attribute-past-header", "keras", h5_attribute_past_header, ("model.h5",)),
+    Case("h5-dense-attributes", "keras", h5_dense_attributes, ("model.h5", "dense attribute storage")),
     Case("h5-truncated", "keras", h5_truncated, ("model.h5",)),
     Case("h5-random-bytes", "keras", h5_random, ("model.h5",)),
     Case("keras3-hard-link-cycle", "keras", keras3_hard_link_cycle, ("second time",)),

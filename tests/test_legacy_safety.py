@@ -227,6 +227,39 @@ def test_hostile_weights_member_refused(tmp_path):
     assert f"{path}!model.weights.h5" in str(info.value)
 
 
+def _weights_naming_conv1d(length: int | None = None) -> bytes:
+    """Keras 3 weights whose ``vars`` group is named by a ``str`` attribute (a variable-length string, as Keras 3
+    writes it), its declared length optionally replaced."""
+    import h5py
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f["layers/conv1d/vars/0"] = np.random.default_rng(4).normal(size=(3, 2, 4)).astype(np.float32)
+        f["layers/conv1d/vars/1"] = np.random.default_rng(5).normal(size=4).astype(np.float32)
+        f["layers/conv1d/vars"].attrs["name"] = "conv1d"
+    data = bytearray(buf.getvalue())
+    if length is not None:
+        heap = data.find(b"GCOL")
+        at = data.find((6).to_bytes(4, "little") + heap.to_bytes(8, "little"))  # len("conv1d"), the heap's address
+        assert at > 0
+        data[at : at + 4] = length.to_bytes(4, "little")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED], ids=["read-in-place", "read-into-memory"])
+def test_a_string_declaring_2gib_in_an_archive_is_refused(tmp_path, compression):
+    """The check reads the weights member where h5py reads it: in place in the archive, or from memory."""
+    members = valid_members()
+    members["model.weights.h5"] = _weights_naming_conv1d()
+    clean = write_zip(tmp_path / "clean.keras", list(members.items()), compression)
+    assert [layer.name for layer in layoutconv.open(clean).layers] == ["conv1d"]
+    members["model.weights.h5"] = _weights_naming_conv1d(length=0x7FFFFFF0)
+    path = write_zip(tmp_path / "hostile.keras", list(members.items()), compression)
+    with pytest.raises(UnsafeFileError, match="more than the file holds") as info:
+        layoutconv.open(path)
+    assert f"{path}!model.weights.h5 has the attribute 'name' of '/layers/conv1d/vars'" in str(info.value)
+
+
 # -- bounded work on hostile structure ----------------------------------------------------------
 def keras3_weights_file(path: Path, extra) -> Path:
     import h5py

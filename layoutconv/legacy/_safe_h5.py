@@ -18,7 +18,13 @@ The rules (documented in ``docs/security.md`` and ``docs/keras-legacy.md``):
   variable-length strings) must decode the way HDF5 decodes it, each object
   advancing within its collection: HDF5 1.14 loops forever on a free-space
   object of size 0 (``H5HG__cache_heap_deserialize``), in C, where no timeout
-  reaches it.
+  reaches it;
+* before h5py reads a variable-length attribute (a string Keras 2.x and 3
+  write with ``str``), or the fill value of a dataset of a variable-length
+  type (reading its creation properties converts it), every length its
+  descriptors declare must match the global heap object it names
+  (:mod:`._h5_headers` parses the object header): HDF5 allocates the declared
+  length (up to 4 GiB per string) before it reads the object.
 
 Any other failure of h5py (truncated file, wrong file type, corrupt header)
 becomes a :class:`~layoutconv.errors.FileFormatError` naming the file.
@@ -35,7 +41,8 @@ from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
-from ..errors import FileFormatError, LayoutError, UnsafeFileError, fail
+from ..errors import FileFormatError, LayoutError, UnsafeFileError, UnsupportedError, fail
+from ._h5_headers import VLEN, H5Headers
 
 #: A dataset or attribute may declare at most this many bytes per byte of file ...
 SIZE_FACTOR = 64
@@ -260,6 +267,7 @@ class SafeH5:
         self._source = source
         self.file: Any = None
         self._raw: Any = None
+        self._heads: H5Headers | None = None
         if isinstance(source, (bytes, bytearray)):
             self.file_size = len(source)
         elif isinstance(source, Span):
@@ -308,7 +316,7 @@ class SafeH5:
             else:
                 self.file = h5py.File(source, "r", locking=False)
         try:
-            check_tree(self.file, self.label, self.file_size)
+            check_tree(self.file, self.label, self.file_size, self.headers)
         except BaseException:
             self.__exit__()
             raise
@@ -322,6 +330,21 @@ class SafeH5:
         if self._raw is not None:
             self._raw.close()
             self._raw = None
+        if self._heads is not None:
+            self._heads.close()
+            self._heads = None
+
+    def headers(self) -> H5Headers:
+        """The file's object headers, parsed on demand (:mod:`._h5_headers`), from the same bytes h5py reads."""
+        if self._heads is None:
+            source = self._source
+            if isinstance(source, (bytes, bytearray)):
+                self._heads = H5Headers.of_bytes(bytes(source), self.label)
+            elif isinstance(source, Span):
+                self._heads = H5Headers.of_file(source.path, self.label, source.offset, source.size)
+            else:
+                self._heads = H5Headers.of_file(source, self.label, size=self.file_size)
+        return self._heads
 
     # -- reading -----------------------------------------------------------
     def group(self, path: str) -> Any:
@@ -413,6 +436,8 @@ class SafeH5:
                 f"{declared} bytes",
                 "The file is corrupt or hostile; it was not read.",
             )
+        if aid.dtype.hasobject:  # a variable-length string or sequence (or a reference): HDF5 allocates first
+            check_variable_length_attribute(self.headers(), obj, name)
         return obj.attrs[name]
 
     def strings(self, obj: Any, name: str) -> list[str] | None:
@@ -465,8 +490,12 @@ def _dtype_name(dtype: np.dtype) -> str:
     return dtype.newbyteorder("=").name if dtype.byteorder not in ("=", "|") else dtype.name
 
 
-def check_tree(f: Any, label: str, file_size: int) -> None:
-    """Visit every link of an open file and refuse what ``docs/keras-legacy.md`` lists as unsafe."""
+def check_tree(f: Any, label: str, file_size: int, headers: Any) -> None:
+    """Visit every link of an open file and refuse what ``docs/keras-legacy.md`` lists as unsafe.
+
+    ``headers()`` gives the file's :class:`H5Headers` (asked for only when a
+    dataset has a variable-length type).
+    """
     import h5py
 
     limit = size_limit(file_size)
@@ -524,6 +553,8 @@ def check_tree(f: Any, label: str, file_size: int) -> None:
                     group_paths[key] = full
                     stack.append((full, obj))
                 elif isinstance(obj, h5py.Dataset):
+                    if obj.dtype.hasobject:  # before check_dataset reads its creation properties
+                        check_variable_length_fill(headers(), obj)
                     check_dataset(obj, label, limit)
 
 
@@ -572,6 +603,63 @@ def _size_of_lengths(data: Any) -> int | None:
         return None
     lengths = data[at]
     return lengths if lengths in (2, 4, 8) else None
+
+
+def header_address(obj: Any, label: str) -> int:
+    """The file address of an open h5py object's header (what :class:`H5Headers` parses)."""
+    import h5py
+
+    info = h5py.h5o.get_info(obj.id)
+    address = getattr(info, "addr", None)
+    if not isinstance(address, int):
+        raise fail(
+            UnsupportedError,
+            f"Cannot check the variable-length values of {obj.name!r} in {label}",
+            "an h5py that reports object header addresses (h5o.get_info(...).addr, h5py 3)",
+            f"h5py {h5py.__version__}",
+            "Install h5py 3 or later.",
+        )
+    return address
+
+
+def check_variable_length_attribute(heads: H5Headers, obj: Any, name: str) -> None:
+    """Refuse the attribute ``name`` of ``obj`` (which h5py reports as variable-length) unless every descriptor
+    in its object header matches the heap object it names.  Dense (fractal heap) attribute storage is refused:
+    HDF5 would read the attribute from there, where this check does not look."""
+    address = header_address(obj, heads.label)
+    where = f"attribute {name!r} of {obj.name!r}"
+    if heads.dense_attributes(address):
+        raise fail(
+            UnsafeFileError,
+            f"{heads.label} keeps the variable-length {where} in dense attribute storage (a fractal heap)",
+            "attributes stored in the object header, as h5py writes them by default (libver='earliest') and every Keras version does",
+            f"an attribute info message with a fractal heap in the object header at byte {address}",
+            "layoutconv checks a variable-length attribute's declared lengths before h5py reads it and cannot do so "
+            "there; copy the file with h5py's default settings (or h5repack) to read it.",
+        )
+    found = heads.attributes(address).get(name)
+    if not found or not all(a.datatype.contains(VLEN) for a in found):
+        what = "no attribute message of that name" if not found else f"a {found[0].datatype.name} attribute"
+        raise fail(
+            UnsafeFileError,
+            f"{heads.label} has an {where} that h5py reads as variable-length and its object header does not",
+            "a variable-length attribute message of that name in the object header",
+            f"{what} in the object header at byte {address}",
+            "The file is corrupt or hostile; it was not read.",
+        )
+    for attr in found:
+        heads.check_values(attr.datatype, attr.data, attr.at, attr.elements, f"has the {where}, which")
+
+
+def check_variable_length_fill(heads: H5Headers, dset: Any) -> None:
+    """Refuse a dataset of a variable-length type (which h5py reports as object) whose fill value declares
+    lengths its heap objects do not hold: reading the dataset's creation properties converts the fill value."""
+    address = header_address(dset, heads.label)
+    datatype = heads.datatype(address)
+    if datatype is None:
+        return  # no datatype message: HDF5 could not have opened it
+    for data, at in heads.fill_values(address):
+        heads.check_values(datatype, data, at, 1, f"has a fill value for dataset {dset.name!r} that")
 
 
 def check_dataset(dset: Any, label: str, limit: int) -> None:
