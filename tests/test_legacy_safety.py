@@ -353,31 +353,3 @@ def test_inspect_reports_an_absurd_dilation(tmp_path):
     assert "conv1d_1: Invalid value for argument `dilation`" in kf.summary()
     with pytest.raises(layoutconv.ConfigError, match="dilation"):
         kf.conv1d()
-
-
-@pytest.mark.parametrize("way", ["mapped-memmem", "mapped-find", "read"])
-@pytest.mark.parametrize("offset", [0, 4099], ids=["file", "span-at-an-odd-offset"])
-def test_the_heap_scan_finds_what_bytes_find_finds(tmp_path, monkeypatch, way, offset):
-    """``_FileView.find`` (a chunk mapped or read at a time) against ``bytes.find``, signatures across chunk edges."""
-    import os
-
-    from layoutconv.legacy import _safe_h5
-
-    monkeypatch.setattr(_safe_h5._FileView, "CHUNK", 8192)
-    if way == "mapped-find":
-        monkeypatch.setattr(_safe_h5, "_MEMMEM", [None])
-    if way == "read":
-        monkeypatch.setattr(_safe_h5._FileView, "_find_mapped", lambda self, sub, pos, want: (-1, None))
-    data = bytearray(np.random.default_rng(3).integers(0, 256, 50_000, dtype=np.uint8).tobytes().replace(b"GCOL", b"GCOX"))
-    for at in (0, 8186, 8191, 16383, 30_000, 50_000 - 4):  # at the start, before and across chunk edges, at the end
-        data[at : at + 4] = b"GCOL"
-    path = tmp_path / "blob"
-    path.write_bytes(b"z" * offset + bytes(data) + b"GCOL")  # a signature after the span must not be found
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        view = _safe_h5._FileView(fd, offset, len(data))
-        for start in (0, 1, 8186, 8187, 8190, 8191, 8192, 12_000, 16_384, 30_001, 49_996, 49_997, 60_000):
-            assert view.find(b"GCOL", start) == bytes(data).find(b"GCOL", start), start
-        assert view[8191:8195] == b"GCOL" and view[8191] == ord("G") and len(view) == len(data)
-    finally:
-        os.close(fd)

@@ -14,17 +14,18 @@ The rules (documented in ``docs/security.md`` and ``docs/keras-legacy.md``):
 * a group linked twice by hard links (a cycle, or a group reachable by two
   paths) is refused; datasets may be linked more than once;
 * at most ``MAX_LINKS`` links are visited;
-* before h5py opens the file, every global heap collection (where HDF5 keeps
-  variable-length strings) must decode the way HDF5 decodes it, each object
-  advancing within its collection: HDF5 1.14 loops forever on a free-space
-  object of size 0 (``H5HG__cache_heap_deserialize``), in C, where no timeout
-  reaches it;
 * before h5py reads a variable-length attribute (a string Keras 2.x and 3
   write with ``str``), or the fill value of a dataset of a variable-length
   type (reading its creation properties converts it), every length its
   descriptors declare must match the global heap object it names
   (:mod:`._h5_headers` parses the object header): HDF5 allocates the declared
-  length (up to 4 GiB per string) before it reads the object.
+  length (up to 4 GiB per string) before it reads the object.  Each global
+  heap collection named must also decode the way HDF5 decodes it, each object
+  advancing within its collection: HDF5 1.14 loops forever on a free-space
+  object of size 0 (``H5HG__cache_heap_deserialize``), in C, where no timeout
+  reaches it.  Only collections named by a value that is read are checked:
+  HDF5 loads no other (the weights themselves are read only as floats), so the
+  file is never scanned whole.
 
 Any other failure of h5py (truncated file, wrong file type, corrupt header)
 becomes a :class:`~layoutconv.errors.FileFormatError` naming the file.
@@ -82,133 +83,12 @@ def guard(label: str, what: str) -> Iterator[None]:
         ) from None
 
 
-#: the files (identity, size, modification time, span) whose global heaps passed :func:`check_global_heaps` last
-_HEAPS_CHECKED: list[tuple[Any, ...]] = []
-
-
-def _heaps_key(fh: Any, source: Any) -> tuple[Any, ...]:
-    st = os.fstat(fh.fileno())
-    span = (source.offset, source.size) if isinstance(source, Span) else (0, st.st_size)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *span)
-
-
 class Span(NamedTuple):
     """An HDF5 file stored inside another file: ``size`` bytes from byte ``offset`` of ``path`` (a stored zip member)."""
 
     path: str
     offset: int
     size: int
-
-
-def _libc_memmem() -> Any:
-    """glibc's ``memmem`` through ctypes (None elsewhere): twice as fast as ``bytes.find`` on weight bytes, where
-    the first byte of a 4-byte signature turns up every 256 bytes."""
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL("libc.so.6").memmem
-    except (OSError, AttributeError):
-        return None
-    fn.restype = ctypes.c_void_p
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
-    return fn
-
-
-_MEMMEM: list[Any] = []  # [memmem or None], looked up once
-
-
-class _FileView:
-    """What :func:`check_global_heaps` reads of a file on disk (``find``, slices, one byte, ``len``).
-
-    ``find`` maps the file a chunk at a time (read-only ``mmap``, unmapped
-    before the next: mapping a whole 1 GiB file would count every page of it in
-    the process's resident memory) and searches the page cache in place, with
-    glibc's ``memmem`` where there is one: no copy of the file is made (a
-    ``pread`` into a buffer costs as much kernel time as the search itself).
-    Where mapping fails it reads the chunk into a buffer instead.
-    """
-
-    CHUNK = 16 << 20
-
-    def __init__(self, fd: int, offset: int, size: int) -> None:
-        self._fd, self._offset, self._size = fd, offset, size
-        self._buffer: bytearray | None = None
-
-    def __len__(self) -> int:
-        return self._size
-
-    def _read(self, begin: int, end: int) -> bytes:
-        out = bytearray()
-        while begin + len(out) < end:
-            got = os.pread(self._fd, min(end - begin - len(out), self.CHUNK), self._offset + begin + len(out))
-            if not got:
-                break
-            out += got
-        return bytes(out)
-
-    def find(self, sub: bytes, start: int = 0) -> int:
-        pos = max(0, start)
-        while pos < self._size:
-            want = min(self._size - pos, self.CHUNK + len(sub) - 1)
-            at, got = self._find_mapped(sub, pos, want)
-            if got is None:
-                at, got = self._find_read(sub, pos, want)
-            if at >= 0:
-                return pos + at
-            if got < want or pos + got >= self._size:
-                return -1
-            pos += self.CHUNK
-        return -1
-
-    def _find_mapped(self, sub: bytes, pos: int, want: int) -> tuple[int, int | None]:
-        """``sub`` in bytes ``pos`` to ``pos + want`` through a mapping: (offset from ``pos`` or -1, bytes searched),
-        or (-1, None) when the file cannot be mapped (or is shorter than it was)."""
-        import mmap
-
-        absolute = self._offset + pos
-        lead = absolute % mmap.ALLOCATIONGRANULARITY
-        try:
-            if os.fstat(self._fd).st_size < absolute + want:
-                return -1, None
-            mapped = mmap.mmap(self._fd, lead + want, access=mmap.ACCESS_READ, offset=absolute - lead)
-        except (OSError, ValueError, OverflowError):
-            return -1, None
-        try:
-            if not _MEMMEM:
-                _MEMMEM.append(_libc_memmem())
-            memmem = _MEMMEM[0]
-            if memmem is None:
-                at = mapped.find(sub, lead, lead + want)
-                return (at - lead if at >= 0 else -1), want
-            view = np.frombuffer(mapped, dtype=np.uint8)
-            try:
-                address = view.ctypes.data
-                hit = memmem(address + lead, want, sub, len(sub))
-            finally:
-                del view  # the mapping cannot close while a view of it exists
-            return (hit - address - lead if hit else -1), want
-        finally:
-            mapped.close()
-
-    def _find_read(self, sub: bytes, pos: int, want: int) -> tuple[int, int]:
-        if self._buffer is None:
-            self._buffer = bytearray(self.CHUNK + len(sub))
-        view = memoryview(self._buffer)
-        got = 0
-        while got < want:
-            n = os.preadv(self._fd, [view[got:want]], self._offset + pos + got)
-            if n <= 0:
-                break
-            got += n
-        return self._buffer.find(sub, 0, got), got
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, slice):
-            begin, end, _ = key.indices(self._size)
-            return self._read(begin, max(begin, end))
-        if not 0 <= key < self._size:
-            raise IndexError(key)
-        return self._read(key, key + 1)[0]
 
 
 class _SpanFile(io.RawIOBase):
@@ -293,16 +173,6 @@ class SafeH5:
                 f"{head!r}",
                 "Check the file name; Keras weight files end in .h5, .hdf5 or .keras.",
             )
-        if isinstance(source, (bytes, bytearray)):
-            check_global_heaps(source, self.label)
-        else:
-            path = source.path if isinstance(source, Span) else source
-            with open(path, "rb") as fh:
-                seen = _heaps_key(fh, source)
-                if seen not in _HEAPS_CHECKED:  # a file read twice in a row (parsed, then its weights) is scanned once
-                    offset, size = (source.offset, source.size) if isinstance(source, Span) else (0, self.file_size)
-                    check_global_heaps(_FileView(fh.fileno(), offset, size), self.label)
-                    _HEAPS_CHECKED[:] = [seen, *_HEAPS_CHECKED[:7]]
         with guard(self.label, "the HDF5 superblock"):
             if isinstance(source, (bytes, bytearray)):
                 self.file = h5py.File(io.BytesIO(bytes(source)), "r")
@@ -556,53 +426,6 @@ def check_tree(f: Any, label: str, file_size: int, headers: Any) -> None:
                     if obj.dtype.hasobject:  # before check_dataset reads its creation properties
                         check_variable_length_fill(headers(), obj)
                     check_dataset(obj, label, limit)
-
-
-def check_global_heaps(data: Any, label: str) -> None:
-    """Refuse a global heap collection that HDF5 would decode forever (or past its end).
-
-    A collection is ``GCOL``, version 1, 3 reserved bytes and its size, then
-    objects: index (2 bytes), reference count (2), reserved (4), size; an object
-    with index > 0 takes ``16 + size`` rounded up to 8 bytes, the free-space
-    object (index 0) takes ``size`` bytes.  HDF5 steps from object to object
-    until the end of the collection, so an object that takes 0 bytes makes it
-    loop forever.  Every ``GCOL`` signature in the file is checked: a collection
-    HDF5 could load has one.  Signatures with another version, or a size that does
-    not fit the file, are skipped: HDF5 refuses to load those itself.
-    """
-    lengths = _size_of_lengths(data)
-    if lengths is None:
-        return  # a superblock h5py will refuse
-    header = 8 + lengths  # the collection's header; an object's header has the same size
-    start = data.find(b"GCOL")
-    while start >= 0:
-        size = int.from_bytes(data[start + 8 : start + 8 + lengths], "little")
-        if data[start + 4 : start + 5] == b"\x01" and header <= size <= len(data) - start:
-            end, p = start + size, start + header
-            while p + header <= end:
-                index = int.from_bytes(data[p : p + 2], "little")
-                declared = int.from_bytes(data[p + 8 : p + 8 + lengths], "little")
-                step = header + -(-declared // 8) * 8 if index else declared
-                if step <= 0 or p + step > end:
-                    raise fail(
-                        UnsafeFileError,
-                        f"{label} has a corrupt global heap collection at byte {start}",
-                        "heap objects that each take at least one byte and end inside their collection",
-                        f"object {index} at byte {p} taking {step} bytes of the {end - p} left",
-                        "HDF5 would loop forever or read past the collection; the file was not opened.",
-                    )
-                p += step
-        start = data.find(b"GCOL", start + 1)
-
-
-def _size_of_lengths(data: Any) -> int | None:
-    """The superblock's "size of lengths" (8 in practice), or None for a superblock HDF5 would refuse."""
-    version = data[8] if len(data) > 8 else None
-    at = {0: 14, 1: 14, 2: 10, 3: 10}.get(version) if version is not None else None
-    if at is None or len(data) <= at:
-        return None
-    lengths = data[at]
-    return lengths if lengths in (2, 4, 8) else None
 
 
 def header_address(obj: Any, label: str) -> int:
