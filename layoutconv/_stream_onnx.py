@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .convert_stream import StreamReport, _Memory, _Progress, _Stream, _Thread, _layer_bytes, hollow
+from .convert_stream import StreamReport, _Memory, _Prepared, _Progress, _Stream, _Thread, _layer_bytes, _nbytes, hollow
 from .errors import OutputError, VerificationError, fail
 
 
@@ -85,6 +85,14 @@ class _OnnxStream(_Stream):
 
     def _named(self, layer: str) -> None:
         """Nothing to name: the ONNX writer names initializers after the layers (and needs no PyTorch)."""
+
+    def _prepare(self, node: Any) -> _Prepared:
+        """The whole of a layer's conversion (nothing waits for PyTorch here): its weights written, the layer run."""
+        nbytes = _nbytes(self.walk.layers[node.layer])
+        return _Prepared(node, None, None, None, None, self._convert(node), None, False, nbytes)
+
+    def _finish(self, prepared: _Prepared) -> None:
+        """Nothing left: :meth:`_prepare` did it all."""
 
     def _convert(self, node: Any) -> tuple[int, ...]:
         """Write one layer's weights, read them back, run the layer from the file in onnxruntime; its output shape."""

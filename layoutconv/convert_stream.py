@@ -69,6 +69,10 @@ STREAM_TARGETS = ("safetensors", "torch", "onnx")
 #: A layer's reference check runs in float64 up to this many bytes of weights; above, in the weights' own float32
 #: (a float64 copy of a 1 GiB kernel would take 2 GiB).  The tolerance is the same either way.
 FLOAT64_CHECK_BYTES = 64 << 20
+#: While PyTorch is being imported, layers are read and run by the reference ahead of their conversion, up to this
+#: many bytes of weights (the conversion then waits for the import): the import, 1.5-2 s on the benchmark machine,
+#: is no longer all spent waiting.
+PREFETCH_BYTES = 256 << 20
 #: Samples in each layer's random check input.
 CHECK_BATCH = 2
 #: Seconds of work before the progress bar shows (shorter conversions show none).
@@ -182,6 +186,31 @@ def hollow(record: Any) -> Any:
             if hasattr(record, slot):
                 object.__setattr__(out, slot, light(getattr(record, slot)))
     return out
+
+
+@dataclass
+class _Prepared:
+    """A layer with weights between :meth:`_Stream._prepare` and :meth:`_Stream._finish`."""
+
+    node: Any
+    record: Any
+    flatten: Any  # the Keras-order Flatten node before a Dense, or None
+    x: np.ndarray  # the check's input
+    expected: np.ndarray | None  # the reference's output on it (None: computed in _finish)
+    y_shape: tuple[int, ...]  # the output's shape without the batch
+    ref_dtype: Any
+    only_call: bool  # the layer is called once (its record may go once converted)
+    nbytes: int
+
+
+def _torch_ready() -> bool:
+    """PyTorch is imported (or its import failed): no thread of :func:`_torch_in_background` is still importing it."""
+    import threading
+
+    return not any(t.name == _IMPORT_THREAD and t.is_alive() for t in threading.enumerate())
+
+
+_IMPORT_THREAD = "layoutconv-import-torch"
 
 
 class _Thread:
@@ -411,22 +440,27 @@ class _Stream:
     # -- the walk --------------------------------------------------------------------------------
     def _named(self, layer: str) -> None:
         """A layer seen for the first time: the attribute (state-dict prefix) it gets in the PyTorch module."""
-        from .adapters.torch_layers import attribute_name
+        from .graph import attribute_name  # (torch_layers uses the same names; PyTorch may still be importing)
 
         self.attr[layer] = attribute_name(layer, self.taken)
 
     def run(self, progress: _Progress) -> None:
         walk = self.walk
+        waiting: list[Any] = []  # layers read and run by the reference, waiting for PyTorch to be imported
+        stored = {layer.name: _layer_bytes(layer) for layer in self.kf.layers}  # from the file's index: nothing read
         for node in walk:
             first = node.layer not in self.calls_left
             if first:
                 self._named(node.layer)
                 self.calls_left[node.layer] = walk.call_count(node.layer)
+                if waiting and sum(p.nbytes for p in waiting) + stored.get(node.layer, 0) > PREFETCH_BYTES:
+                    self._finish_waiting(waiting, progress, every=True)  # before this layer is read: at most PREFETCH_BYTES ahead
             weighted = _weighted(walk.layers[node.layer])
             if first and weighted:
-                nbytes = _nbytes(walk.layers[node.layer])
-                y_shape = self._convert(node)  # takes the record from the walk and lets it go once converted
-                progress.update(nbytes, node.layer)
+                prepared = self._prepare(node)  # takes the record from the walk
+                y_shape = prepared.y_shape
+                waiting.append(prepared)
+                self._finish_waiting(waiting, progress)
             else:
                 record = walk.layers[node.layer]
                 args = [self._sample(e, record, self._dtype(record)) for e in node.inputs]
@@ -436,8 +470,17 @@ class _Stream:
             self.calls_left[node.layer] -= 1
             if self.calls_left[node.layer] == 0 and weighted:
                 walk.release(node.layer, hollow(walk.layers[node.layer]))  # a shared layer's arrays go after its last call
-            if first and weighted:
-                _trim()
+        self._finish_waiting(waiting, progress, every=True)
+
+    def _finish_waiting(self, waiting: list[Any], progress: _Progress, every: bool = False) -> None:
+        """Convert, write and check the layers prepared so far once PyTorch is imported (all of them if ``every``),
+        or as soon as they hold more than :data:`PREFETCH_BYTES` (then the stream waits for the import)."""
+        while waiting and (every or _torch_ready() or sum(p.nbytes for p in waiting) > PREFETCH_BYTES):
+            prepared = waiting.pop(0)
+            self._finish(prepared)
+            progress.update(prepared.nbytes, prepared.node.layer)
+            del prepared
+            _trim()
 
     @staticmethod
     def _forward(record: Any, x: Any, dtype: Any) -> np.ndarray:
@@ -461,8 +504,30 @@ class _Stream:
         flat = self.walk.layers[producer.layer]
         return producer if isinstance(flat, layers.Flatten) and flat.order == "channels_last" else None
 
-    def _convert(self, node: Any) -> tuple[int, ...]:
-        """Convert, write, read back and check one layer with weights; return its output shape (no batch)."""
+    def _prepare(self, node: Any) -> "_Prepared":
+        """The numpy half of a layer with weights (before PyTorch is needed): its record read, the check's input,
+        the expected output when there is time for it (PyTorch still importing, or a Flatten's order to apply)."""
+        from . import layers
+
+        record = self.walk.layers[node.layer]
+        flatten = self._flatten_before(node, record)
+        dtype = self._dtype(record)
+        ref_dtype = self._check_dtype(record)
+        if flatten is not None:  # checked with the Flatten: Keras' order in the reference, PyTorch's in the module
+            x = self._sample(flatten.inputs[0], record, dtype)
+            flat_record = self.walk.layers[flatten.layer]
+            expected = self._forward(record, self._forward(flat_record, x, ref_dtype), ref_dtype)  # before the kernel is permuted
+            y_shape = expected.shape
+        else:
+            x = self._sample(node.inputs[0], record, dtype)
+            # now, while PyTorch is imported; else later, while the layer is written
+            expected = self._forward(record, x, ref_dtype) if not _torch_ready() else None
+            y_shape = expected.shape if expected is not None else self._forward(record, x[:0], ref_dtype).shape  # no samples: the shape
+        del layers
+        return _Prepared(node, record, flatten, x, expected, tuple(y_shape[1:]), ref_dtype, self.calls_left[node.layer] == 1, _nbytes(record))
+
+    def _finish(self, p: "_Prepared") -> None:
+        """The PyTorch half: the layer's module, its tensors written and read back, its output checked."""
         import torch
 
         from . import graph as graph_module, layers
@@ -471,39 +536,29 @@ class _Stream:
         from .graph import Graph, Input, Node
         from ._stream_files import end_bytes, tensor_array
 
-        record = self.walk.layers[node.layer]
-        flatten = self._flatten_before(node, record)
-        dtype = self._dtype(record)
-        ref_dtype = self._check_dtype(record)
-        expected = None
-        if flatten is not None:  # checked with the Flatten: Keras' order in the reference, PyTorch's in the module
-            x = self._sample(flatten.inputs[0], record, dtype)
-            flat_record = self.walk.layers[flatten.layer]
-            expected = self._forward(record, self._forward(flat_record, x, ref_dtype), ref_dtype)  # before the kernel is permuted
+        node, record, flatten, x, expected = p.node, p.record, p.flatten, p.x, p.expected
+        p.record = p.expected = None  # the prepared layer lets go of them with this frame
+        if flatten is not None:
             mini_layers = {"flatten": layers.Flatten("channels_first"), node.layer: record}
             mini_nodes = [Node("f", "flatten", ("x",), "flat"), Node("y", node.layer, ("f",), "flat")]
-            x_shape = self.shapes[flatten.inputs[0]][0]
+            x_shape, kind = self.shapes[flatten.inputs[0]]
         else:
-            x = self._sample(node.inputs[0], record, dtype)
-            rank = self._forward(record, x[:0], ref_dtype).ndim  # the output's rank from no samples; the output comes below
             mini_layers = {node.layer: record}
-            mini_nodes = [Node("y", node.layer, ("x",), "channels_first" if rank > 2 else "flat")]
-            x_shape = self.shapes[node.inputs[0]][0]
-        kind = self.shapes[flatten.inputs[0] if flatten is not None else node.inputs[0]][1]
+            mini_nodes = [Node("y", node.layer, ("x",), "channels_first" if len(p.y_shape) > 1 else "flat")]
+            x_shape, kind = self.shapes[node.inputs[0]]
         mini = Graph(mini_layers, [Input("x", x_shape, "channels_first" if len(x_shape) >= 2 else "flat", kind)], mini_nodes, ["y"], name=node.layer)
         with _no_random_init(), tensor_views():  # the module's weights are views of the record's arrays (no copy)
             module = GraphModule(mini, layout="channels_first")
         del mini, mini_layers
         kind_name = type(record).__name__
-        only_call = self.calls_left[node.layer] == 1
         prefix = module._names[node.layer]
         sub = getattr(module, prefix)
         if flatten is not None:
-            if only_call:  # the record can go now (the module views its arrays, which stay until the module goes)
+            if p.only_call:  # the record can go now (the module views its arrays, which stay until the module goes)
                 self.walk.release(node.layer, hollow(record))
             column = graph_module.flatten_column(self.shapes[flatten.inputs[0]][0])
             w = sub.weight.detach()
-            if only_call and w.t().is_contiguous():  # a Keras kernel seen transposed: its columns are rows where it is stored
+            if p.only_call and w.t().is_contiguous():  # a Keras kernel seen transposed: its columns are rows where it is stored
                 _permute_rows(tensor_array(w.t()), column)  # in place (the record is gone): no second copy of the kernel
             else:
                 with torch.no_grad():
@@ -519,11 +574,11 @@ class _Stream:
         writing = _Thread(lambda: [self.writer.add(name, t) for name, t in tensors])
         try:
             if expected is None:
-                expected = self._forward(record, x, ref_dtype)
+                expected = self._forward(record, x, p.ref_dtype)
             got = run_graph(module, [x])
         finally:
             entries = writing.join()
-        if flatten is None and only_call:
+        if flatten is None and p.only_call:
             self.walk.release(node.layer, hollow(record))
         del record, module, sub
         for (_, t), entry in zip(tensors, entries):
@@ -532,7 +587,7 @@ class _Stream:
             self.kept[entry.name] = end_bytes(tensor_array(t))
         del tensors
         names = tuple(e.name for e in entries)
-        return self._judge(node.layer, kind_name, names, sum(e.nbytes for e in entries), got, expected, ref_dtype, "")
+        self._judge(node.layer, kind_name, names, sum(e.nbytes for e in entries), got, expected, p.ref_dtype, "")
 
     def _judge(self, layer: str, kind_name: str, names: tuple[str, ...], nbytes: int, got: np.ndarray, expected: np.ndarray,
                ref_dtype: Any, where: str) -> tuple[int, ...]:
@@ -686,7 +741,7 @@ def _torch_in_background() -> Iterator[None]:
         except Exception:  # noqa: BLE001 - the main thread's import raises it where it is needed
             pass
 
-    thread = threading.Thread(target=load, name="layoutconv-import-torch", daemon=True)
+    thread = threading.Thread(target=load, name=_IMPORT_THREAD, daemon=True)
     thread.start()
     try:
         yield

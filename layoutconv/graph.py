@@ -36,6 +36,7 @@ pass canonical arrays).
 
 from __future__ import annotations
 
+import re
 import types
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
@@ -375,3 +376,16 @@ def flatten_users(graph: Graph) -> list[tuple[Node, list[Node]]]:
             continue  # shared layers: changing one use would change the others
         found.append((node, users))
     return found
+
+
+def attribute_name(name: str, taken: set[str]) -> str:
+    """A layer name as a valid, unique module attribute (``conv1d/kernel`` -> ``conv1d_kernel``)."""
+    out = re.sub(r"\W", "_", name) or "layer"
+    if out[0].isdigit():
+        out = "_" + out
+    base_name, i = out, 1
+    while out in taken or out in ("forward", "training", "graph", "layout"):
+        out = f"{base_name}_{i}"
+        i += 1
+    taken.add(out)
+    return out

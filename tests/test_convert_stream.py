@@ -288,6 +288,33 @@ def test_a_chunk_read_back_wrong_fails_and_leaves_nothing(files, tmp_path, monke
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("prefetch", [0, 1 << 30], ids=["one-layer-ahead", "every-layer-ahead"])
+@pytest.mark.parametrize("source", ["h5", "keras"])
+def test_layers_read_ahead_while_torch_imports_make_the_same_file(files, tmp_path, monkeypatch, prefetch, source):
+    """While PyTorch is still importing, layers are read and run by the reference ahead, up to PREFETCH_BYTES; the
+    file is the whole-model path's all the same (here the import never ends until the walk does)."""
+    monkeypatch.setattr(convert_stream, "_torch_ready", lambda: False)
+    monkeypatch.setattr(convert_stream, "PREFETCH_BYTES", prefetch)
+    seen = []
+    real = convert_stream._Stream._finish
+
+    def finish(self, prepared):
+        seen.append((prepared.node.layer, len(self.shapes), prepared.expected is not None))
+        real(self, prepared)
+
+    monkeypatch.setattr(convert_stream._Stream, "_finish", finish)
+    out = tmp_path / "s.safetensors"
+    report = stream_model(files[source][0], out)
+    assert report.passed and len(seen) == len(report.layers) > 3
+    assert all(ready for _, _, ready in seen)  # each expected output computed while waiting for the import
+    edges = [n for _, n, _ in seen]
+    if prefetch:
+        assert len(set(edges)) == 1  # every layer finished after the walk
+    else:
+        assert edges == sorted(set(edges))  # each layer finished before the next one was read
+    assert_same_file(out, _whole(files, tmp_path, ".safetensors"))
+
+
 @pytest.mark.parametrize("n", [1, 2, 9, 64])
 def test_rows_permuted_in_place_like_fancy_indexing(n):
     """The Flatten order applied to a Keras Dense kernel where it lies: a[i] = a[order[i]], as a[order] gives."""

@@ -15,7 +15,6 @@ defined here, with no parameters.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Callable
 
 import numpy as np
@@ -25,7 +24,7 @@ from torch import nn
 
 from .. import graph as graph_module, layers, registry
 from ..errors import ConfigError, ShapeError, UnsupportedError, fail
-from ..graph import Graph
+from ..graph import Graph, attribute_name
 from . import torch_adapter as base
 
 # -- parameterless modules ---------------------------------------------------------------------------
@@ -360,19 +359,6 @@ def _wants_last(record: Any) -> bool:
 
 
 # -- whole graphs ------------------------------------------------------------------------------------
-
-
-def attribute_name(name: str, taken: set[str]) -> str:
-    """A layer name as a valid, unique module attribute (``conv1d/kernel`` -> ``conv1d_kernel``)."""
-    out = re.sub(r"\W", "_", name) or "layer"
-    if out[0].isdigit():
-        out = "_" + out
-    base_name, i = out, 1
-    while out in taken or out in ("forward", "training", "graph", "layout"):
-        out = f"{base_name}_{i}"
-        i += 1
-    taken.add(out)
-    return out
 
 
 class GraphModule(nn.Module):
