@@ -719,14 +719,13 @@ def stream_model(
 
 @contextlib.contextmanager
 def _torch_in_background() -> Iterator[None]:
-    """Import torch in a thread while the file is parsed and its global heaps scanned (``import torch`` is most of
-    the start-up: 1.5 s on the benchmark machine, where a conversion of 1 GiB may take 2 x cp + 2 s in all).
+    """Import torch (and layoutconv's PyTorch adapters) in a thread while the file is parsed and the first layers
+    are read and checked by the reference (``import torch`` is most of the start-up: 1.5-2 s on the benchmark
+    machine, where a conversion of 1 GiB may take 2 x cp + 2 s in all; see :data:`PREFETCH_BYTES`).
 
-    The scan's ``memmem``, ``mmap`` and ``pread`` release the GIL: torch is
-    ready about 0.3 s sooner (1.6 s instead of 1.9 s after the start, for the
-    1 GiB ``.h5``, measured at a load of 1.2 to 1.8).  The main
-    thread's own ``import torch`` waits for this one (or reports its error); the
-    thread is joined before the conversion returns or fails.
+    Reading, numpy and BLAS release the GIL, so the import goes on meanwhile.
+    The main thread's own ``import torch`` waits for this one (or reports its
+    error); the thread is joined before the conversion returns or fails.
     """
     import sys
     import threading
@@ -738,6 +737,8 @@ def _torch_in_background() -> Iterator[None]:
     def load() -> None:
         try:
             import torch  # noqa: F401
+
+            from .adapters import torch_layers  # noqa: F401  (and the adapters that write the modules: 0.1 s more)
         except Exception:  # noqa: BLE001 - the main thread's import raises it where it is needed
             pass
 
