@@ -701,9 +701,10 @@ def stream_model(
 ) -> StreamReport:
     """Convert the whole Keras model in ``source`` to ``path`` (``.safetensors`` or ``.pt``) layer by layer (module docs).
 
-    Peak memory is about two copies of the largest layer's weights (read and
-    converted, then converted and read back) above what the frameworks take
-    when imported.  ``progress=True`` shows a bar on stderr (with tqdm, for
+    Peak memory is about one copy of the largest layer's weights (the module
+    views the arrays read; the writer copies a chunk at a time), up to
+    :data:`PREFETCH_BYTES` more while PyTorch imports, above what the
+    frameworks take when imported.  ``progress=True`` shows a bar on stderr (with tqdm, for
     conversions over a second).  Returns a :class:`StreamReport`; a failed check
     raises :class:`~layoutconv.VerificationError` and leaves nothing at ``path``.
     """
