@@ -208,13 +208,13 @@ def _conv_forward(conv: Conv, x: Any, dtype: Any) -> np.ndarray:
         return activations.apply(conv.activation, _pointwise(conv, x, dtype), overwrite=True)
     padded = tuple(m + b + e for m, (b, e) in zip(x.shape[2:], pads))
     out = tuple((m - r) // s + 1 for m, r, s in zip(padded, conv.receptive_field, conv.stride))
-    kernel = conv.kernel.astype(dtype, copy=False)
-    bias = None if conv.bias is None else conv.bias.astype(dtype, copy=False)
+    # kernel and bias stay in their own dtype: each path converts them as it lays them out (one copy, not two)
+    kernel, bias = conv.kernel, conv.bias
     y = np.empty((n, o, *out), dtype=np.dtype(dtype))
     if c // g == 1 and g > 1 and o // g <= DEPTHWISE_MULTIPLIER:
         xp = np.ascontiguousarray(pad(x, pads, conv.padding_mode, dtype=dtype))
         grid = _Grid.of(xp, out, conv.stride, conv.dilation, conv.kernel_shape)
-        _depthwise(grid, kernel, bias, y)
+        _depthwise(grid, kernel.astype(dtype, copy=False), None if bias is None else bias.astype(dtype, copy=False), y)
     elif (stack := _RowStack.of(n, c, padded, out, conv, y.itemsize)) is not None:
         if conv.padding_mode != "zeros":  # the row stack pads with zeros as it lays the input out
             x, pads = pad(x, pads, conv.padding_mode), ((0, 0),) * len(pads)
@@ -622,8 +622,13 @@ def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np
     taps = len(grid.starts)
     rows = cg * taps
     w = kernel.reshape(groups, og, rows)
-    if bias is not None:
-        w = np.concatenate([w, bias.reshape(groups, og, 1)], axis=2)
+    # the bias as W's last column (a row of ones in the columns) when W is copied anyway (to y's dtype) or is
+    # small against the output; else added to y at the end: a big kernel's copy costs more than a pass over y
+    fused = bias is not None and (w.dtype != y.dtype or rows < n * math.prod(y.shape[2:]))
+    if fused:
+        w = np.concatenate([w, bias.reshape(groups, og, 1)], axis=2, dtype=y.dtype)
+    else:
+        w = w.astype(y.dtype, copy=False)
     inner = w.shape[2]
     size = math.prod(grid.shape)
     block, most = _blocks(n, size, groups * (inner + og), y.itemsize)
@@ -643,7 +648,7 @@ def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np
                     rows_of_tap = _view(buf[:, tap:rows:taps], (groups, cg, nb, *shape))
                     window = grid.window(images, slice(None), tap, box).reshape(nb, groups, cg, *shape)
                     rows_of_tap[...] = window.transpose(1, 2, 0, *spatial)
-                if bias is not None:
+                if fused:
                     buf[:, rows] = 1
                 if grid.flat is None and og * count >= GEMM_PER_IMAGE:
                     # big enough per image: a product per image straight into y (no copy of the results)
@@ -661,6 +666,8 @@ def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np
                     canvas[:, :, :nb, p0 : p0 + count] = result
             if boxed:
                 grid.crop(canvas[:, :, :nb].transpose(2, 0, 1, 3), _view(y[images], (nb, groups, og, *grid.out)))
+    if bias is not None and not fused:
+        y += bias.astype(y.dtype, copy=False).reshape((o,) + (1,) * len(grid.out))
 
 
 def _depthwise(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray) -> None:

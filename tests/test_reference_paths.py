@@ -280,3 +280,48 @@ def test_cost_rule_big_kernel_on_a_tiny_input(monkeypatch, size, taken):
     expected = _conv2d_loop(w, b, x, (1, 1), (1, 1), 1, ((1, 1), (1, 1)))
     np.testing.assert_allclose(reference.forward(conv, x), expected, rtol=1e-12, atol=1e-12)
     assert np.all(np.abs(reference.forward(conv, x, dtype=np.float32) - expected) <= _float32_bound(conv, x))
+
+
+@pytest.mark.parametrize(
+    "kernel_dtype, dtype, shape, bias_row",
+    [
+        (np.float32, np.float64, (1, 6, 5, 5), True),  # the kernel is converted (copied) anyway
+        (np.float64, np.float64, (1, 6, 5, 5), False),  # 18 values a row of W, 15 output positions: bias added after
+        (np.float32, np.float32, (1, 6, 5, 5), False),  # the same without any copy of the kernel
+        (np.float32, np.float32, (3, 6, 17, 15), True),  # 405 output positions: the copy is the cheaper
+    ],
+    ids=["converted_kernel", "float64_small_output", "float32_small_output", "float32_large_output"],
+)
+def test_tap_by_tap_bias_against_a_loop(kernel_dtype, dtype, shape, bias_row):
+    """The column path puts the bias in the product (a row of ones) when its kernel copy is free or cheap, and
+    adds it to the output otherwise; a stride of 2 keeps these convolutions on that path."""
+    rng = np.random.default_rng(shape[0] + 2 * (dtype == np.float32))
+    w = rng.standard_normal((8, 3, 3, 2)).astype(kernel_dtype)  # 2 groups: 18 values a row of W
+    b = rng.standard_normal(8).astype(kernel_dtype)
+    conv = Conv(w, b, stride=(2, 1), groups=2, padding=((1, 2), (0, 1)))
+    x = rng.standard_normal(shape).astype(np.float32)
+    outputs = shape[0] * np.prod(conv.output_shape(shape[2:]))
+    assert bias_row == (np.dtype(kernel_dtype) != np.dtype(dtype) or 3 * 3 * 2 < outputs)
+    got = reference.forward(conv, x, dtype=dtype)
+    expected = _conv2d_loop(w, b, x, (2, 1), (1, 1), 2, ((1, 2), (0, 1)))
+    assert got.dtype == dtype
+    if dtype == np.float64:
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    else:
+        assert np.all(np.abs(got - expected) <= _float32_bound(conv, x))
+
+
+@pytest.mark.parametrize("kernel, stride", [((3, 4), (2, 3)), ((3, 3), (1, 1))], ids=["tap_by_tap", "row_shift"])
+def test_unpadded_float32_input_is_converted_before_any_arithmetic(monkeypatch, kernel, stride):
+    """A float32 input without pads through the column paths (the kernel is converted as it is laid out, not
+    before): the float64 result must carry no float32 rounding (large inputs, tight tolerance)."""
+    monkeypatch.setattr(reference, "ROW_STACK_COLUMNS", float("inf"))  # the row stack's own layout converts: tested above
+    monkeypatch.setattr(reference, "ROW_SHIFT_HALO", float("-inf"))
+    rng = np.random.default_rng(sum(kernel))
+    w = rng.standard_normal((5, 4, *kernel))
+    b = rng.standard_normal(5)
+    x = (rng.standard_normal((2, 4, 11, 13)) * 1e3).astype(np.float32)
+    conv = Conv(w, b, stride=stride)
+    got = reference.forward(conv, x)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, _conv2d_loop(w, b, x, stride, (1, 1), 1, ((0, 0), (0, 0))), rtol=1e-12, atol=1e-9)
