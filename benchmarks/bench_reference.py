@@ -66,6 +66,8 @@ def cases(rng: np.random.Generator) -> list[Case]:
         # transposed: a 2-D decoder upsampling step and a 1-D one
         Case("2d T (8,64,28,28)->32 4x4 s2 p1", _transpose(rng, 64, 32, (4, 4), stride=2, padding=1), (8, 64, 28, 28)),
         Case("1d T (16,128,1024)->64x8 s4 p2", _transpose(rng, 128, 64, (8,), stride=4, padding=2), (16, 128, 1024)),
+        # not a goal: how convert --stream checks a big layer (2 samples; a 75 MB float32 kernel on a tiny input)
+        Case("2d stream check (2,1024,8,8)->2048 3x3 p1", _conv(rng, 2048, 1024, (3, 3), padding=1), (2, 1024, 8, 8)),
     ]
 
 

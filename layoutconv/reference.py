@@ -152,11 +152,13 @@ def forward(record: Any, *inputs: Any, dtype: Any = np.float64, layout: str = "s
 
     Inputs and weights are converted to ``dtype`` (float64 by default) before
     any arithmetic, so the result carries no rounding of a framework under
-    test.  Vectorised: one padded copy; then, per block of images and output
-    positions, the taps copied into a column matrix and one matrix product
-    (BLAS); with stride 1 and a kernel of several rows, only the taps of one
-    kernel row are copied and the rows' products are summed shifted; a
-    depthwise convolution sums its taps over strided views instead.
+    test.  Vectorised: per block of images and output positions, the taps
+    copied into a column matrix and one matrix product (BLAS).  A stride-1 2-D
+    convolution instead lays its input out once with each row's channels side
+    by side, so that every kernel row reads it through a view (no column copy);
+    other stride-1 convolutions with several kernel rows copy the taps of one
+    kernel row only and sum the rows' products shifted; a depthwise convolution
+    sums its taps over strided views.
 
     >>> import numpy as np
     >>> from layoutconv import Conv
@@ -204,18 +206,26 @@ def _conv_forward(conv: Conv, x: Any, dtype: Any) -> np.ndarray:
     g, o = conv.groups, conv.out_channels
     if g == 1 and all(k == 1 for k in conv.kernel_shape) and not any(b or e for b, e in pads):
         return activations.apply(conv.activation, _pointwise(conv, x, dtype), overwrite=True)
-    xp = np.ascontiguousarray(pad(x, pads, conv.padding_mode, dtype=dtype))
-    out = tuple((m - r) // s + 1 for m, r, s in zip(xp.shape[2:], conv.receptive_field, conv.stride))
-    grid = _Grid.of(xp, out, conv.stride, conv.dilation, conv.kernel_shape)
-    kernel = conv.kernel.astype(dtype, copy=False)
-    bias = None if conv.bias is None else conv.bias.astype(dtype, copy=False)
-    y = np.empty((n, o, *out), dtype=xp.dtype)
+    padded = tuple(m + b + e for m, (b, e) in zip(x.shape[2:], pads))
+    out = tuple((m - r) // s + 1 for m, r, s in zip(padded, conv.receptive_field, conv.stride))
+    # kernel and bias stay in their own dtype: each path converts them as it lays them out (one copy, not two)
+    kernel, bias = conv.kernel, conv.bias
+    y = np.empty((n, o, *out), dtype=np.dtype(dtype))
     if c // g == 1 and g > 1 and o // g <= DEPTHWISE_MULTIPLIER:
-        _depthwise(grid, kernel, bias, y)
-    elif (plan := _RowShift.of(xp.shape, out, conv, y.itemsize)) is not None:
-        _row_shift_gemm(plan, xp, kernel, bias, y, g)
+        xp = np.ascontiguousarray(pad(x, pads, conv.padding_mode, dtype=dtype))
+        grid = _Grid.of(xp, out, conv.stride, conv.dilation, conv.kernel_shape)
+        _depthwise(grid, kernel.astype(dtype, copy=False), None if bias is None else bias.astype(dtype, copy=False), y)
+    elif (stack := _RowStack.of(n, c, padded, out, conv, y.itemsize)) is not None:
+        if conv.padding_mode != "zeros":  # the row stack pads with zeros as it lays the input out
+            x, pads = pad(x, pads, conv.padding_mode), ((0, 0),) * len(pads)
+        _row_stack_gemm(stack, x, pads, kernel, bias, y, g)
     else:
-        _im2col_gemm(grid, kernel, bias, y, g)
+        xp = np.ascontiguousarray(pad(x, pads, conv.padding_mode, dtype=dtype))
+        grid = _Grid.of(xp, out, conv.stride, conv.dilation, conv.kernel_shape)
+        if (plan := _RowShift.of(xp.shape, out, conv, y.itemsize)) is not None:
+            _row_shift_gemm(plan, xp, kernel, bias, y, g)
+        else:
+            _im2col_gemm(grid, kernel, bias, y, g)
     return activations.apply(conv.activation, y, overwrite=True)
 
 
@@ -262,6 +272,20 @@ GEMM_PER_IMAGE = 1 << 15
 #: between its rows (:func:`_row_shift_gemm`) instead of copying every tap, when a box of positions
 #: covers at least ``ROW_SHIFT_HALO`` times the rows it reads below itself (each box computes those too).
 ROW_SHIFT_HALO = 4
+
+
+#: Stride-1 2-D convolutions whose kernel has more than one row (and no dilation between its rows) stack
+#: the kernel's rows in the matrix product's inner dimension instead (:func:`_row_stack_gemm`: no column
+#: copy at all), when each of its matrix products (one per group and output row) has at least
+#: ``ROW_STACK_COLUMNS`` columns (images x padded width) and a group's re-laid kernel at least
+#: ``ROW_STACK_WEIGHTS`` values: below either, the many small products cost more than the copies they save.
+ROW_STACK_COLUMNS = 256
+ROW_STACK_WEIGHTS = 1 << 14
+
+#: Bytes of the row stack's products per block of output rows and images (every tap of a kernel row, and
+#: the taps' running sum), read back by the sums right after: on the ResNet stage 2 MiB (four output rows
+#: per call in float32, two in float64) measured 1-5% faster than 1 MiB (a core's L2 cache), in both dtypes.
+ROW_STACK_BYTES = 2 << 20
 
 
 class _Grid(NamedTuple):
@@ -398,6 +422,10 @@ class _RowShift(NamedTuple):
             return None
         offsets = tuple(sum(d * k * f for d, k, f in zip(conv.dilation, row, flat)) for row in itertools.product(*(range(k) for k in rows)))
         halo = offsets[-1]
+        # the cost rule: the kernel is re-laid out (a copy as large as the kernel) to save column copies
+        g = conv.groups
+        if conv.kernel.size >= (c * taps * math.prod(rows) + g) * n * positions - (c * taps + g) * n * (span + halo):
+            return None
         per_position = taps * c + 1 + (len(offsets) + 1) * conv.out_channels  # columns, products of every row, their sum
         budget = max(1, COLUMN_BYTES // itemsize // per_position)  # grid positions of a block
         if span + halo <= budget:
@@ -478,6 +506,109 @@ def _row_shift_gemm(plan: _RowShift, xp: np.ndarray, kernel: np.ndarray, bias: n
                 np.add(*(plan.crop(part, shape) for part in parts), out=target)
 
 
+class _RowStack(NamedTuple):
+    """How :func:`_row_stack_gemm` cuts a stride-1 2-D convolution: blocks of images and of output rows."""
+
+    images: int  # images per block
+    chunk: int  # output rows whose input is laid out at a time
+    rows: int  # output rows per matrix product
+    step: int  # columns between two taps of a kernel row (the dilation along a row)
+
+    @classmethod
+    def of(cls, n: int, c: int, padded: Sequence[int], out: Sequence[int], conv: Conv, itemsize: int) -> "_RowStack | None":
+        """The plan for ``conv`` on ``n`` images of ``padded`` size, or None where another path serves better.
+
+        Besides the sizes (:data:`ROW_STACK_COLUMNS`, :data:`ROW_STACK_WEIGHTS`), a cost rule: the row
+        stack copies the kernel (re-laid out) to save the column copies of the tap-by-tap path (``taps x
+        C`` values per output position, against ``C/g + 1`` per padded position for its one layout of the
+        input); with a big kernel on a tiny input that saves less than the kernel's copy costs.
+        """
+        if conv.spatial_rank != 2 or any(s != 1 for s in conv.stride) or conv.dilation[0] != 1 or conv.kernel_shape[0] < 2:
+            return None
+        kh, kw = conv.kernel_shape
+        g, og, cg1 = conv.groups, conv.out_channels // conv.groups, c // conv.groups + 1
+        (hp, wp), (ho, wo) = padded, out
+        if n * wp < ROW_STACK_COLUMNS or kw * og * kh * cg1 < ROW_STACK_WEIGHTS:
+            return None
+        if conv.kernel.size >= (c * kh * kw + g) * n * ho * wo - g * cg1 * n * hp * wp:
+            return None
+        per_row = g * (kw + (kw > 2)) * og * wp * itemsize  # products and their running sum, an output row of an image
+        per_input_row = g * cg1 * wp * itemsize  # a laid-out row of an image
+        images = max(1, min(n, ROW_STACK_BYTES // per_row, (COLUMN_BYTES - ROW_STACK_BYTES) // (per_input_row * kh)))
+        rows = max(1, min(ho, ROW_STACK_BYTES // (per_row * images)))
+        chunk = max(rows, min(ho, (COLUMN_BYTES - per_row * images * rows) // (per_input_row * images) - (kh - 1)))
+        return cls(images, chunk, rows, conv.dilation[1])
+
+
+def _row_stack_gemm(plan: _RowStack, x: np.ndarray, pads: Sequence[tuple[int, int]], kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray, groups: int) -> None:
+    """``y[., ., i, j] = b + sum over taps t of (A_t @ B_i)[., j + d t]``: the kernel's rows stacked in the inner dimension.
+
+    ``x`` is the input, padded with zeros by ``pads``.  Per block of images and of output rows, its rows
+    are laid out once, padded and converted to ``y``'s dtype, as ``z[group, row, channel, image,
+    column]``: the group's channels and a channel of ones (which meets the bias), the images, the padded
+    columns.  As a row holds its channels one after the other, the matrix ``B_i`` of output row ``i``,
+    with a row per (kernel row ``r``, channel ``c``) and a column per (image, padded column), is a
+    strided view of ``z``, not a copy: its row ``(r, c)`` is ``z[group, i + r, c]``.  One product per
+    group and output row, ``(taps x O/g, rows x (C/g + 1)) @ B_i``, gives every tap of a kernel row at
+    once; tap ``t``'s product is read ``d t`` columns further on (``d``: the dilation along a row) and the
+    taps are summed, the last one straight into ``y``.  The laid-out rows, the products and their sums
+    stay within the workspace (:data:`COLUMN_BYTES`).
+    """
+    n, _, h, w = x.shape
+    o, cg, kh, kw = kernel.shape
+    og, cg1 = o // groups, cg + 1
+    ho, wo = y.shape[2:]
+    (top, _), (left, _) = pads
+    images, chunk, rows, d = plan
+    shift = (kw - 1) * d  # columns from the first tap to the last
+    wp = wo + shift
+    # the kernel per group as (tap of a row, filter) x (kernel row, channel), the bias with tap 0 of row 0
+    a = np.zeros((groups, kw, og, kh, cg1), dtype=y.dtype)
+    a[..., :cg] = kernel.reshape(groups, og, cg, kh, kw).transpose(0, 4, 1, 3, 2)
+    if bias is not None:
+        a[:, 0, :, 0, cg] = bias.reshape(groups, og)
+    a = a.reshape(groups, 1, kw * og, kh * cg1)
+    src = x.reshape(n, groups, cg, h, w).transpose(1, 3, 2, 0, 4)  # (group, row, channel, image, column)
+    out = _view(y, (n, groups, og, ho, wo)).transpose(1, 3, 2, 0, 4)  # (group, row, filter, image, column)
+    sizes = (groups * (chunk + kh - 1) * cg1 * images * wp, groups * rows * kw * og * images * wp, groups * rows * og * images * wp)
+    with _workspace(y.dtype, *sizes) as (laid, products, sums):
+        for n0 in range(0, n, images):
+            nb = min(images, n - n0)
+            cols = nb * wp
+            z = laid[: groups * (chunk + kh - 1) * cg1 * cols].reshape(groups, chunk + kh - 1, cg1, nb, wp)
+            z[:, :, :cg, :, :left] = 0
+            z[:, :, :cg, :, left + w :] = 0
+            z[:, :, cg] = 1
+            for c0 in range(0, ho, chunk):
+                depth = min(chunk, ho - c0) + kh - 1  # padded rows laid out for this chunk
+                lo = c0 - top  # the input row of the first of them
+                first, end = min(max(lo, 0), lo + depth), max(min(lo + depth, h), lo)
+                z[:, : first - lo, :cg] = 0
+                z[:, max(first, end) - lo : depth, :cg] = 0
+                if end > first:
+                    z[:, first - lo : end - lo, :cg, :, left : left + w] = src[:, first:end, :, n0 : n0 + nb]
+                for q0 in range(c0, c0 + depth - kh + 1, rows):
+                    r = min(rows, c0 + depth - kh + 1 - q0)
+                    view = as_strided(z[:, q0 - c0, 0], (groups, r, kh * cg1, cols), (z.strides[0], z.strides[1], z.strides[2], z.itemsize), writeable=False)
+                    prod = products[: groups * r * kw * og * cols].reshape(groups, r, kw, og * cols)
+                    np.matmul(a, view, out=prod.reshape(groups, r, kw * og, cols))
+                    grid = (groups, r, og, nb, wp)
+                    last = prod[:, :, kw - 1].reshape(grid)[..., shift : shift + wo]
+                    target = out[:, q0 : q0 + r, :, n0 : n0 + nb]
+                    if kw == 1:
+                        target[...] = last
+                        continue
+                    if kw == 2:
+                        head = prod[:, :, 0]
+                    else:  # the taps but the last summed flat: what crosses a row's end lands on columns never read
+                        span = og * cols - shift
+                        head = sums[: groups * r * og * cols].reshape(groups, r, og * cols)
+                        np.add(prod[:, :, 0, :span], prod[:, :, 1, d : d + span], out=head[:, :, :span])
+                        for t in range(2, kw - 1):
+                            head[:, :, :span] += prod[:, :, t, t * d : t * d + span]
+                    np.add(head.reshape(grid)[..., :wo], last, out=target)
+
+
 def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray, groups: int) -> None:
     """``y = W @ columns + b`` per block of images and positions; the columns are copied tap by tap.
 
@@ -492,8 +623,13 @@ def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np
     taps = len(grid.starts)
     rows = cg * taps
     w = kernel.reshape(groups, og, rows)
-    if bias is not None:
-        w = np.concatenate([w, bias.reshape(groups, og, 1)], axis=2)
+    # the bias as W's last column (a row of ones in the columns) when W is copied anyway (to y's dtype) or is
+    # small against the output; else added to y at the end: a big kernel's copy costs more than a pass over y
+    fused = bias is not None and (w.dtype != y.dtype or rows < n * math.prod(y.shape[2:]))
+    if fused:
+        w = np.concatenate([w, bias.reshape(groups, og, 1)], axis=2, dtype=y.dtype)
+    else:
+        w = w.astype(y.dtype, copy=False)
     inner = w.shape[2]
     size = math.prod(grid.shape)
     block, most = _blocks(n, size, groups * (inner + og), y.itemsize)
@@ -513,7 +649,7 @@ def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np
                     rows_of_tap = _view(buf[:, tap:rows:taps], (groups, cg, nb, *shape))
                     window = grid.window(images, slice(None), tap, box).reshape(nb, groups, cg, *shape)
                     rows_of_tap[...] = window.transpose(1, 2, 0, *spatial)
-                if bias is not None:
+                if fused:
                     buf[:, rows] = 1
                 if grid.flat is None and og * count >= GEMM_PER_IMAGE:
                     # big enough per image: a product per image straight into y (no copy of the results)
@@ -531,6 +667,8 @@ def _im2col_gemm(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np
                     canvas[:, :, :nb, p0 : p0 + count] = result
             if boxed:
                 grid.crop(canvas[:, :, :nb].transpose(2, 0, 1, 3), _view(y[images], (nb, groups, og, *grid.out)))
+    if bias is not None and not fused:
+        y += bias.astype(y.dtype, copy=False).reshape((o,) + (1,) * len(grid.out))
 
 
 def _depthwise(grid: _Grid, kernel: np.ndarray, bias: np.ndarray | None, y: np.ndarray) -> None:

@@ -81,7 +81,8 @@ def test_conv_float32_mode_computes_in_float32(rng, monkeypatch, case):
     assert np.all(np.abs(got - expected) <= bound)
 
 
-# Stride 1, a kernel of several rows: kernel rows share their columns (reference._row_shift_gemm).
+# Stride 1, a kernel of several rows: kernel rows share their columns (reference._row_shift_gemm).  The row
+# stack, which takes most 2-D cases first, is switched off here (its own tests: test_reference_paths.py).
 # (O, C/g, kernel, dilation, groups, padding, mode, input shape (N, C, *spatial), activation); odd sizes throughout
 ROW_SHIFT_CASES = {
     "2d_3x3_p1": (5, 3, (3, 3), (1, 1), 1, ((1, 1), (1, 1)), "zeros", (3, 3, 7, 11), "linear"),
@@ -114,6 +115,7 @@ def _row_shift_plan(conv, x, itemsize):
 @pytest.mark.parametrize("block", BLOCKS, ids=list(BLOCKS))
 @pytest.mark.parametrize("case", ROW_SHIFT_CASES, ids=list(ROW_SHIFT_CASES))
 def test_row_shift_matches_direct_loop_across_blocks(rng, monkeypatch, case, block, with_bias):
+    monkeypatch.setattr(reference, "ROW_STACK_COLUMNS", float("inf"))
     monkeypatch.setattr(reference, "COLUMN_BYTES", BLOCKS[block])
     monkeypatch.setattr(reference, "FLAT_GRID_WASTE", float("inf"))
     monkeypatch.setattr(reference, "ROW_SHIFT_HALO", float("-inf"))  # whatever share of a box its halo is
@@ -129,6 +131,7 @@ def test_row_shift_matches_direct_loop_across_blocks(rng, monkeypatch, case, blo
 
 def test_row_shift_boxes_cut_rows_and_images(rng, monkeypatch):
     """Budgets that give boxes ending mid-row, several images per block (not dividing the batch), one box per image."""
+    monkeypatch.setattr(reference, "ROW_STACK_COLUMNS", float("inf"))
     monkeypatch.setattr(reference, "ROW_SHIFT_HALO", float("-inf"))
     conv, x, expected = _row_shift_case(rng, "2d_3x3_p1", True, n=5)
     # per grid position: three shifted copies of 3 channels and a row of ones; 3 kernel rows' products and their sum, 5 filters
@@ -146,6 +149,7 @@ def test_row_shift_boxes_cut_rows_and_images(rng, monkeypatch):
 
 @pytest.mark.parametrize("case", ROW_SHIFT_CASES, ids=list(ROW_SHIFT_CASES))
 def test_row_shift_float32_mode_computes_in_float32(rng, monkeypatch, case):
+    monkeypatch.setattr(reference, "ROW_STACK_COLUMNS", float("inf"))
     monkeypatch.setattr(reference, "COLUMN_BYTES", 4 * 37 * 5)
     monkeypatch.setattr(reference, "FLAT_GRID_WASTE", float("inf"))
     monkeypatch.setattr(reference, "ROW_SHIFT_HALO", float("-inf"))
@@ -158,17 +162,19 @@ def test_row_shift_float32_mode_computes_in_float32(rng, monkeypatch, case):
 
 @pytest.mark.parametrize("case", ["2d_3x3_p1", "3d_2x3x2_d211_groups2"])
 def test_row_shift_zero_samples(rng, monkeypatch, case):
-    """A batch of 0 (the ONNX writer probes shapes with it) gives the output's shape and no work."""
+    """A batch of 0 (the ONNX writer probes shapes with it) gives the output's shape and no work (whichever path:
+    with no columns to save, the cost rule sends it to the tap-by-tap one)."""
     monkeypatch.setattr(reference, "FLAT_GRID_WASTE", float("inf"))
     monkeypatch.setattr(reference, "ROW_SHIFT_HALO", float("-inf"))
     conv, x, expected = _row_shift_case(rng, case, True, n=0)
-    assert _row_shift_plan(conv, x, 8) is not None
-    got = reference.forward(conv, x)
-    assert got.shape == expected.shape == (0, conv.out_channels, *conv.output_shape(x.shape[2:]))
+    for dtype in (np.float64, np.float32):
+        got = reference.forward(conv, x, dtype=dtype)
+        assert got.shape == expected.shape == (0, conv.out_channels, *conv.output_shape(x.shape[2:])) and got.dtype == dtype
 
 
-def test_row_shift_takes_the_resnet_stage_and_leaves_strides_and_rows_of_one():
-    """With the default budget: a ResNet-stage 3x3 convolution takes the row shift; stride 2 and a 1-D kernel do not."""
+def test_row_shift_plans_for_the_resnet_stage_and_leaves_strides_and_rows_of_one():
+    """With the default budget the row shift could take a ResNet-stage 3x3 convolution (the row stack takes it
+    first); stride 2, a 1-D kernel and a big kernel on a tiny input (the cost rule) go to the column copies."""
     resnet = Conv(np.zeros((64, 64, 3, 3)), padding=1)
     padded = (8, 64, 58, 58)
     assert reference._RowShift.of(padded, (56, 56), resnet, 4).block == 1  # one image per block in float32
@@ -176,6 +182,9 @@ def test_row_shift_takes_the_resnet_stage_and_leaves_strides_and_rows_of_one():
     assert plan64.block == 1 and plan64.most < 56 * 56  # boxes of rows in float64
     assert reference._RowShift.of(padded, (28, 28), Conv(np.zeros((64, 64, 3, 3)), padding=1, stride=2), 4) is None
     assert reference._RowShift.of((8, 64, 1032), (1024,), Conv(np.zeros((64, 64, 9)), padding=4), 4) is None
+    big = Conv(np.zeros((512, 256, 3, 3), np.float32), padding=1)  # 1.2 M weights; the columns of 2 images of 4x4: 74 k values
+    assert reference._RowShift.of((2, 256, 6, 6), (4, 4), big, 4) is None
+    assert reference._RowStack.of(2, 256, (6, 6), (4, 4), big, 4) is None
 
 
 def _traced_peak(run):
@@ -198,6 +207,20 @@ def test_row_shift_memory_is_bounded(rng, monkeypatch):
     padded = 2 * 32 * 66 * 66 * 8
     assert peak <= padded + y.nbytes + reference.COLUMN_BYTES + (1 << 20)
     np.testing.assert_allclose(y[:1, :2], direct_conv_nd(conv.kernel[:2], conv.bias[:2], x[:1], (1, 1), (1, 1), 1, ((1, 1), (1, 1)), "zeros"), rtol=1e-12, atol=1e-12)
+
+
+def test_row_stack_memory_is_bounded(rng, monkeypatch):
+    """The row stack lays the input out a block at a time in the workspace: no padded (float64) copy of the whole
+    input, no column matrix; besides the output, the workspace and the re-laid kernel only."""
+    monkeypatch.setattr(reference, "ROW_STACK_BYTES", 1 << 18)
+    monkeypatch.setattr(reference, "COLUMN_BYTES", 1 << 20)
+    conv = Conv(rng.standard_normal((48, 48, 3, 3)).astype(np.float32), rng.standard_normal(48).astype(np.float32), padding=1)
+    x = rng.standard_normal((8, 48, 40, 30)).astype(np.float32)
+    padded = 8 * 48 * 42 * 32 * 8
+    assert reference._RowStack.of(8, 48, (42, 32), (40, 30), conv, 8) is not None
+    y, peak = _traced_peak(lambda: reference.forward(conv, x))
+    assert peak <= y.nbytes + reference.COLUMN_BYTES + (1 << 19) < y.nbytes + padded
+    np.testing.assert_allclose(y[:1, :1], direct_conv_nd(conv.kernel[:1], conv.bias[:1], x[:1], (1, 1), (1, 1), 1, ((1, 1), (1, 1)), "zeros"), rtol=1e-12, atol=1e-12)
 
 
 TRANSPOSE_CASES = {

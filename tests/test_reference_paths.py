@@ -1,8 +1,10 @@
-"""The reference pass's short cuts for whole models, each against a direct loop written here.
+"""The reference pass's short cuts, each against a direct loop written here.
 
 1x1 convolutions without padding multiply the input itself (no column copy); pooling reduces one
-strided view per tap; batch normalisation is one multiply and one add.  The oracles below are the
-definitions, written with explicit loops over output positions.
+strided view per tap; batch normalisation is one multiply and one add; stride-1 2-D convolutions
+stack their kernel rows in the products' inner dimension (the row stack), unless a cost rule sends a
+big kernel on a tiny input to the tap-by-tap columns.  The oracles below are the definitions,
+written with explicit loops over output positions.
 """
 
 from __future__ import annotations
@@ -154,3 +156,172 @@ def test_graph_runs_in_place_only_on_values_nobody_reads_again():
     expected_out = np.maximum((expected_sum + np.maximum(cf, 0)).transpose(0, 2, 1).reshape(2, -1), 0)
     np.testing.assert_allclose(got_sum.transpose(0, 2, 1), expected_sum, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(got_out, expected_out, rtol=1e-13, atol=1e-13)
+
+
+# -- 2-D convolutions: the row stack, the cost rule, and where the column paths convert -------------
+
+_NUMPY_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _conv2d_loop(w, b, x, stride, dilation, groups, pads, mode="zeros"):
+    """``y[n, f, i, j] = b[f] + sum_{c,r,t} w[f, c, r, t] x~[n, g(f) C/g + c, s i + d r - p, s j + d t - p]``, a position at a time.
+
+    ``x~`` is ``x`` padded by numpy's own ``np.pad`` (PyTorch's ``padding_mode`` names mapped to numpy's).
+    """
+    xp = np.pad(np.asarray(x, np.float64), [(0, 0), (0, 0), *pads], mode=_NUMPY_MODES[mode])
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    (sh, sw), (dh, dw) = stride, dilation
+    out = [(m - d * (k - 1) - 1) // s + 1 for m, k, s, d in zip(xp.shape[2:], (kh, kw), stride, dilation)]
+    y = np.zeros((x.shape[0], o, *out))
+    for i, j in itertools.product(range(out[0]), range(out[1])):
+        window = xp[:, :, i * sh : i * sh + dh * (kh - 1) + 1 : dh, j * sw : j * sw + dw * (kw - 1) + 1 : dw]
+        for g in range(groups):
+            part = window[:, g * cg : (g + 1) * cg]
+            y[:, g * og : (g + 1) * og, i, j] = np.tensordot(part, np.asarray(w[g * og : (g + 1) * og], np.float64), axes=([1, 2, 3], [1, 2, 3]))
+    if b is not None:
+        y += np.asarray(b, np.float64)[:, None, None]
+    return y
+
+
+def _float32_bound(conv, x):
+    """What float32 arithmetic may miss by: fan-in times the unit roundoff, relative to ``|W| |x|``."""
+    scale = _conv2d_loop(np.abs(conv.kernel), None if conv.bias is None else np.abs(conv.bias), np.abs(x), conv.stride, conv.dilation, conv.groups, conv.pads(x.shape[2:]), conv.padding_mode)
+    return (conv.fan_in + 3) * np.finfo(np.float32).eps * scale
+
+
+# (filters, channels per group, kernel, dilation, groups, pads, padding mode, input shape (N, C, H, W)); odd sizes throughout
+ROW_STACK_CASES = {
+    "3x3_p1_in_channels_eq_filters": (6, 6, (3, 3), (1, 1), 1, ((1, 1), (1, 1)), "zeros", (3, 6, 7, 9)),
+    "3x3_valid_kernel_size_eq_in_channels": (5, 3, (3, 3), (1, 1), 1, ((0, 0), (0, 0)), "zeros", (3, 3, 8, 7)),
+    "2x3_asymmetric_pads_d2": (4, 3, (2, 3), (1, 2), 1, ((2, 0), (1, 3)), "zeros", (3, 3, 5, 9)),
+    "3x2_groups3": (6, 2, (3, 2), (1, 1), 3, ((1, 2), (0, 1)), "zeros", (3, 6, 6, 5)),
+    "4x1_one_tap_a_row": (4, 3, (4, 1), (1, 1), 1, ((1, 2), (0, 0)), "zeros", (3, 3, 7, 4)),
+    "2x2_two_taps_a_row_d3": (3, 4, (2, 2), (1, 3), 1, ((0, 1), (2, 1)), "zeros", (3, 4, 5, 6)),
+    "3x3_pads_wider_than_the_kernel": (3, 2, (3, 3), (1, 1), 1, ((4, 3), (2, 5)), "zeros", (3, 2, 3, 4)),
+    "5x4_groups2_reflect": (4, 2, (5, 4), (1, 1), 2, ((2, 2), (1, 2)), "reflect", (3, 4, 6, 7)),
+    "3x5_d2_replicate": (3, 3, (3, 5), (1, 2), 1, ((1, 1), (4, 4)), "replicate", (3, 3, 4, 6)),
+    "2x3_circular": (4, 3, (2, 3), (1, 1), 1, ((0, 1), (2, 2)), "circular", (3, 3, 5, 4)),
+}
+
+#: (images, chunk, rows) per block: all at once, one row of one image at a time, and sizes that leave
+#: remainders (3 images as 2 + 1, chunks of 3 rows cut into products of 2 and 1 rows)
+ROW_STACK_BLOCKS = {"whole": None, "one_row": (1, 1, 1), "remainders": (2, 3, 2), "chunk_of_rows": (3, 5, 5)}
+
+
+def _row_stack_conv(case, with_bias, seed):
+    o, cg, ks, dilation, groups, pads, mode, shape = ROW_STACK_CASES[case]
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((o, cg, *ks)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32) if with_bias else None
+    x = rng.standard_normal(shape).astype(np.float32)
+    return Conv(w, b, dilation=dilation, groups=groups, padding=pads, padding_mode=mode), x
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("block", ROW_STACK_BLOCKS, ids=list(ROW_STACK_BLOCKS))
+@pytest.mark.parametrize("case", ROW_STACK_CASES, ids=list(ROW_STACK_CASES))
+def test_row_stack_against_a_loop(monkeypatch, case, block, with_bias, dtype):
+    """Kernel rows stacked in the products' inner dimension: every block boundary, pad, group and tap count."""
+    conv, x = _row_stack_conv(case, with_bias, len(case) + 7 * with_bias)
+    ho, wo = conv.output_shape(x.shape[2:])
+    monkeypatch.setattr(reference, "ROW_STACK_COLUMNS", 0)  # the sizes' rules off: these convolutions are small
+    monkeypatch.setattr(reference, "ROW_STACK_WEIGHTS", 0)
+    plan = reference._RowStack.of(x.shape[0], x.shape[1], tuple(m + b + e for m, (b, e) in zip(x.shape[2:], conv.pads(x.shape[2:]))), (ho, wo), conv, np.dtype(dtype).itemsize)
+    assert plan is not None and plan.step == conv.dilation[1]
+    if ROW_STACK_BLOCKS[block] is not None:
+        images, chunk, rows = ROW_STACK_BLOCKS[block]
+        forced = reference._RowStack(min(images, x.shape[0]), min(chunk, ho), min(rows, ho), plan.step)
+        monkeypatch.setattr(reference._RowStack, "of", classmethod(lambda cls, *args: forced))
+    got = reference.forward(conv, x, dtype=dtype)
+    expected = _conv2d_loop(conv.kernel, conv.bias, x, conv.stride, conv.dilation, conv.groups, conv.pads(x.shape[2:]), conv.padding_mode)
+    assert got.dtype == dtype and got.shape == expected.shape
+    if dtype == np.float64:
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    else:
+        assert np.all(np.abs(got - expected) <= _float32_bound(conv, x))
+
+
+def test_row_stack_takes_the_resnet_stage_and_leaves_what_it_would_slow_down():
+    """With the default sizes: the ResNet stage of issue 9 takes the row stack in both dtypes; too few columns
+    (one small image), tiny groups, strides, dilated rows and 1-D or 3-D kernels do not."""
+    def plan(conv, shape, itemsize=8):
+        pads = conv.pads(shape[2:])
+        padded = tuple(m + b + e for m, (b, e) in zip(shape[2:], pads))
+        return reference._RowStack.of(shape[0], shape[1], padded, conv.output_shape(shape[2:]), conv, itemsize)
+
+    resnet = Conv(np.zeros((64, 64, 3, 3), np.float32), padding=1)
+    for itemsize in (4, 8):
+        stack = plan(resnet, (8, 64, 56, 56), itemsize)
+        assert stack is not None and stack.images * stack.rows >= 1
+    assert plan(resnet, (1, 64, 14, 14)) is None  # one image of 16 padded columns: products too small
+    assert plan(Conv(np.zeros((128, 4, 3, 3)), padding=1, groups=32), (8, 128, 28, 28)) is None  # 4 channels a group
+    assert plan(Conv(np.zeros((64, 64, 3, 3)), padding=1, stride=2), (8, 64, 56, 56)) is None
+    assert plan(Conv(np.zeros((64, 64, 3, 3)), padding=2, dilation=(2, 1)), (8, 64, 56, 56)) is None
+    assert plan(Conv(np.zeros((64, 64, 1, 3)), padding=((0, 0), (1, 1))), (8, 64, 56, 56)) is None
+
+
+@pytest.mark.parametrize("size, taken", [(3, False), (15, True)], ids=["tiny_input_tap_by_tap", "larger_input_row_stack"])
+def test_cost_rule_big_kernel_on_a_tiny_input(monkeypatch, size, taken):
+    """The row stack (and the row shift) copy the kernel to save column copies: on a tiny input the kernel is the
+    larger, and the tap-by-tap columns are used instead; on a larger input, the same kernel takes the row stack."""
+    monkeypatch.setattr(reference, "ROW_STACK_COLUMNS", 0)
+    monkeypatch.setattr(reference, "ROW_STACK_WEIGHTS", 0)
+    rng = np.random.default_rng(size)
+    w = rng.standard_normal((40, 12, 3, 3)).astype(np.float32)  # 4320 weights
+    b = rng.standard_normal(40).astype(np.float32)
+    conv = Conv(w, b, padding=1)
+    x = rng.standard_normal((1, 12, size, size)).astype(np.float32)
+    padded = (1, 12, size + 2, size + 2)
+    assert (reference._RowStack.of(1, 12, padded[2:], (size, size), conv, 8) is not None) is taken
+    if not taken:
+        assert reference._RowShift.of(padded, (size, size), conv, 8) is None
+    expected = _conv2d_loop(w, b, x, (1, 1), (1, 1), 1, ((1, 1), (1, 1)))
+    np.testing.assert_allclose(reference.forward(conv, x), expected, rtol=1e-12, atol=1e-12)
+    assert np.all(np.abs(reference.forward(conv, x, dtype=np.float32) - expected) <= _float32_bound(conv, x))
+
+
+@pytest.mark.parametrize(
+    "kernel_dtype, dtype, shape, bias_row",
+    [
+        (np.float32, np.float64, (1, 6, 5, 5), True),  # the kernel is converted (copied) anyway
+        (np.float64, np.float64, (1, 6, 5, 5), False),  # 18 values a row of W, 15 output positions: bias added after
+        (np.float32, np.float32, (1, 6, 5, 5), False),  # the same without any copy of the kernel
+        (np.float32, np.float32, (3, 6, 17, 15), True),  # 405 output positions: the copy is the cheaper
+    ],
+    ids=["converted_kernel", "float64_small_output", "float32_small_output", "float32_large_output"],
+)
+def test_tap_by_tap_bias_against_a_loop(kernel_dtype, dtype, shape, bias_row):
+    """The column path puts the bias in the product (a row of ones) when its kernel copy is free or cheap, and
+    adds it to the output otherwise; a stride of 2 keeps these convolutions on that path."""
+    rng = np.random.default_rng(shape[0] + 2 * (dtype == np.float32))
+    w = rng.standard_normal((8, 3, 3, 2)).astype(kernel_dtype)  # 2 groups: 18 values a row of W
+    b = rng.standard_normal(8).astype(kernel_dtype)
+    conv = Conv(w, b, stride=(2, 1), groups=2, padding=((1, 2), (0, 1)))
+    x = rng.standard_normal(shape).astype(np.float32)
+    outputs = shape[0] * np.prod(conv.output_shape(shape[2:]))
+    assert bias_row == (np.dtype(kernel_dtype) != np.dtype(dtype) or 3 * 3 * 2 < outputs)
+    got = reference.forward(conv, x, dtype=dtype)
+    expected = _conv2d_loop(w, b, x, (2, 1), (1, 1), 2, ((1, 2), (0, 1)))
+    assert got.dtype == dtype
+    if dtype == np.float64:
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    else:
+        assert np.all(np.abs(got - expected) <= _float32_bound(conv, x))
+
+
+@pytest.mark.parametrize("kernel, stride", [((3, 4), (2, 3)), ((3, 3), (1, 1))], ids=["tap_by_tap", "row_shift"])
+def test_unpadded_float32_input_is_converted_before_any_arithmetic(monkeypatch, kernel, stride):
+    """A float32 input without pads through the column paths (the kernel is converted as it is laid out, not
+    before): the float64 result must carry no float32 rounding (large inputs, tight tolerance)."""
+    monkeypatch.setattr(reference, "ROW_STACK_COLUMNS", float("inf"))  # the row stack's own layout converts: tested above
+    monkeypatch.setattr(reference, "ROW_SHIFT_HALO", float("-inf"))
+    rng = np.random.default_rng(sum(kernel))
+    w = rng.standard_normal((5, 4, *kernel))
+    b = rng.standard_normal(5)
+    x = (rng.standard_normal((2, 4, 11, 13)) * 1e3).astype(np.float32)
+    conv = Conv(w, b, stride=stride)
+    got = reference.forward(conv, x)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, _conv2d_loop(w, b, x, stride, (1, 1), 1, ((0, 0), (0, 0))), rtol=1e-12, atol=1e-9)
