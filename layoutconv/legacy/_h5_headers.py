@@ -673,6 +673,15 @@ def _vlen_layout(datatype: Datatype, offsets: int) -> tuple[int, int] | None:
     return per_element, vlen.base.size
 
 
+def _skip_name(cur: _Cursor, version: int, what: str) -> None:
+    """Step over a NUL-terminated name in a datatype message (padded to 8 bytes before version 3)."""
+    name_end = cur.data.find(b"\x00", cur.pos)
+    if name_end < 0:
+        raise _Bad(f"has {what} without its end", "a NUL-terminated name", "none")
+    n = name_end - cur.pos + 1
+    cur.skip(n if version >= 3 else -(-n // 8) * 8)
+
+
 def _datatype(cur: _Cursor, depth: int) -> Datatype:
     """Decode one datatype (``H5O__dtype_decode_helper``), advancing ``cur`` past it."""
     if depth > MAX_TYPE_DEPTH:
@@ -697,11 +706,7 @@ def _datatype(cur: _Cursor, depth: int) -> Datatype:
         count = bits & 0xFFFF
         offset_bytes = max(1, (size.bit_length() + 7) // 8)
         for _ in range(count):
-            name_end = cur.data.find(b"\x00", cur.pos)
-            if name_end < 0:
-                raise _Bad("has a compound member name without its end", "a NUL-terminated name", "none")
-            n = name_end - cur.pos + 1
-            cur.skip(n if version >= 3 else -(-n // 8) * 8)
+            _skip_name(cur, version, "a compound member name")
             cur.skip(offset_bytes if version >= 3 else 4)
             if version == 1:
                 cur.skip(1 + 3 + 4 + 4 + 16)  # dimensionality, reserved, permutation, reserved, 4 dimension sizes
@@ -711,11 +716,7 @@ def _datatype(cur: _Cursor, depth: int) -> Datatype:
         base = _datatype(cur, depth + 1)
         count = bits & 0xFFFF
         for _ in range(count):
-            name_end = cur.data.find(b"\x00", cur.pos)
-            if name_end < 0:
-                raise _Bad("has an enumeration name without its end", "a NUL-terminated name", "none")
-            n = name_end - cur.pos + 1
-            cur.skip(n if version >= 3 else -(-n // 8) * 8)
+            _skip_name(cur, version, "an enumeration name")
         cur.skip(count * base.size)
         return Datatype(cls, version, size, bits, base=base)
     elif cls == VLEN:
