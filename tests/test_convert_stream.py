@@ -315,6 +315,29 @@ def test_layers_read_ahead_while_torch_imports_make_the_same_file(files, tmp_pat
     assert_same_file(out, _whole(files, tmp_path, ".safetensors"))
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_half_and_double_models_stream_like_the_whole_path(tmp_path, dtype):
+    """A Keras model in float16 or float64 (Conv2D, Flatten, Dense: the transposed, permuted kernel in that dtype)
+    streams to the whole-model path's tensors; float64 to .onnx is refused as onnxruntime has no float64 Conv."""
+    inp = keras.Input((9, 7, 3), dtype=dtype)
+    x = keras.layers.Conv2D(5, 3, padding="same", dtype=dtype, name="c")(inp)
+    x = keras.layers.Dense(4, dtype=dtype, name="d")(keras.layers.Flatten(dtype=dtype)(x))
+    model = _randomise(keras.Model(inp, x), 11)
+    model.save(tmp_path / "m.keras")
+    for suffix in (".safetensors", ".pt"):
+        report = stream_model(tmp_path / "m.keras", tmp_path / f"s{suffix}")
+        assert report.passed and {c.reference_dtype for c in report.layers} == {"float64"}
+        save_model(layoutconv.read_model(tmp_path / "m.keras"), tmp_path / f"w{suffix}")
+        assert_same_file(tmp_path / f"s{suffix}", tmp_path / f"w{suffix}")
+        assert str(load(tmp_path / f"s{suffix}")["d.weight"].dtype) == f"torch.{dtype}"
+    if dtype == "float64":
+        with pytest.raises(UnsupportedError, match="float64"):
+            stream_model(tmp_path / "m.keras", tmp_path / "s.onnx")
+        assert not (tmp_path / "s.onnx").exists() and not (tmp_path / "s.onnx.data").exists()
+    else:
+        assert stream_model(tmp_path / "m.keras", tmp_path / "s.onnx").passed
+
+
 @pytest.mark.parametrize("n", [1, 2, 9, 64])
 def test_rows_permuted_in_place_like_fancy_indexing(n):
     """The Flatten order applied to a Keras Dense kernel where it lies: a[i] = a[order[i]], as a[order] gives."""
