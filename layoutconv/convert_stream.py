@@ -27,6 +27,13 @@ layer with weights, when first called, is:
    relative to the largest output);
 6. dropped (a shared layer is kept until its last call).
 
+Steps 1 and 2 need no PyTorch (:meth:`_Stream._prepare`): while it is imported,
+in a thread, the layers are read and run by the reference ahead of their
+conversion, up to :data:`PREFETCH_BYTES` of weights; steps 3 to 6
+(:meth:`_Stream._finish`) follow once it is there.  A layer's tensors are
+written in a thread while the module computes (numpy, BLAS, torch and file I/O
+release the GIL).
+
 Layers without weights are run by the reference only, for the shapes that
 follow.  Once every layer is written the file is finished (the safetensors
 header, or the ``.pt`` pickle and zip directory) and opened by the framework
@@ -507,8 +514,6 @@ class _Stream:
     def _prepare(self, node: Any) -> "_Prepared":
         """The numpy half of a layer with weights (before PyTorch is needed): its record read, the check's input,
         the expected output when there is time for it (PyTorch still importing, or a Flatten's order to apply)."""
-        from . import layers
-
         record = self.walk.layers[node.layer]
         flatten = self._flatten_before(node, record)
         dtype = self._dtype(record)
@@ -523,7 +528,6 @@ class _Stream:
             # now, while PyTorch is imported; else later, while the layer is written
             expected = self._forward(record, x, ref_dtype) if not _torch_ready() else None
             y_shape = expected.shape if expected is not None else self._forward(record, x[:0], ref_dtype).shape  # no samples: the shape
-        del layers
         return _Prepared(node, record, flatten, x, expected, tuple(y_shape[1:]), ref_dtype, self.calls_left[node.layer] == 1, _nbytes(record))
 
     def _finish(self, p: "_Prepared") -> None:
