@@ -7,7 +7,8 @@ norm, a Flatten and large Dense layers; glorot-random weights) and saves it as
 ``model.json``.  Then, for every source and every output format, in one run:
 
 * **wall time**: ``cp SOURCE DEST`` against ``python -m layoutconv convert
-  SOURCE OUT --stream --quiet --force`` (each a fresh subprocess, wall time seen
+  SOURCE OUT --stream --quiet --force`` (each a fresh subprocess importing a
+  bytecode-compiled copy of the package, as an installed one is; wall time seen
   by this process, median of ``--runs``; the page cache is warm for both:
   every source is read once before timing).  Printed as the ratio convert / cp
   and against the goal ``2 x cp + 2 s`` (the 2 s cover the interpreter and the
