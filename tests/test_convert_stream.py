@@ -338,6 +338,32 @@ def test_half_and_double_models_stream_like_the_whole_path(tmp_path, dtype):
         assert stream_model(tmp_path / "m.keras", tmp_path / "s.onnx").passed
 
 
+def test_a_write_failing_while_the_next_chunk_is_copied_stops_the_copying_thread(tmp_path):
+    """The chunk copied ahead in a thread: a write that fails mid-tensor raises in the caller, and the thread is
+    gone when the error arrives (no thread left filling a buffer, nothing hangs)."""
+    import threading
+
+    from layoutconv import _stream_files
+
+    a = np.random.default_rng(2).standard_normal((64, 300)).astype(np.float32).T  # strided: copied chunk by chunk
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    writes = []
+
+    def write(chunk, at):
+        writes.append(at)
+        if len(writes) == 3:
+            raise OSError(28, "No space left on device")
+        _stream_files.write_all(fd, memoryview(chunk), at)
+
+    try:
+        with pytest.raises(OSError, match="No space"):
+            _stream_files.write_checked(a, 0, write, fd, np.empty(1000, np.uint8), np.empty(100, np.uint8), np.empty(1000, np.uint8))
+    finally:
+        os.close(fd)
+    assert len(writes) == 3
+    assert not [t for t in threading.enumerate() if t.name == "layoutconv-copy"]
+
+
 @pytest.mark.parametrize("n", [1, 2, 9, 64])
 def test_rows_permuted_in_place_like_fancy_indexing(n):
     """The Flatten order applied to a Keras Dense kernel where it lies: a[i] = a[order[i]], as a[order] gives."""

@@ -288,3 +288,5 @@ def test_strided_weights_are_written_in_chunks_bit_for_bit(tmp_path, monkeypatch
         assert start % E.ALIGNMENT == 0 and n == a.nbytes
         assert data[start : start + n] == np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes(), k
         assert b"".join(c.tobytes() for c in SF.c_order_chunks(a, np.empty(chunk, np.uint8))) == data[start : start + n], k
+        ahead = SF.c_order_chunks(a, np.empty(chunk, np.uint8), np.empty(chunk, np.uint8))  # the next chunk copied in a thread
+        assert b"".join(c.tobytes() for c in ahead) == data[start : start + n], k

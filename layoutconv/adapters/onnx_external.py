@@ -135,7 +135,7 @@ class DataWriter:
         else:
             offset = -(-self._end // ALIGNMENT) * ALIGNMENT
             # in chunks (a transposed view is never copied whole), each read back from the file and compared
-            written, same = write_checked(array, offset, self._write, self._fd, self._scratch.chunk, self._scratch.back)
+            written, same = write_checked(array, offset, self._write, self._fd, self._scratch.chunk, self._scratch.back, self._scratch.spare)
             done = self._end = offset + written
             t = external_tensor(name, array.dtype, array.shape, self.location, offset, array.nbytes)
             if done - offset != array.nbytes or not same:
