@@ -75,28 +75,6 @@ def end_bytes(array: np.ndarray) -> tuple[bytes, bytes]:
     return array[(0,) * array.ndim].tobytes(), array[(-1,) * array.ndim].tobytes()
 
 
-def tensor_bytes(tensor: Any) -> memoryview:
-    """The bytes of a contiguous CPU tensor, without a copy."""
-    import torch
-
-    t = tensor.detach()
-    if not t.is_contiguous():
-        raise ValueError("tensor_bytes needs a contiguous tensor")
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)
-    return memoryview(t.numpy()).cast("B") if t.numel() else memoryview(b"")
-
-
-def from_bytes(buffer: np.ndarray, dtype: str, shape: tuple[int, ...]) -> Any:
-    """A tensor viewing ``buffer`` (uint8) as ``dtype`` and ``shape``."""
-    import torch
-
-    torch_dtype = getattr(torch, dtype)
-    if buffer.size == 0:
-        return torch.empty(shape, dtype=torch_dtype)
-    return torch.frombuffer(buffer, dtype=torch_dtype).reshape(shape)
-
-
 def _pread_into(fd: int, nbytes: int, offset: int) -> np.ndarray:
     out = np.empty(nbytes, dtype=np.uint8)
     view, done = memoryview(out), 0
@@ -245,11 +223,11 @@ def write_checked(array: np.ndarray, offset: int, write: Callable[[np.ndarray, i
     return done, same
 
 
-def read_back_differs(name: str) -> Exception:
-    """The error for a tensor whose bytes read back from the file are not those written."""
+def read_back_differs(name: str, where: str = "the file") -> Exception:
+    """The error for a tensor whose bytes read back from ``where`` are not those written."""
     from .errors import VerificationError, fail
 
-    return fail(VerificationError, f"Tensor {name!r} read back from the file differs from what was written",
+    return fail(VerificationError, f"Tensor {name!r} read back from {where} differs from what was written",
                 "the same bytes", "other bytes", "Nothing was written.")
 
 
@@ -311,14 +289,6 @@ class SafetensorsWriter:
 
     def _write(self, chunk: np.ndarray, at: int) -> None:
         write_all(self._fd, memoryview(chunk), at)
-
-    def read(self, entry: Entry) -> np.ndarray:
-        """The bytes of ``entry`` as read back from the file."""
-        return _pread_into(self._fd, entry.nbytes, entry.offset)
-
-    def read_into(self, entry: Entry, start: int, out: np.ndarray) -> np.ndarray:
-        """Bytes ``start`` onwards of ``entry``, read back from the file into ``out``."""
-        return _pread_to(self._fd, out, entry.offset + start)
 
     def header(self, metadata: dict[str, str]) -> bytes:
         table: dict[str, Any] = {"__metadata__": metadata}
@@ -457,12 +427,6 @@ class TorchZipWriter:
         if not same:
             raise read_back_differs(name)
         return entry
-
-    def read(self, entry: Entry) -> np.ndarray:
-        return _pread_into(self._fd, entry.nbytes, entry.offset)
-
-    def read_into(self, entry: Entry, start: int, out: np.ndarray) -> np.ndarray:
-        return _pread_to(self._fd, out, entry.offset + start)
 
     def finish(self) -> None:
         """Write ``data.pkl``, ``version`` and the zip directory; close."""

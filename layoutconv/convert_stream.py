@@ -642,14 +642,14 @@ def _check_file(target: str, path: str, writer: Any, metadata: dict[str, str], k
     """Open the finished file with the framework: names, dtypes, shapes, and each tensor's first and last element."""
     import torch
 
-    from ._stream_files import SAFETENSORS_DTYPES, tensor_bytes
+    from ._stream_files import SAFETENSORS_DTYPES, tensor_array
 
     def same(name: str, dtype: str, shape: tuple[int, ...], first: Any, last: Any) -> None:
         entry = entries[name]
         if dtype != entry.dtype or tuple(shape) != entry.shape:
             raise fail(VerificationError, f"Tensor {name!r} in the finished file is not what was written",
                        f"{entry.dtype} {entry.shape}", f"{dtype} {tuple(shape)}", "Nothing was written.")
-        if first is not None and (tensor_bytes(first) != kept[name][0] or tensor_bytes(last) != kept[name][1]):
+        if first is not None and (tensor_array(first).tobytes() != kept[name][0] or tensor_array(last).tobytes() != kept[name][1]):
             raise fail(VerificationError, f"Tensor {name!r} in the finished file does not start and end with the bytes written",
                        "the bytes read back after writing", "other bytes", "Nothing was written.")
 

@@ -43,8 +43,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .._stream_files import Scratch, write_all, write_checked
-from ..errors import FileFormatError, OutputError, UnsafeFileError, UnsupportedError, VerificationError, fail
+from .._stream_files import Scratch, read_back_differs, write_all, write_checked
+from ..errors import FileFormatError, OutputError, UnsafeFileError, UnsupportedError, fail
 from ..record import Record
 
 #: Weights of at least this many bytes go to the data file; smaller ones stay in the model (onnx's ``size_threshold``).
@@ -139,8 +139,7 @@ class DataWriter:
             done = self._end = offset + written
             t = external_tensor(name, array.dtype, array.shape, self.location, offset, array.nbytes)
             if done - offset != array.nbytes or not same:
-                raise fail(VerificationError, f"Tensor {name!r} read back from {self.location!r} differs from what was written",
-                           "the same bytes", "other bytes", "Nothing was written.")
+                raise read_back_differs(name, repr(self.location))
             self.largest = max(self.largest, array.nbytes)
             self.total += array.nbytes
         self.tensors[requested] = t
